@@ -1,0 +1,244 @@
+"""Typed, validated views of ``params.yaml``.
+
+Each DVC stage reads the shared ``base`` section plus its own section into frozen
+dataclasses. Loading rejects unknown keys, missing keys, wrong types and out-of-range values
+with one line that names the offending key, e.g.::
+
+    params.yaml: train_cnn_focal.epochs: must be >= 1, got 0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from pipeline.errors import ParamsError
+
+#: The seven diagnostic categories of HAM10000, in the order used for every output.
+HAM10000_CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+
+SectionT = TypeVar("SectionT")
+
+
+def _range(minimum: float | None = None, maximum: float | None = None, **kwargs: Any) -> Any:
+    """A dataclass field whose value must lie in ``[minimum, maximum]``."""
+    return field(metadata={"min": minimum, "max": maximum}, **kwargs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaseParams:
+    """Settings shared by every stage."""
+
+    seed: int = _range(0)
+    classes: tuple[str, ...] = HAM10000_CLASSES
+    image_size: int = _range(16, 1024)
+    experiment_name: str = "ham10000"
+
+    def validate(self, where: str) -> None:
+        if sorted(self.classes) != sorted(HAM10000_CLASSES):
+            raise ParamsError(
+                f"{where}.classes: must list the 7 HAM10000 codes {list(HAM10000_CLASSES)} "
+                f"once each, got {list(self.classes)}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestParams:
+    """``ingest``: read a HAM10000 folder, validate it, decode and resize every image."""
+
+    data_dir: str
+    workers: int = _range(0, 256, default=0)  # 0 means one worker per CPU core
+    jpeg_draft: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitParams:
+    """``split``: lesion-grouped, stratified train/val/test split."""
+
+    test_fraction: float = _range(0.02, 0.5)
+    val_fraction: float = _range(0.02, 0.5)
+
+    def validate(self, where: str) -> None:
+        if self.test_fraction + self.val_fraction >= 0.8:
+            raise ParamsError(
+                f"{where}: test_fraction + val_fraction must be < 0.8, "
+                f"got {self.test_fraction + self.val_fraction:g}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AugmentParams:
+    """``augment``: offline albumentations on the train split only."""
+
+    balance_to: int = _range(0)  # augment each class up to this many images; 0 = off
+    max_copies_per_image: int = _range(1, 1000)
+    horizontal_flip: float = _range(0.0, 1.0)
+    vertical_flip: float = _range(0.0, 1.0)
+    rotate_limit: int = _range(0, 180)
+    shift_limit: float = _range(0.0, 0.5)
+    scale_limit: float = _range(0.0, 0.9)
+    brightness_limit: float = _range(0.0, 1.0)
+    contrast_limit: float = _range(0.0, 1.0)
+    hue_shift_limit: int = _range(0, 180)
+    saturation_shift_limit: int = _range(0, 255)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainParams:
+    """Settings common to both training stages."""
+
+    input_size: int = _range(16, 1024)
+    epochs: int = _range(1, 10_000)
+    batch_size: int = _range(1, 4096)
+    learning_rate: float = _range(1e-7, 10.0)
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_epochs: int = _range(0, 1000, default=0)
+    weight_decay: float = _range(0.0, 1.0, default=0.0)
+    early_stopping_patience: int = _range(0, 10_000, default=0)  # 0 = no early stopping
+    monitor: Literal["val_balanced_accuracy", "val_macro_f1"] = "val_balanced_accuracy"
+    focal_gamma: float = _range(0.0, 10.0, default=2.0)
+    # Per-class alpha of the focal loss, from the train class frequencies.
+    class_alpha: Literal["none", "inverse_frequency", "sqrt_inverse_frequency"] = "none"
+    label_smoothing: float = _range(0.0, 0.5, default=0.0)
+    dropout: float = _range(0.0, 0.95, default=0.0)
+    random_flip: bool = True  # on-the-fly flips in tf.data, on top of the augment stage
+    use_augmented: bool = True  # train on the augment stage's output (else the raw train split)
+    max_train_images: int = _range(0, default=0)  # 0 = all; >0 bounds a smoke run
+    registered_model_name: str = ""
+
+    def validate(self, where: str) -> None:
+        if not self.registered_model_name:
+            raise ParamsError(f"{where}.registered_model_name: must not be empty")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CnnParams(TrainParams):
+    """``train_cnn_focal``: a residual, depthwise-separable CNN trained with focal loss."""
+
+    filters: tuple[int, ...] = (32, 64, 128, 256)
+    blocks_per_stage: int = _range(1, 8, default=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EffNetParams(TrainParams):
+    """``train_effnetb7``: EfficientNetB7 backbone with a new classification head."""
+
+    # "imagenet" (Keras cache), "none" (from scratch) or a path to a weights .h5 file.
+    weights: str = "none"
+    fine_tune_epochs: int = _range(0, 10_000, default=0)  # phase 2, pretrained weights only
+    fine_tune_layers: int = _range(0, 1000, default=0)  # top backbone layers to unfreeze
+    fine_tune_learning_rate: float = _range(1e-8, 1.0, default=1e-5)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateParams:
+    """``evaluate``: test-split metrics, plots and the comparison report."""
+
+    ece_bins: int = _range(2, 100, default=15)
+    tta: bool = False  # average predictions over flips
+
+
+def _check_type(value: Any, annotation: Any, where: str) -> Any:
+    """Return ``value`` converted to ``annotation`` or raise a :class:`ParamsError`."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ParamsError(f"{where}: must be one of {list(allowed)}, got {value!r}")
+        return value
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(annotation)
+        if not isinstance(value, list) or not value:
+            raise ParamsError(f"{where}: must be a non-empty list, got {value!r}")
+        return tuple(_check_type(item, item_type, f"{where}[{index}]") for index, item in enumerate(value))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{where}: must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{where}: must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{where}: must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{where}: must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported params annotation {annotation!r} at {where}")  # a bug, not user error
+
+
+def parse_section(raw: Any, cls: type[SectionT], where: str) -> SectionT:
+    """Validate the mapping ``raw`` against dataclass ``cls``; ``where`` prefixes errors."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{where}: must be a mapping of keys to values, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ParamsError(f"{where}.{unknown[0]}: unknown key (known keys: {', '.join(fields)})")
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for name, spec in fields.items():
+        key = f"{where}.{name}"
+        if name not in raw:
+            has_default = not isinstance(spec.default, dataclasses._MISSING_TYPE) or not isinstance(
+                spec.default_factory, dataclasses._MISSING_TYPE
+            )
+            if not has_default:
+                raise ParamsError(f"{key}: missing (required)")
+            continue
+        value = _check_type(raw[name], hints[name], key)
+        minimum, maximum = spec.metadata.get("min"), spec.metadata.get("max")
+        if minimum is not None and value < minimum:
+            raise ParamsError(f"{key}: must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ParamsError(f"{key}: must be <= {maximum}, got {value}")
+        values[name] = value
+    section = cls(**values)
+    validate = getattr(section, "validate", None)
+    if validate is not None:
+        validate(where)
+    return section
+
+
+def read_params(path: str | Path) -> dict[str, Any]:
+    """Read ``params.yaml`` as a mapping, with a clear error when it is missing or malformed."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ParamsError(f"{path}: cannot read params file ({error.strerror})") from error
+    try:
+        params = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML ({error})".replace("\n", " ")) from error
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path}: must be a mapping of sections")
+    return params
+
+
+def load_params(path: str | Path, section: str, cls: type[SectionT]) -> tuple[BaseParams, SectionT]:
+    """Load the ``base`` section and ``section`` of ``params.yaml`` into validated dataclasses."""
+    params = read_params(path)
+    name = Path(path).name
+    for required in ("base", section):
+        if required not in params:
+            raise ParamsError(f"{name}: section '{required}' is missing")
+    base = parse_section(params["base"], BaseParams, f"{name}: base")
+    return base, parse_section(params[section], cls, f"{name}: {section}")
+
+
+def as_flat_dict(section: Any, prefix: str) -> dict[str, Any]:
+    """Flatten a params dataclass into ``{"prefix.key": value}`` for experiment tracking."""
+    flat = {}
+    for name, value in dataclasses.asdict(section).items():
+        flat[f"{prefix}.{name}"] = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else value
+    return flat
+

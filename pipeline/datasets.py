@@ -1,0 +1,117 @@
+"""Arrays and ``tf.data`` input pipelines for training, evaluation and prediction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from pipeline.errors import PipelineError
+from pipeline.ingest import load_ingested, select_images
+from pipeline.split import read_split
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """Images (uint8, N x S x S x 3) with integer labels in class order."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    image_ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def class_counts(self, num_classes: int) -> np.ndarray:
+        return np.bincount(self.labels, minlength=num_classes)
+
+
+def label_indices(dx: pd.Series, classes: tuple[str, ...]) -> np.ndarray:
+    """Map dx codes to their position in ``classes``."""
+    position = {name: index for index, name in enumerate(classes)}
+    unknown = sorted(set(dx) - set(position))
+    if unknown:
+        raise PipelineError(f"unknown dx code(s) {unknown}; known: {list(classes)}")
+    return dx.map(position).to_numpy(dtype=np.int32)
+
+
+def resize_images(images: np.ndarray, size: int, chunk: int = 512) -> np.ndarray:
+    """Resize a uint8 image array once up front (cheaper than resizing in every epoch)."""
+    if images.shape[1] == size:
+        return np.ascontiguousarray(images)
+    resized = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for start in range(0, len(images), chunk):
+        batch = tf.image.resize(np.asarray(images[start : start + chunk]), (size, size), antialias=True)
+        resized[start : start + chunk] = tf.cast(tf.round(tf.clip_by_value(batch, 0, 255)), tf.uint8).numpy()
+    return resized
+
+
+def load_split_images(ingested_dir: str | Path, split_dir: str | Path, split: str, classes: tuple[str, ...], size: int) -> LabelledImages:
+    """The images of one split (``train``, ``val`` or ``test``) at ``size`` pixels."""
+    images, index = load_ingested(ingested_dir)
+    frame = read_split(split_dir, split)
+    selected = select_images(images, index, frame["image_id"])
+    return LabelledImages(resize_images(selected, size), label_indices(frame["dx"], classes), list(frame["image_id"]))
+
+
+def load_augmented_images(augmented_dir: str | Path, classes: tuple[str, ...], size: int) -> LabelledImages:
+    """The augment stage's train set (originals plus augmented copies) at ``size`` pixels."""
+    images, index = load_ingested(augmented_dir)
+    return LabelledImages(resize_images(images, size), label_indices(index["dx"], classes), list(index["image_id"]))
+
+
+def subsample(data: LabelledImages, limit: int, seed: int) -> LabelledImages:
+    """A stratified random subset of at most ``limit`` images (for bounded smoke runs)."""
+    if limit == 0 or limit >= len(data):
+        return data
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(np.arange(len(data)), train_size=limit, stratify=data.labels, random_state=seed)
+    keep = np.sort(keep)
+    return LabelledImages(data.images[keep], data.labels[keep], [data.image_ids[i] for i in keep])
+
+
+def make_dataset(
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    num_classes: int,
+    batch_size: int,
+    training: bool = False,
+    seed: int = 0,
+    random_flip: bool = False,
+) -> tf.data.Dataset:
+    """A batched, prefetched ``tf.data`` pipeline of float32 0..255 images (+ one-hot labels).
+
+    Training data is reshuffled every epoch (seeded) and optionally flipped at random on
+    both axes: dermoscopy has no canonical orientation, so flips are free extra data.
+    """
+    if labels is None:
+        dataset = tf.data.Dataset.from_tensor_slices(images)
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+    if training:
+        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, drop_remainder=False)
+
+    def prepare(batch_images, batch_labels=None):
+        batch_images = tf.cast(batch_images, tf.float32)
+        if training and random_flip:
+            batch_images = _random_flips(batch_images, seed)
+        if batch_labels is None:
+            return batch_images
+        return batch_images, tf.one_hot(batch_labels, num_classes)
+
+    dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _random_flips(batch: tf.Tensor, seed: int) -> tf.Tensor:
+    """Flip each image left-right and up-down with probability 1/2 each (per image)."""
+    batch_size = tf.shape(batch)[0]
+    flip_lr = tf.random.uniform([batch_size, 1, 1, 1], seed=seed) < 0.5
+    flip_ud = tf.random.uniform([batch_size, 1, 1, 1], seed=seed + 1) < 0.5
+    batch = tf.where(flip_lr, tf.reverse(batch, axis=[2]), batch)
+    return tf.where(flip_ud, tf.reverse(batch, axis=[1]), batch)

@@ -1,0 +1,235 @@
+"""``evaluate``: score every trained model on the untouched test split and compare them.
+
+Outputs: one metrics JSON (``{"cnn_focal": {...}, "effnetb7": {...}}``) for ``dvc metrics``,
+plot data and PNGs for ``dvc plots`` and MLflow, and a Markdown comparison report. The test
+split is used here only; model selection used the validation split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
+
+from pipeline.config import EvaluateParams
+from pipeline.errors import PipelineError
+from pipeline.io import read_json, write_json
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Predictions of one model on one labelled image set."""
+
+    name: str
+    labels: np.ndarray
+    probabilities: np.ndarray
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> float:
+    """Top-label ECE: the bin-size-weighted gap between confidence and accuracy."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    # right-closed bins so a confidence of exactly 1.0 lands in the last bin
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        in_bin = which == b
+        if in_bin.any():
+            error += in_bin.mean() * abs(confidence[in_bin].mean() - correct[in_bin].mean())
+    return float(error)
+
+
+def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...], ece_bins: int) -> dict[str, Any]:
+    """Accuracy, balanced accuracy (the ISIC 2018 metric), macro-F1, macro OvR ROC AUC, ECE and per-class scores."""
+    predicted = probabilities.argmax(axis=1)
+    indices = np.arange(len(classes))
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=indices, zero_division=0)
+    present = np.unique(labels)
+    if len(present) == len(classes):
+        auc = float(roc_auc_score(labels, probabilities, multi_class="ovr", average="macro", labels=indices))
+    else:  # AUC is undefined for a class with no positives; average over the classes present
+        auc = float(np.mean([roc_auc_score(labels == c, probabilities[:, c]) for c in present])) if len(present) > 1 else float("nan")
+    return {
+        "images": int(len(labels)),
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
+        "macro_f1": float(f1_score(labels, predicted, labels=indices, average="macro", zero_division=0)),
+        "roc_auc_macro": auc,
+        "ece": expected_calibration_error(labels, probabilities, ece_bins),
+        "melanoma_recall": float(recall[classes.index("mel")]),
+        "recall": {dx: float(r) for dx, r in zip(classes, recall)},
+        "precision": {dx: float(p) for dx, p in zip(classes, precision)},
+        "f1": {dx: float(f) for dx, f in zip(classes, f1)},
+        "support": {dx: int(s) for dx, s in zip(classes, support)},
+    }
+
+
+def write_plot_data(scored: Scored, classes: tuple[str, ...], out_dir: Path) -> None:
+    """CSV files for ``dvc plots``: one row per test image, and one ROC curve per class."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predicted = scored.probabilities.argmax(axis=1)
+    pd.DataFrame({"actual": np.asarray(classes)[scored.labels], "predicted": np.asarray(classes)[predicted]}).to_csv(
+        out_dir / "predictions.csv", index=False
+    )
+    curves = []
+    for index, dx in enumerate(classes):
+        positives = scored.labels == index
+        if positives.any() and not positives.all():
+            fpr, tpr, _ = roc_curve(positives, scored.probabilities[:, index])
+            curves.append(pd.DataFrame({"dx": dx, "fpr": fpr, "tpr": tpr}))
+    pd.concat(curves, ignore_index=True).to_csv(out_dir / "roc.csv", index=False)
+
+
+def draw_figures(scored: Scored, classes: tuple[str, ...], out_dir: Path) -> list[Path]:
+    """PNG confusion matrices (counts, row-normalised) and ROC curves; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    predicted = scored.probabilities.argmax(axis=1)
+    counts = confusion_matrix(scored.labels, predicted, labels=np.arange(len(classes)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalised = np.nan_to_num(counts / counts.sum(axis=1, keepdims=True))
+    paths = []
+    for matrix, kind, fmt in ((counts, "counts", "d"), (normalised, "normalized", ".2f")):
+        figure, axes = plt.subplots(figsize=(6.5, 5.5))
+        image = axes.imshow(matrix, cmap="Blues")
+        for (row, column), value in np.ndenumerate(matrix):
+            axes.text(column, row, format(value, fmt), ha="center", va="center",
+                      color="white" if value > matrix.max() / 2 else "black", fontsize=8)
+        axes.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
+                 xlabel="predicted", ylabel="actual", title=f"{scored.name}: confusion matrix ({kind})")
+        figure.colorbar(image, ax=axes)
+        figure.tight_layout()
+        path = out_dir / f"confusion_{kind}.png"
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        paths.append(path)
+    figure, axes = plt.subplots(figsize=(6, 5.5))
+    for index, dx in enumerate(classes):
+        positives = scored.labels == index
+        if positives.any() and not positives.all():
+            fpr, tpr, _ = roc_curve(positives, scored.probabilities[:, index])
+            auc = roc_auc_score(positives, scored.probabilities[:, index])
+            axes.plot(fpr, tpr, label=f"{dx} (AUC {auc:.3f})", linewidth=2 if dx == "mel" else 1)
+    axes.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    axes.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{scored.name}: one-vs-rest ROC")
+    axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    path = out_dir / "roc.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    paths.append(path)
+    return paths
+
+
+def comparison_report(metrics: dict[str, dict[str, Any]], classes: tuple[str, ...], title: str) -> str:
+    """A Markdown report with the models side by side, per class, and who wins where."""
+    names = list(metrics)
+    lines = [f"# {title}", "", "Test split (lesion-grouped, never used for model selection).", ""]
+    lines += ["| metric | " + " | ".join(names) + " | best |", "|---|" + "---|" * (len(names) + 1)]
+    for key, higher_is_better in (("balanced_accuracy", True), ("macro_f1", True), ("melanoma_recall", True),
+                                  ("roc_auc_macro", True), ("accuracy", True), ("ece", False)):
+        values = [metrics[n][key] for n in names]
+        best = names[int(np.nanargmax(values) if higher_is_better else np.nanargmin(values))]
+        lines.append(f"| {key} | " + " | ".join(f"{v:.4f}" for v in values) + f" | {best} |")
+    lines += ["", "## Per class (recall / precision / F1, support)", ""]
+    lines += ["| dx | support | " + " | ".join(f"{n} recall | {n} precision | {n} F1" for n in names) + " | higher recall |",
+              "|---|---|" + "---|---|---|" * len(names) + "---|"]
+    for dx in classes:
+        cells = []
+        for n in names:
+            cells += [f"{metrics[n]['recall'][dx]:.3f}", f"{metrics[n]['precision'][dx]:.3f}", f"{metrics[n]['f1'][dx]:.3f}"]
+        recalls = [metrics[n]["recall"][dx] for n in names]
+        winner = "tie" if len(set(recalls)) == 1 else names[int(np.argmax(recalls))]
+        lines.append(f"| {dx}{' (melanoma)' if dx == 'mel' else ''} | {metrics[names[0]]['support'][dx]} | " + " | ".join(cells) + f" | {winner} |")
+    lines += ["", "Balanced accuracy is the mean per-class recall, the ISIC 2018 challenge metric; accuracy alone",
+              "is dominated by `nv` (about two thirds of HAM10000). ECE: expected calibration error, lower is better.", ""]
+    return "\n".join(lines)
+
+
+def evaluate_models(models: dict[str, Any], images_by_size: Any, labels: np.ndarray, classes: tuple[str, ...], params: EvaluateParams) -> tuple[dict[str, dict[str, Any]], list[Scored]]:
+    """Score each model; ``images_by_size(size)`` gives the test images at a model's input size."""
+    from pipeline.inference import predict_probabilities
+    from pipeline.models import model_class_names, model_input_size
+
+    results, scored_models = {}, []
+    for name, model in models.items():
+        if tuple(model_class_names(model)) != tuple(classes):
+            raise PipelineError(f"model {name} predicts classes {model_class_names(model)}, params say {list(classes)}")
+        probabilities = predict_probabilities(model, images_by_size(model_input_size(model)), tta=params.tta)
+        scored = Scored(name, labels, probabilities)
+        results[name] = classification_metrics(labels, probabilities, classes, params.ece_bins)
+        scored_models.append(scored)
+    return results, scored_models
+
+
+def log_to_mlflow(name: str, model_dir: Path, metrics: dict[str, Any], artifacts: list[Path]) -> str:
+    """Log test metrics and plots to the model's training run (or a new run if it is gone)."""
+    from pipeline import tracking
+    from pipeline.train import RUN_FILE
+
+    flat = {f"test_{key}": value for key, value in metrics.items() if isinstance(value, (int, float))}
+    flat.update({f"test_recall_{dx}": value for dx, value in metrics["recall"].items()})
+    record_file = model_dir / RUN_FILE
+    run_id = read_json(record_file)["run_id"] if record_file.is_file() else None
+    if run_id and tracking.run_exists(run_id):
+        tracking.log_metrics(flat, run_id=run_id)
+        tracking.log_artifacts(artifacts, artifact_path="evaluation", run_id=run_id)
+        return run_id
+    # The training run is not on this server (e.g. its store was reset): keep the numbers anyway.
+    with tracking.run(f"evaluate_{name}", {"stage": "evaluate", "model": name, "git_commit": tracking.git_commit()}) as active:
+        tracking.log_metrics(flat)
+        tracking.log_artifacts(artifacts, artifact_path="evaluation")
+        return active.info.run_id
+
+
+def run_evaluation(
+    model_dirs: dict[str, Path],
+    ingested: Path,
+    split: Path,
+    classes: tuple[str, ...],
+    experiment: str,
+    params: EvaluateParams,
+    metrics_file: Path,
+    plots_dir: Path,
+    report_file: Path,
+) -> dict[str, dict[str, Any]]:
+    """The evaluate stage: metrics JSON, plots, report, and MLflow logging for every model."""
+    from pipeline import tracking
+    from pipeline.datasets import label_indices, resize_images
+    from pipeline.inference import load_model
+    from pipeline.ingest import load_ingested, select_images
+    from pipeline.split import read_split
+
+    tracking.connect(experiment)
+    images, index = load_ingested(ingested)
+    test = read_split(split, "test")
+    test_images = select_images(images, index, test["image_id"])
+    labels = label_indices(test["dx"], classes)
+    models = {name: load_model(directory) for name, directory in model_dirs.items()}
+    results, scored = evaluate_models(models, lambda size: resize_images(test_images, size), labels, classes, params)
+
+    write_json(metrics_file, results)
+    report_file.parent.mkdir(parents=True, exist_ok=True)
+    report_file.write_text(comparison_report(results, classes, "HAM10000: focal-loss CNN vs EfficientNetB7"), encoding="utf-8")
+    for item in scored:
+        model_plots = plots_dir / item.name
+        write_plot_data(item, classes, model_plots)
+        figures = draw_figures(item, classes, model_plots)
+        log_to_mlflow(item.name, model_dirs[item.name], results[item.name], figures + [report_file])
+    return results

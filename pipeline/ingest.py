@@ -1,0 +1,196 @@
+"""``ingest``: validate a HAM10000 folder and decode every image into one cached array.
+
+Input layout (the official Harvard Dataverse / Kaggle download)::
+
+    HAM10000_metadata.csv              lesion_id,image_id,dx,dx_type,age,sex,localization
+    HAM10000_images_part_1/*.jpg
+    HAM10000_images_part_2/*.jpg       (images directly in the folder or in images/ also work)
+
+Output: ``images.npy`` (uint8, N x S x S x 3, S = ``base.image_size``) and ``index.csv``
+(one row per array row: image_id, lesion_id, dx, plus the other metadata columns).
+Everything is validated before anything is written, and the output folder is replaced
+atomically, so a failed ingest never leaves a half-written artifact.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from pipeline.config import BaseParams, IngestParams
+from pipeline.errors import DataValidationError, PipelineError
+from pipeline.images import IMAGE_SUFFIXES, ImageDecodeError, load_square_image
+
+METADATA_FILE = "HAM10000_metadata.csv"
+IMAGE_FOLDERS = ("HAM10000_images_part_1", "HAM10000_images_part_2", "images", ".")
+REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx")
+IMAGES_FILE = "images.npy"
+INDEX_FILE = "index.csv"
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What an ingest run did, for logs and the stage's metrics file."""
+
+    images: int
+    seconds: float
+    workers: int
+    unlisted_files: int
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("inf")
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "images": self.images,
+            "seconds": round(self.seconds, 2),
+            "images_per_second": round(self.images_per_second, 1),
+            "workers": self.workers,
+            "unlisted_image_files": self.unlisted_files,
+        }
+
+
+def read_metadata(data_dir: Path, classes: tuple[str, ...]) -> pd.DataFrame:
+    """Read and validate ``HAM10000_metadata.csv``; every problem is reported with its row."""
+    metadata_path = data_dir / METADATA_FILE
+    if not data_dir.is_dir():
+        raise PipelineError(f"{data_dir}: data folder not found (expected the HAM10000 layout, see README)")
+    if not metadata_path.is_file():
+        raise PipelineError(f"{metadata_path}: metadata file not found (expected the HAM10000 layout, see README)")
+    try:
+        metadata = pd.read_csv(metadata_path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise PipelineError(f"{metadata_path}: not a readable CSV ({error})".replace("\n", " ")) from error
+
+    missing = [column for column in REQUIRED_COLUMNS if column not in metadata.columns]
+    if missing:
+        raise DataValidationError([f"missing column '{column}'" for column in missing], str(metadata_path))
+    if metadata.empty:
+        raise DataValidationError(["no rows"], str(metadata_path))
+
+    problems: list[str] = []
+    for row_number, row in enumerate(metadata.itertuples(index=False), start=2):  # line 1 is the header
+        for column in REQUIRED_COLUMNS:
+            if not str(getattr(row, column)).strip():
+                problems.append(f"line {row_number}: empty {column}")
+        if row.dx and row.dx not in classes:
+            problems.append(f"line {row_number}: unknown dx '{row.dx}' (known: {', '.join(classes)})")
+    duplicated = metadata["image_id"][metadata["image_id"].duplicated(keep="first")]
+    for line, image_id in duplicated.items():
+        problems.append(f"line {line + 2}: duplicate image_id '{image_id}'")
+    if problems:
+        raise DataValidationError(problems, str(metadata_path))
+    return metadata
+
+
+def locate_images(data_dir: Path, image_ids: pd.Series) -> tuple[dict[str, Path], list[str], int]:
+    """Map each image_id to its file; returns (found, missing ids, count of unlisted image files)."""
+    files: dict[str, Path] = {}
+    for folder_name in IMAGE_FOLDERS:
+        folder = data_dir / folder_name
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                files.setdefault(path.stem, path)
+    wanted = set(image_ids)
+    found = {image_id: files[image_id] for image_id in image_ids if image_id in files}
+    missing = [image_id for image_id in image_ids if image_id not in files]
+    unlisted = len(set(files) - wanted)
+    return found, missing, unlisted
+
+
+def _decode(path: Path, size: int, jpeg_draft: bool) -> np.ndarray | str:
+    """Worker: the decoded array, or the error text (exceptions do not cross processes well)."""
+    try:
+        return load_square_image(path, size, jpeg_draft)
+    except ImageDecodeError as error:
+        return str(error)
+
+
+def decode_all(paths: list[Path], size: int, jpeg_draft: bool, workers: int) -> tuple[np.ndarray, list[str]]:
+    """Decode ``paths`` in parallel into one array; returns (array, problems)."""
+    images = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    problems: list[str] = []
+    decode = partial(_decode, size=size, jpeg_draft=jpeg_draft)
+    chunksize = max(1, min(64, len(paths) // (workers * 8) or 1))
+    progress = tqdm(total=len(paths), desc="decode", unit="img", mininterval=2.0, disable=None)
+    # fork is cheap and safe here: ingest never imports TensorFlow, so no threads are forked.
+    context = multiprocessing.get_context("fork")
+    with context.Pool(processes=workers) as pool:
+        for position, result in enumerate(pool.imap(decode, paths, chunksize=chunksize)):
+            if isinstance(result, str):
+                problems.append(result)
+            else:
+                images[position] = result
+            progress.update()
+    progress.close()
+    return images, problems
+
+
+def ingest(data_dir: str | Path, out_dir: str | Path, base: BaseParams, params: IngestParams) -> IngestReport:
+    """Validate ``data_dir`` and write ``images.npy`` + ``index.csv`` into ``out_dir``."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    started = time.perf_counter()
+    metadata = read_metadata(data_dir, base.classes)
+    found, missing, unlisted = locate_images(data_dir, metadata["image_id"])
+    if missing:
+        raise DataValidationError(
+            [f"image file for '{image_id}' not found" for image_id in missing],
+            f"{data_dir} (searched {', '.join(IMAGE_FOLDERS)})",
+        )
+    workers = params.workers or os.cpu_count() or 1
+    paths = [found[image_id] for image_id in metadata["image_id"]]
+    images, problems = decode_all(paths, base.image_size, params.jpeg_draft, workers)
+    if problems:
+        raise DataValidationError(problems, str(data_dir))
+
+    write_atomically(out_dir, images, metadata)
+    return IngestReport(len(paths), time.perf_counter() - started, workers, unlisted)
+
+
+def write_atomically(out_dir: Path, images: np.ndarray, index: pd.DataFrame) -> None:
+    """Write the artifact into a sibling temp folder, then swap it in with renames."""
+    staging = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    np.save(staging / IMAGES_FILE, images)
+    index.to_csv(staging / INDEX_FILE, index=False)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+
+
+def load_ingested(ingested_dir: str | Path) -> tuple[np.ndarray, pd.DataFrame]:
+    """Load the ingest artifact: (images memory-mapped read-only, index)."""
+    ingested_dir = Path(ingested_dir)
+    try:
+        images = np.load(ingested_dir / IMAGES_FILE, mmap_mode="r")
+        index = pd.read_csv(ingested_dir / INDEX_FILE, dtype=str, keep_default_na=False)
+    except FileNotFoundError as error:
+        raise PipelineError(f"{ingested_dir}: ingest output missing ({error.filename}); run `dvc repro ingest`") from error
+    if len(images) != len(index):
+        raise PipelineError(f"{ingested_dir}: {len(images)} images but {len(index)} index rows; rerun ingest")
+    return images, index
+
+
+
+def select_images(images: np.ndarray, index: pd.DataFrame, image_ids: pd.Series | list[str]) -> np.ndarray:
+    """The images of ``image_ids``, in that order, from an ingest-style artifact."""
+    position_of = pd.Series(np.arange(len(index)), index=index["image_id"])
+    missing = [image_id for image_id in image_ids if image_id not in position_of.index]
+    if missing:
+        raise PipelineError(
+            f"{len(missing)} image(s) not in the ingest output (e.g. {missing[0]}); rerun `dvc repro`"
+        )
+    return np.asarray(images[position_of.loc[list(image_ids)].to_numpy()])

@@ -1,0 +1,153 @@
+"""Model builders: the focal-loss CNN and the EfficientNetB7 transfer-learning model.
+
+Both models take RGB images with values in 0..255 (``float32``) at their input size, and
+carry their class order in a :class:`ClassNames` layer, so a saved ``.keras`` file alone is
+enough to predict (see ``pipeline.predict``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from pipeline.config import CnnParams, EffNetParams
+from pipeline.errors import PipelineError
+
+EFFNETB7_WEIGHTS_FILE = "efficientnetb7_notop.h5"
+EFFNETB7_WEIGHTS_URL = "https://storage.googleapis.com/keras-applications/efficientnetb7_notop.h5"
+
+
+@keras.saving.register_keras_serializable(package="ham10000")
+class ClassNames(layers.Layer):
+    """Identity layer that stores the class order (and input size) in the model file."""
+
+    def __init__(self, class_names: list[str], **kwargs):
+        super().__init__(**kwargs)
+        self.class_names = list(class_names)
+
+    def call(self, inputs):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "class_names": self.class_names}
+
+
+def model_class_names(model: keras.Model) -> list[str]:
+    """The class order stored in a model built by this module."""
+    for layer in reversed(model.layers):
+        if isinstance(layer, ClassNames):
+            return layer.class_names
+    raise PipelineError(f"model '{model.name}' has no ClassNames layer: it was not built by this pipeline")
+
+
+def model_input_size(model: keras.Model) -> int:
+    """The square input side a model expects."""
+    shape = model.input_shape
+    if shape[1] is None or shape[1] != shape[2]:
+        raise PipelineError(f"model '{model.name}' expects input shape {shape}, not a fixed square image")
+    return int(shape[1])
+
+
+def _classifier_head(features, classes: tuple[str, ...], dropout: float):
+    x = layers.Dropout(dropout, name="head_dropout")(features) if dropout > 0 else features
+    # float32 output keeps the softmax and the loss numerically safe under mixed precision.
+    x = layers.Dense(len(classes), name="logits", dtype="float32")(x)
+    x = layers.Activation("softmax", name="probabilities", dtype="float32")(x)
+    return ClassNames(list(classes), name="class_names", dtype="float32")(x)
+
+
+def _residual_block(x, filters: int, stride: int, name: str):
+    """Two depthwise-separable 3x3 convolutions with a residual shortcut.
+
+    Separable convolutions cost about 1/8 of a full 3x3 convolution, which is what makes a
+    reasonably deep CNN trainable on two CPU cores.
+    """
+    shortcut = x
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj")(x)
+        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    y = layers.SeparableConv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
+    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.ReLU(name=f"{name}_relu1")(y)
+    y = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = layers.Add(name=f"{name}_add")([y, shortcut])
+    return layers.ReLU(name=f"{name}_out")(y)
+
+
+def build_cnn(params: CnnParams, classes: tuple[str, ...]) -> keras.Model:
+    """The focal-loss CNN: a strided stem, residual separable stages, global pooling, softmax."""
+    inputs = keras.Input((params.input_size, params.input_size, 3), name="image")
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
+    x = layers.Conv2D(params.filters[0], 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    for stage, filters in enumerate(params.filters):
+        for block in range(params.blocks_per_stage):
+            stride = 2 if stage > 0 and block == 0 else 1
+            x = _residual_block(x, filters, stride, name=f"stage{stage + 1}_block{block + 1}")
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, _classifier_head(x, classes, params.dropout), name="cnn_focal")
+
+
+def keras_cache_weights_path() -> Path:
+    """Where Keras looks for cached EfficientNetB7 weights (``$KERAS_HOME`` or ``~/.keras``)."""
+    keras_home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(keras_home) / "models" / EFFNETB7_WEIGHTS_FILE
+
+
+def resolve_effnet_weights(spec: str) -> str | None:
+    """Turn the ``weights`` param into what ``keras.applications`` accepts, checking files exist.
+
+    ``none`` trains from scratch; ``imagenet`` needs the Keras cache file (this machine may
+    have no internet); anything else is a path to a weights ``.h5`` file.
+    """
+    if spec == "none":
+        return None
+    if spec == "imagenet":
+        cached = keras_cache_weights_path()
+        if not cached.is_file():
+            raise PipelineError(
+                f"EfficientNetB7 ImageNet weights not found at {cached}: download {EFFNETB7_WEIGHTS_URL} "
+                f"to that path (or set train_effnetb7.weights to the file's path, or to none to train from scratch)"
+            )
+        return "imagenet"
+    path = Path(spec)
+    if not path.is_file():
+        raise PipelineError(
+            f"train_effnetb7.weights: file {path} not found (expected {EFFNETB7_WEIGHTS_FILE}; "
+            "use imagenet for the Keras cache or none to train from scratch)"
+        )
+    return str(path)
+
+
+def build_effnetb7(params: EffNetParams, classes: tuple[str, ...]) -> tuple[keras.Model, keras.Model]:
+    """EfficientNetB7 backbone plus a new head; returns (model, backbone).
+
+    With pretrained weights the backbone starts frozen and is always called with
+    ``training=False``, so its BatchNorm statistics stay frozen during fine-tuning (the Keras
+    transfer-learning recipe). Keras EfficientNet normalises 0..255 inputs itself.
+    """
+    weights = resolve_effnet_weights(params.weights)
+    pretrained = weights is not None
+    backbone = keras.applications.EfficientNetB7(
+        include_top=False, weights=weights, input_shape=(params.input_size, params.input_size, 3), pooling="avg"
+    )
+    backbone.trainable = not pretrained
+    inputs = keras.Input((params.input_size, params.input_size, 3), name="image")
+    features = backbone(inputs, training=False) if pretrained else backbone(inputs)
+    return keras.Model(inputs, _classifier_head(features, classes, params.dropout), name="effnetb7"), backbone
+
+
+def unfreeze_top_layers(backbone: keras.Model, count: int) -> None:
+    """Make the top ``count`` backbone layers trainable, keeping BatchNorm layers frozen."""
+    backbone.trainable = True
+    boundary = len(backbone.layers) - count
+    for position, layer in enumerate(backbone.layers):
+        layer.trainable = position >= boundary and not isinstance(layer, layers.BatchNormalization)

@@ -1,0 +1,177 @@
+"""The one module that talks to MLflow.
+
+The tracking URI comes from ``MLFLOW_TRACKING_URI`` (``make run`` points it at the project's
+server on 127.0.0.1); tests point it at a throwaway sqlite store. Before a stage does any
+work, :func:`connect` checks that an HTTP server answers, so a stopped server costs seconds,
+not a training run. Request retries and timeouts are bounded so nothing hangs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import TrackingError
+from pipeline.server import is_up
+
+DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
+#: Alias moved to every newly registered version, and to the best one by validation score.
+CANDIDATE_ALIAS = "candidate"
+CHAMPION_ALIAS = "champion"
+#: Run metric compared between versions to decide the champion.
+CHAMPION_METRIC = "best_val_balanced_accuracy"
+
+
+def tracking_uri() -> str:
+    """The tracking URI in force: ``MLFLOW_TRACKING_URI`` or the project's default server."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def connect(experiment_name: str, timeout_s: float = 5.0) -> str:
+    """Point MLflow at the tracking URI, check it answers, select the experiment; return the URI.
+
+    Raises :class:`TrackingError` with how to fix it when an HTTP server does not answer.
+    """
+    uri = connect_for_loading()
+    if uri.startswith(("http://", "https://")) and not is_up(uri, timeout_s):
+        raise TrackingError(
+            f"MLflow tracking server at {uri} is not reachable; "
+            "start it with `make server` or point MLFLOW_TRACKING_URI at a running one"
+        )
+    import mlflow
+
+    try:
+        mlflow.set_experiment(experiment_name)
+    except Exception as error:  # MlflowException and transport errors alike
+        raise TrackingError(f"MLflow at {uri}: cannot select experiment '{experiment_name}' ({error})") from error
+    return uri
+
+
+def connect_for_loading() -> str:
+    """Point MLflow at the tracking URI for reading models (no experiment is selected)."""
+    uri = tracking_uri()
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def git_commit() -> str:
+    """The current git commit (with ``-dirty`` when the tree has changes), or ``unknown``."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty.strip() else "")
+
+
+def fingerprint(*parts: Any, files: tuple[str | Path, ...] = ()) -> str:
+    """A short sha256 of JSON-serialisable ``parts`` and the bytes of ``files``."""
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
+    for path in files:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+@contextmanager
+def run(run_name: str, tags: Mapping[str, str], resume_run_id: str | None = None) -> Iterator[Any]:
+    """Start (or resume) an MLflow run; a failed stage leaves the run marked FAILED."""
+    import mlflow
+
+    try:
+        active = mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else run_name, tags=dict(tags))
+    except Exception as error:
+        raise TrackingError(f"MLflow at {tracking_uri()}: cannot start run ({error})") from error
+    with active:
+        yield active
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log parameters to the active run (values are stringified by MLflow)."""
+    import mlflow
+
+    _guard(mlflow.log_params, dict(params))
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None, run_id: str | None = None) -> None:
+    """Log numeric metrics to the active run, or to ``run_id``."""
+    import mlflow
+
+    numeric = {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float))}
+    _guard(mlflow.log_metrics, numeric, step=step, run_id=run_id)
+
+
+def log_artifacts(paths: list[str | Path], artifact_path: str | None = None, run_id: str | None = None) -> None:
+    """Upload files to the active run, or to ``run_id``."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    target = run_id or mlflow.active_run().info.run_id
+    for path in paths:
+        _guard(client.log_artifact, target, str(path), artifact_path)
+
+
+def log_and_register_model(model: Any, sample_images: Any, registered_name: str, score: float) -> dict[str, Any]:
+    """Log a Keras model with a signature, register it, and move its aliases.
+
+    Every new version gets the ``candidate`` alias; it also becomes ``champion`` when its
+    validation score beats the current champion's (or there is none).
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    predictions = model.predict(sample_images, verbose=0)
+    signature = infer_signature(sample_images, predictions)
+    # input_example is not passed: it fails with FileNotFoundError in mlflow 3.17 (a known trap).
+    info = _guard(
+        mlflow.keras.log_model, model, name="model", signature=signature, registered_model_name=registered_name
+    )
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    _guard(client.set_registered_model_alias, registered_name, CANDIDATE_ALIAS, version)
+    promoted = _is_better_than_champion(client, registered_name, score)
+    if promoted:
+        _guard(client.set_registered_model_alias, registered_name, CHAMPION_ALIAS, version)
+    return {"model_uri": info.model_uri, "registered_model": registered_name, "version": version, "champion": promoted}
+
+
+def _is_better_than_champion(client: Any, name: str, score: float) -> bool:
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    except Exception:  # no champion yet
+        return True
+    champion_score = client.get_run(champion.run_id).data.metrics.get(CHAMPION_METRIC, float("-inf"))
+    return score >= champion_score
+
+
+def run_exists(run_id: str) -> bool:
+    """Whether ``run_id`` exists on the current tracking server."""
+    import mlflow
+
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except Exception:
+        return False
+    return True
+
+
+def _guard(function: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call an MLflow function, turning its failures into one clear :class:`TrackingError`."""
+    try:
+        return function(*args, **kwargs)
+    except TrackingError:
+        raise
+    except Exception as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TrackingError(f"MLflow at {tracking_uri()}: {function.__name__} failed ({first_line})") from error

@@ -1,0 +1,371 @@
+"""Training shared by ``train_cnn_focal`` and ``train_effnetb7``.
+
+One stage is one MLflow run: params, per-epoch metrics (loss, accuracy, and the validation
+balanced accuracy / macro-F1 / melanoma recall that model selection uses), the model with a
+signature, registered with aliases. The best epoch by ``monitor`` (never plain accuracy) is
+what gets saved. Every epoch leaves a checkpoint, so an interrupted stage resumes where it
+stopped when rerun with the same params and data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
+from sklearn.utils.class_weight import compute_class_weight
+
+from pipeline import tracking
+from pipeline.config import BaseParams, CnnParams, EffNetParams, TrainParams, as_flat_dict
+from pipeline.datasets import LabelledImages, load_augmented_images, load_split_images, make_dataset, subsample
+from pipeline.errors import PipelineError, TrackingError
+from pipeline.io import read_json, write_json
+from pipeline.models import build_cnn, build_effnetb7, unfreeze_top_layers
+
+MODEL_FILE = "model.keras"
+HISTORY_FILE = "history.csv"
+RUN_FILE = "mlflow_run.json"
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    """Where a training stage reads and writes (all given by dvc.yaml)."""
+
+    ingested: Path
+    split: Path
+    augmented: Path
+    out_dir: Path
+    metrics: Path
+    checkpoints: Path
+
+
+@dataclass
+class Phase:
+    """One ``fit`` call: its epoch count and how to prepare (freeze/compile) the model for it."""
+
+    name: str
+    epochs: int
+    learning_rate: float
+    prepare: Callable[[keras.Model], None] = field(default=lambda model: None)
+
+
+def training_arguments(description: str, argv=None) -> tuple[argparse.Namespace, TrainPaths]:
+    """Parse the command line shared by both training stages."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", required=True, help="params.yaml")
+    for name, help_text in (
+        ("ingested", "ingest output folder"),
+        ("split", "split output folder"),
+        ("augmented", "augment output folder"),
+        ("out", "model output folder (model.keras, history.csv, mlflow_run.json)"),
+        ("metrics", "JSON file for the best validation metrics"),
+        ("checkpoints", "folder for resumable per-epoch checkpoints"),
+    ):
+        parser.add_argument(f"--{name}", required=True, help=help_text)
+    args = parser.parse_args(argv)
+    paths = TrainPaths(
+        ingested=Path(args.ingested),
+        split=Path(args.split),
+        augmented=Path(args.augmented),
+        out_dir=Path(args.out),
+        metrics=Path(args.metrics),
+        checkpoints=Path(args.checkpoints),
+    )
+    return args, paths
+
+
+def configure_devices(seed: int) -> tf.distribute.Strategy:
+    """Seed everything once; use all visible GPUs with mixed precision, else a deterministic CPU."""
+    keras.utils.set_random_seed(seed)
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        return tf.distribute.MirroredStrategy()
+    keras.mixed_precision.set_global_policy("float32")
+    tf.config.experimental.enable_op_determinism()
+    return tf.distribute.get_strategy()
+
+
+def class_alpha(counts: np.ndarray, mode: str) -> list[float] | None:
+    """Per-class focal-loss alpha from train class counts.
+
+    ``inverse_frequency`` is scikit-learn's "balanced" weight ``n / (k * n_c)``;
+    ``sqrt_inverse_frequency`` its square root, a milder correction that trades less overall
+    accuracy for balance; ``none`` gives no alpha (all classes weigh 1).
+    """
+    if mode == "none":
+        return None
+    if np.any(counts == 0):
+        raise PipelineError(f"class_alpha={mode}: a class has no training images (counts {counts.tolist()})")
+    labels = np.repeat(np.arange(len(counts)), counts)
+    weights = compute_class_weight("balanced", classes=np.arange(len(counts)), y=labels)
+    if mode == "sqrt_inverse_frequency":
+        weights = np.sqrt(weights)
+    return [float(w) for w in weights]
+
+
+def build_loss(params: TrainParams, alpha: list[float] | None) -> keras.losses.Loss:
+    """Keras' categorical focal cross-entropy with per-class alpha (gamma 0 = weighted CE)."""
+    return keras.losses.CategoricalFocalCrossentropy(
+        alpha=alpha if alpha is not None else 1.0,
+        gamma=params.focal_gamma,
+        label_smoothing=params.label_smoothing,
+        name="focal_loss",
+    )
+
+
+def build_optimizer(params: TrainParams, learning_rate: float, steps_per_epoch: int, epochs: int) -> keras.optimizers.Optimizer:
+    """AdamW with a constant or warm-up + cosine-decay learning rate."""
+    if params.lr_schedule == "cosine":
+        warmup_steps = min(params.warmup_epochs, max(epochs - 1, 0)) * steps_per_epoch
+        schedule: Any = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=learning_rate / 10 if warmup_steps else learning_rate,
+            decay_steps=max(1, epochs * steps_per_epoch - warmup_steps),
+            alpha=0.01,
+            warmup_target=learning_rate if warmup_steps else None,
+            warmup_steps=warmup_steps,
+        )
+    else:
+        schedule = learning_rate
+    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=params.weight_decay)
+
+
+class ValidationMetrics(keras.callbacks.Callback):
+    """Adds validation loss, accuracy, balanced accuracy, macro-F1 and melanoma recall to logs.
+
+    It also keeps the best weights by ``monitor`` in the checkpoint folder, with the best
+    score in ``best.json`` so a resumed run still knows what it has to beat. It must come
+    before callbacks that read these keys (EarlyStopping, the MLflow logger).
+    """
+
+    def __init__(self, data: LabelledImages, dataset: tf.data.Dataset, loss: keras.losses.Loss, classes: tuple[str, ...], monitor: str, state_dir: Path, epoch_offset: int):
+        super().__init__()
+        self.labels = data.labels
+        self.one_hot = np.eye(len(classes), dtype=np.float32)[data.labels]
+        self.dataset = dataset
+        self.loss = loss
+        self.melanoma = classes.index("mel")
+        self.monitor = monitor
+        self.state_file = state_dir / "best.json"
+        self.weights_file = state_dir / "best.weights.h5"
+        self.epoch_offset = epoch_offset
+        self.best = read_json(self.state_file) if self.state_file.is_file() else {"value": -1.0, "epoch": -1, "metrics": {}}
+        self._started = 0.0
+        self.images_per_epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        train_seconds = time.perf_counter() - self._started
+        probabilities = self.model.predict(self.dataset, verbose=0)
+        predicted = probabilities.argmax(axis=1)
+        labels = np.arange(self.one_hot.shape[1])
+        metrics = {
+            "val_loss": float(self.loss(self.one_hot, probabilities)),
+            "val_accuracy": float(np.mean(predicted == self.labels)),
+            "val_balanced_accuracy": float(balanced_accuracy_score(self.labels, predicted)),
+            "val_macro_f1": float(f1_score(self.labels, predicted, labels=labels, average="macro", zero_division=0)),
+            "val_melanoma_recall": float(recall_score(self.labels, predicted, labels=[self.melanoma], average="macro", zero_division=0)),
+            "epoch_seconds": train_seconds,
+            "train_images_per_second": self.images_per_epoch / train_seconds if train_seconds else 0.0,
+        }
+        logs.update(metrics)
+        global_epoch = epoch + self.epoch_offset
+        if metrics[self.monitor] > self.best["value"]:
+            self.model.save_weights(self.weights_file)
+            self.best = {"value": metrics[self.monitor], "epoch": global_epoch, "metrics": metrics}
+            write_json(self.state_file, self.best)
+        print(
+            f"epoch {global_epoch + 1}: loss {logs.get('loss', float('nan')):.4f} "
+            f"val_balanced_accuracy {metrics['val_balanced_accuracy']:.4f} val_accuracy {metrics['val_accuracy']:.4f} "
+            f"val_melanoma_recall {metrics['val_melanoma_recall']:.4f} ({train_seconds:.0f} s)",
+            flush=True,
+        )
+
+
+class MlflowEpochLogger(keras.callbacks.Callback):
+    """Logs every epoch's metrics to the active MLflow run.
+
+    A tracking failure mid-run is reported once and logging stops, but training goes on: a
+    lost server must not cost the model. The stage still fails at the end, when the final
+    logging raises, after the model file is saved.
+    """
+
+    def __init__(self, epoch_offset: int):
+        super().__init__()
+        self.epoch_offset = epoch_offset
+        self.failed = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.failed or not logs:
+            return
+        try:
+            tracking.log_metrics(logs, step=epoch + self.epoch_offset)
+        except TrackingError as error:
+            self.failed = True
+            print(f"warning: {error}; per-epoch logging stopped, training continues", flush=True)
+
+
+def load_training_data(paths: TrainPaths, base: BaseParams, params: TrainParams) -> tuple[LabelledImages, LabelledImages]:
+    """(train, val) at the model's input size; train is the augmented set when configured."""
+    if params.use_augmented:
+        train = load_augmented_images(paths.augmented, base.classes, params.input_size)
+    else:
+        train = load_split_images(paths.ingested, paths.split, "train", base.classes, params.input_size)
+    val = load_split_images(paths.ingested, paths.split, "val", base.classes, params.input_size)
+    return subsample(train, params.max_train_images, base.seed), val
+
+
+def run_training(
+    stage: str,
+    base: BaseParams,
+    params: TrainParams,
+    paths: TrainPaths,
+    build: Callable[[], tuple[keras.Model, list[Phase]]],
+) -> dict[str, Any]:
+    """Train, select the best epoch, save the model locally, then log and register it."""
+    tracking.connect(base.experiment_name)  # fail fast, before any work, if MLflow is down
+    strategy = configure_devices(base.seed)
+    train, val = load_training_data(paths, base, params)
+    num_classes = len(base.classes)
+    counts = train.class_counts(num_classes)
+    alpha = class_alpha(counts, params.class_alpha)
+
+    input_files = [paths.split / "train.csv", paths.split / "val.csv"]
+    if params.use_augmented:
+        input_files.append(paths.augmented / "index.csv")
+    data_hash = tracking.fingerprint(files=tuple(input_files))
+    params_hash = tracking.fingerprint(as_flat_dict(base, "base"), as_flat_dict(params, stage))
+    checkpoint_dir = paths.checkpoints / f"{stage}-{params_hash}-{data_hash}"
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    resume_file = checkpoint_dir / RUN_FILE
+    resume_run_id = read_json(resume_file)["run_id"] if resume_file.is_file() else None
+    if resume_run_id and not tracking.run_exists(resume_run_id):
+        resume_run_id = None
+    if resume_run_id:
+        print(f"resuming {stage} from {checkpoint_dir} (MLflow run {resume_run_id})", flush=True)
+
+    train_dataset = make_dataset(train.images, train.labels, num_classes, params.batch_size, training=True, seed=base.seed, random_flip=params.random_flip)
+    val_dataset = make_dataset(val.images, None, num_classes, params.batch_size)
+    steps_per_epoch = int(np.ceil(len(train) / params.batch_size))
+    tags = {
+        "stage": stage,
+        "git_commit": tracking.git_commit(),
+        "data_hash": data_hash,
+        "params_hash": params_hash,
+        "device": "gpu" if tf.config.list_physical_devices("GPU") else "cpu",
+    }
+    started = time.perf_counter()
+    with tracking.run(stage, tags, resume_run_id) as active_run:
+        write_json(resume_file, {"run_id": active_run.info.run_id})
+        if not resume_run_id:
+            tracking.log_params(
+                {
+                    **as_flat_dict(base, "base"),
+                    **as_flat_dict(params, stage),
+                    "train_images": len(train),
+                    "val_images": len(val),
+                    **{f"train_count.{dx}": int(n) for dx, n in zip(base.classes, counts)},
+                    "focal_alpha": ",".join(f"{a:.3f}" for a in alpha) if alpha else "none",
+                }
+            )
+        with strategy.scope():
+            model, phases = build()
+        loss = build_loss(params, alpha)
+        history_frames = []
+        epoch_offset = 0
+        metrics_callback = None
+        for phase in phases:
+            done_weights = checkpoint_dir / f"{phase.name}.done.weights.h5"
+            with strategy.scope():
+                phase.prepare(model)
+                model.compile(
+                    optimizer=build_optimizer(params, phase.learning_rate, steps_per_epoch, phase.epochs),
+                    loss=loss,
+                    metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+                )
+            if done_weights.is_file():  # finished before an interruption: do not redo it
+                model.load_weights(done_weights)
+                epoch_offset += phase.epochs
+                continue
+            metrics_callback = ValidationMetrics(val, val_dataset, loss, base.classes, params.monitor, checkpoint_dir, epoch_offset)
+            metrics_callback.images_per_epoch = len(train)
+            callbacks: list[keras.callbacks.Callback] = [
+                metrics_callback,
+                MlflowEpochLogger(epoch_offset),
+                keras.callbacks.BackupAndRestore(str(checkpoint_dir / f"{phase.name}-backup")),
+            ]
+            if params.early_stopping_patience:
+                callbacks.append(keras.callbacks.EarlyStopping(monitor=params.monitor, mode="max", patience=params.early_stopping_patience))
+            history = model.fit(train_dataset, epochs=phase.epochs, callbacks=callbacks, verbose=2)
+            frame = pd.DataFrame(history.history)
+            frame.insert(0, "epoch", np.asarray(history.epoch) + epoch_offset + 1)
+            frame.insert(1, "phase", phase.name)
+            history_frames.append(frame)
+            model.save_weights(done_weights)
+            epoch_offset += phase.epochs
+
+        best = read_json(checkpoint_dir / "best.json")
+        model.load_weights(checkpoint_dir / "best.weights.h5")
+        seconds = time.perf_counter() - started
+        summary = {
+            "best_epoch": best["epoch"] + 1,
+            f"best_{params.monitor}": best["value"],
+            **{f"best_{key}": value for key, value in best["metrics"].items() if key.startswith("val_")},
+            "train_seconds": round(seconds, 1),
+            "train_images": len(train),
+        }
+        # Save locally first: nothing after this point can lose the trained model.
+        paths.out_dir.mkdir(parents=True, exist_ok=True)
+        model.save(paths.out_dir / MODEL_FILE)
+        if history_frames:
+            pd.concat(history_frames, ignore_index=True).to_csv(paths.out_dir / HISTORY_FILE, index=False)
+        write_json(paths.metrics, summary)
+        tracking.log_metrics(summary)
+        registered = tracking.log_and_register_model(
+            model, val.images[:4].astype(np.float32), params.registered_model_name, summary["best_val_balanced_accuracy"]
+        )
+        run_record = {"run_id": active_run.info.run_id, "tracking_uri": tracking.tracking_uri(), **registered}
+        write_json(paths.out_dir / RUN_FILE, run_record)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return {**summary, **run_record}
+
+
+def train_cnn_focal(base: BaseParams, params: CnnParams, paths: TrainPaths) -> dict[str, Any]:
+    """Train the focal-loss CNN (one phase)."""
+
+    def build():
+        return build_cnn(params, base.classes), [Phase("train", params.epochs, params.learning_rate)]
+
+    return run_training("train_cnn_focal", base, params, paths, build)
+
+
+def train_effnetb7(base: BaseParams, params: EffNetParams, paths: TrainPaths) -> dict[str, Any]:
+    """Train EfficientNetB7: frozen-backbone head training, then fine-tuning when pretrained."""
+
+    def build():
+        model, backbone = build_effnetb7(params, base.classes)
+        phases = [Phase("head" if params.weights != "none" else "train", params.epochs, params.learning_rate)]
+        if params.weights != "none" and params.fine_tune_epochs:
+            phases.append(
+                Phase(
+                    "fine_tune",
+                    params.fine_tune_epochs,
+                    params.fine_tune_learning_rate,
+                    prepare=lambda _model: unfreeze_top_layers(backbone, params.fine_tune_layers),
+                )
+            )
+        return model, phases
+
+    return run_training("train_effnetb7", base, params, paths, build)

@@ -1,0 +1,39 @@
+"""DVC stage ``evaluate``: test-split metrics, plots and a comparison report for every model."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.config import EvaluateParams, load_params
+from pipeline.errors import PipelineError, run_cli
+from pipeline.evaluate import run_evaluation
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", required=True, help="params.yaml")
+    parser.add_argument("--ingested", required=True, help="ingest output folder")
+    parser.add_argument("--split", required=True, help="split output folder (test.csv is used)")
+    parser.add_argument("--model", action="append", required=True, metavar="NAME=FOLDER", help="a trained model folder")
+    parser.add_argument("--metrics", required=True, help="metrics JSON to write")
+    parser.add_argument("--plots", required=True, help="folder for plot data and figures")
+    parser.add_argument("--report", required=True, help="Markdown comparison report to write")
+    args = parser.parse_args(argv)
+    base, params = load_params(args.params, "evaluate", EvaluateParams)
+    model_dirs = {}
+    for item in args.model:
+        name, separator, folder = item.partition("=")
+        if not separator or not name or not folder:
+            raise PipelineError(f"--model {item!r}: expected NAME=FOLDER")
+        model_dirs[name] = Path(folder)
+    results = run_evaluation(
+        model_dirs, Path(args.ingested), Path(args.split), base.classes, base.experiment_name, params,
+        Path(args.metrics), Path(args.plots), Path(args.report),
+    )
+    for name, metrics in results.items():
+        print(f"{name}: balanced accuracy {metrics['balanced_accuracy']:.4f}, accuracy {metrics['accuracy']:.4f}, "
+              f"macro-F1 {metrics['macro_f1']:.4f}, melanoma recall {metrics['melanoma_recall']:.4f}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,19 @@
+"""DVC stage ``train_cnn_focal``: the CNN trained with focal loss, tracked in MLflow."""
+
+import sys
+
+from pipeline.config import CnnParams, load_params
+from pipeline.errors import run_cli
+from pipeline.train import train_cnn_focal, training_arguments
+
+
+def main(argv=None):
+    args, paths = training_arguments(__doc__, argv)
+    base, params = load_params(args.params, "train_cnn_focal", CnnParams)
+    summary = train_cnn_focal(base, params, paths)
+    print(f"cnn_focal: best epoch {summary['best_epoch']}, val balanced accuracy {summary['best_val_balanced_accuracy']:.4f}, "
+          f"registered {summary['registered_model']} v{summary['version']}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

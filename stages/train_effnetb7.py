@@ -1,0 +1,19 @@
+"""DVC stage ``train_effnetb7``: EfficientNetB7 transfer learning, tracked in MLflow."""
+
+import sys
+
+from pipeline.config import EffNetParams, load_params
+from pipeline.errors import run_cli
+from pipeline.train import train_effnetb7, training_arguments
+
+
+def main(argv=None):
+    args, paths = training_arguments(__doc__, argv)
+    base, params = load_params(args.params, "train_effnetb7", EffNetParams)
+    summary = train_effnetb7(base, params, paths)
+    print(f"effnetb7: best epoch {summary['best_epoch']}, val balanced accuracy {summary['best_val_balanced_accuracy']:.4f}, "
+          f"registered {summary['registered_model']} v{summary['version']}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
