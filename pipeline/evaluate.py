@@ -145,7 +145,10 @@ def comparison_report(metrics: dict[str, dict[str, Any]], classes: tuple[str, ..
     for key, higher_is_better in (("balanced_accuracy", True), ("macro_f1", True), ("melanoma_recall", True),
                                   ("roc_auc_macro", True), ("accuracy", True), ("ece", False)):
         values = [metrics[n][key] for n in names]
-        best = names[int(np.nanargmax(values) if higher_is_better else np.nanargmin(values))]
+        if len(set(values)) == 1:
+            best = "tie"
+        else:
+            best = names[int(np.nanargmax(values) if higher_is_better else np.nanargmin(values))]
         lines.append(f"| {key} | " + " | ".join(f"{v:.4f}" for v in values) + f" | {best} |")
     lines += ["", "## Per class (recall / precision / F1, support)", ""]
     lines += ["| dx | support | " + " | ".join(f"{n} recall | {n} precision | {n} F1" for n in names) + " | higher recall |",

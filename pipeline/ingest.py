@@ -159,8 +159,9 @@ def ingest(data_dir: str | Path, out_dir: str | Path, base: BaseParams, params: 
     return IngestReport(len(paths), time.perf_counter() - started, workers, unlisted)
 
 
-def write_atomically(out_dir: Path, images: np.ndarray, index: pd.DataFrame) -> None:
+def write_atomically(out_dir: str | Path, images: np.ndarray, index: pd.DataFrame) -> None:
     """Write the artifact into a sibling temp folder, then swap it in with renames."""
+    out_dir = Path(out_dir)
     staging = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

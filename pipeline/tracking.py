@@ -14,6 +14,7 @@ import os
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +135,15 @@ def log_and_register_model(model: Any, sample_images: Any, registered_name: str,
     predictions = model.predict(sample_images, verbose=0)
     signature = infer_signature(sample_images, predictions)
     # input_example is not passed: it fails with FileNotFoundError in mlflow 3.17 (a known trap).
+    # Explicit requirements: mlflow's inference of them fails for Keras 3 models and wastes time.
+    requirements = [f"{package}=={metadata.version(package)}" for package in ("keras", "tensorflow")]
     info = _guard(
-        mlflow.keras.log_model, model, name="model", signature=signature, registered_model_name=registered_name
+        mlflow.keras.log_model,
+        model,
+        name="model",
+        signature=signature,
+        registered_model_name=registered_name,
+        pip_requirements=requirements,
     )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()

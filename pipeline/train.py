@@ -328,7 +328,7 @@ def run_training(
         }
         # Save locally first: nothing after this point can lose the trained model.
         paths.out_dir.mkdir(parents=True, exist_ok=True)
-        model.save(paths.out_dir / MODEL_FILE)
+        save_for_inference(model, paths.out_dir / MODEL_FILE)
         if history_frames:
             pd.concat(history_frames, ignore_index=True).to_csv(paths.out_dir / HISTORY_FILE, index=False)
         write_json(paths.metrics, summary)
@@ -340,6 +340,13 @@ def run_training(
         write_json(paths.out_dir / RUN_FILE, run_record)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return {**summary, **run_record}
+
+
+def save_for_inference(model: keras.Model, path: Path) -> None:
+    """Save the architecture and weights only: the optimizer state would triple the file."""
+    clean = keras.Model.from_config(model.get_config())
+    clean.set_weights(model.get_weights())
+    clean.save(path)
 
 
 def train_cnn_focal(base: BaseParams, params: CnnParams, paths: TrainPaths) -> dict[str, Any]:
