@@ -62,6 +62,12 @@ def _classifier_head(features, classes: tuple[str, ...], dropout: float):
     return ClassNames(list(classes), name="class_names", dtype="float32")(x)
 
 
+def _batch_norm(name: str) -> layers.BatchNormalization:
+    """BatchNorm with momentum 0.9: Keras' default 0.99 needs thousands of steps before the
+    moving statistics used at inference match the batch ones, more than a short CPU run has."""
+    return layers.BatchNormalization(momentum=0.9, name=name)
+
+
 def _residual_block(x, filters: int, stride: int, name: str):
     """Two depthwise-separable 3x3 convolutions with a residual shortcut.
 
@@ -71,12 +77,12 @@ def _residual_block(x, filters: int, stride: int, name: str):
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj")(x)
-        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+        shortcut = _batch_norm(name=f"{name}_proj_bn")(shortcut)
     y = layers.SeparableConv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
-    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = _batch_norm(name=f"{name}_bn1")(y)
     y = layers.ReLU(name=f"{name}_relu1")(y)
     y = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
-    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = _batch_norm(name=f"{name}_bn2")(y)
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return layers.ReLU(name=f"{name}_out")(y)
 
@@ -86,7 +92,7 @@ def build_cnn(params: CnnParams, classes: tuple[str, ...]) -> keras.Model:
     inputs = keras.Input((params.input_size, params.input_size, 3), name="image")
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
     x = layers.Conv2D(params.filters[0], 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
-    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = _batch_norm(name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     for stage, filters in enumerate(params.filters):
         for block in range(params.blocks_per_stage):
