@@ -123,6 +123,14 @@ class CnnParams(TrainParams):
     filters: tuple[int, ...] = (32, 64, 128, 256)
     blocks_per_stage: int = _range(1, 8, default=1)
 
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        # TensorFlow 2.21's oneDNN kernels corrupt the heap (the process aborts) on separable
+        # convolutions with 8 channels; 16 and more are safe.
+        small = [f for f in self.filters if f < 16 or f > 2048]
+        if small:
+            raise ParamsError(f"{where}.filters: every value must be in [16, 2048], got {list(self.filters)}")
+
 
 @dataclass(frozen=True, kw_only=True)
 class EffNetParams(TrainParams):

@@ -41,7 +41,9 @@ def label_indices(dx: pd.Series, classes: tuple[str, ...]) -> np.ndarray:
 def resize_images(images: np.ndarray, size: int, chunk: int = 512) -> np.ndarray:
     """Resize a uint8 image array once up front (cheaper than resizing in every epoch)."""
     if images.shape[1] == size:
-        return np.ascontiguousarray(images)
+        # A real in-memory copy: TensorFlow may alias a numpy buffer, and a memory-mapped one
+        # (np.load(mmap_mode="r")) can be unmapped under it, which crashes the process.
+        return np.array(images, dtype=np.uint8, copy=True)
     resized = np.empty((len(images), size, size, 3), dtype=np.uint8)
     for start in range(0, len(images), chunk):
         batch = tf.image.resize(np.asarray(images[start : start + chunk]), (size, size), antialias=True)

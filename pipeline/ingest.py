@@ -125,15 +125,25 @@ def decode_all(paths: list[Path], size: int, jpeg_draft: bool, workers: int) -> 
     decode = partial(_decode, size=size, jpeg_draft=jpeg_draft)
     chunksize = max(1, min(64, len(paths) // (workers * 8) or 1))
     progress = tqdm(total=len(paths), desc="decode", unit="img", mininterval=2.0, disable=None)
-    # fork is cheap and safe here: ingest never imports TensorFlow, so no threads are forked.
-    context = multiprocessing.get_context("fork")
-    with context.Pool(processes=workers) as pool:
-        for position, result in enumerate(pool.imap(decode, paths, chunksize=chunksize)):
+    if workers == 1:
+        results = map(decode, paths)
+        pool = None
+    else:
+        # forkserver: workers start from a clean process, never from a fork of one that may
+        # hold TensorFlow's threads (a test session, a notebook), which can abort.
+        pool = multiprocessing.get_context("forkserver").Pool(processes=workers)
+        results = pool.imap(decode, paths, chunksize=chunksize)
+    try:
+        for position, result in enumerate(results):
             if isinstance(result, str):
                 problems.append(result)
             else:
                 images[position] = result
             progress.update()
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
     progress.close()
     return images, problems
 

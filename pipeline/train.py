@@ -308,7 +308,8 @@ def run_training(
             ]
             if params.early_stopping_patience:
                 callbacks.append(keras.callbacks.EarlyStopping(monitor=params.monitor, mode="max", patience=params.early_stopping_patience))
-            history = model.fit(train_dataset, epochs=phase.epochs, callbacks=callbacks, verbose=2)
+            # shuffle=False: the tf.data pipeline already reshuffles every epoch (seeded).
+            history = model.fit(train_dataset, epochs=phase.epochs, callbacks=callbacks, verbose=2, shuffle=False)
             frame = pd.DataFrame(history.history)
             frame.insert(0, "epoch", np.asarray(history.epoch) + epoch_offset + 1)
             frame.insert(1, "phase", phase.name)

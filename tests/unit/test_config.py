@@ -56,6 +56,7 @@ def test_unknown_key_is_named(tmp_path, repo_root):
         ("train_cnn_focal", CnnParams, "learning_rate", "fast", r"learning_rate: must be a number"),
         ("train_cnn_focal", CnnParams, "filters", [], r"filters: must be a non-empty list"),
         ("train_cnn_focal", CnnParams, "filters", [32, "x"], r"filters\[1\]: must be an integer"),
+        ("train_cnn_focal", CnnParams, "filters", [8, 16], r"filters: every value must be in \[16, 2048\]"),
         ("train_cnn_focal", CnnParams, "class_alpha", "inverse", r"class_alpha: must be one of"),
         ("train_cnn_focal", CnnParams, "random_flip", "yes", r"random_flip: must be true or false"),
         ("split", SplitParams, "test_fraction", 0.9, r"split\.test_fraction: must be <= 0\.5"),

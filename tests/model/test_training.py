@@ -1,0 +1,124 @@
+"""Training: the loss goes down, models save and reload exactly, runs are tracked and resumable."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import tracking
+from pipeline.inference import load_model, predict_probabilities
+from pipeline.io import read_json
+from pipeline.models import build_cnn, model_class_names, model_input_size
+from pipeline.train import HISTORY_FILE, MODEL_FILE, RUN_FILE, MlflowEpochLogger, train_cnn_focal
+from tests.model.conftest import make_paths, tiny_cnn
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_tiny_training_run_lowers_the_loss(base_params):
+    import keras
+
+    from pipeline.datasets import make_dataset
+    from pipeline.train import build_loss, build_optimizer, configure_devices
+
+    configure_devices(base_params.seed)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 7, 96).astype(np.int32)
+    # Each class has its own mean colour, so a CNN can separate them.
+    images = np.clip(rng.normal(30 + labels[:, None, None, None] * 30, 20, (96, 32, 32, 3)), 0, 255).astype(np.uint8)
+    params = tiny_cnn(epochs=8)
+    model = build_cnn(params, base_params.classes)
+    model.compile(optimizer=build_optimizer(params, 0.003, 3, 8), loss=build_loss(params, None))
+    dataset = make_dataset(images, labels, 7, 32, training=True, seed=1)
+    history = model.fit(dataset, epochs=8, verbose=0).history["loss"]
+    assert history[-1] < 0.6 * history[0]
+    assert isinstance(model.optimizer, keras.optimizers.AdamW)
+
+
+def test_train_stage_saves_tracks_and_registers(tiny_artifacts, mlflow_store):
+    import mlflow
+
+    base, root = tiny_artifacts
+    paths = make_paths(root, "cnn_once")
+    summary = train_cnn_focal(base, tiny_cnn(), paths)
+
+    assert (paths.out_dir / MODEL_FILE).is_file()
+    history = pd.read_csv(paths.out_dir / HISTORY_FILE)
+    assert history["epoch"].tolist() == [1, 2, 3]
+    assert {"loss", "val_balanced_accuracy", "val_macro_f1", "val_melanoma_recall"} <= set(history.columns)
+    assert read_json(paths.metrics)["best_val_balanced_accuracy"] == pytest.approx(history["val_balanced_accuracy"].max())
+    assert not any(paths.checkpoints.iterdir()), "checkpoints are removed once a run completes"
+
+    client = mlflow.MlflowClient()
+    run = client.get_run(summary["run_id"])
+    assert run.data.params["train_cnn_focal.epochs"] == "3"
+    assert run.data.tags["stage"] == "train_cnn_focal" and len(run.data.tags["params_hash"]) == 16
+    assert len(client.get_metric_history(run.info.run_id, "val_balanced_accuracy")) == 3
+    champion = client.get_model_version_by_alias("tests-cnn", tracking.CHAMPION_ALIAS)
+    assert str(champion.version) == summary["version"] == "1"
+    assert read_json(paths.out_dir / RUN_FILE)["run_id"] == run.info.run_id
+
+    reloaded = mlflow.keras.load_model("models:/tests-cnn@champion")
+    images = np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), load_model(paths.out_dir).predict(images, verbose=0), atol=1e-6)
+
+
+def test_saved_model_reloads_in_safe_mode_and_predicts_identically(tiny_artifacts, mlflow_store):
+    base, root = tiny_artifacts
+    paths = make_paths(root, "cnn_reload")
+    train_cnn_focal(base, tiny_cnn(epochs=1), paths)
+    model = load_model(paths.out_dir / MODEL_FILE)
+    assert model_class_names(model) == list(base.classes) and model_input_size(model) == 32
+    images = np.random.default_rng(1).integers(0, 255, (9, 32, 32, 3), dtype=np.uint8)
+    first = predict_probabilities(model, images)
+    second = predict_probabilities(load_model(paths.out_dir / MODEL_FILE), images)
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(first.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_same_seed_same_weights_on_cpu(tiny_artifacts, mlflow_store):
+    base, root = tiny_artifacts
+    weights = []
+    for attempt in range(2):
+        paths = make_paths(root, f"cnn_determinism_{attempt}")
+        train_cnn_focal(base, tiny_cnn(epochs=2), paths)
+        weights.append(load_model(paths.out_dir).get_weights())
+    for first, second in zip(*weights):
+        np.testing.assert_array_equal(first, second)
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(tiny_artifacts, mlflow_store, monkeypatch):
+    base, root = tiny_artifacts
+    paths = make_paths(root, "cnn_resume")
+    original = MlflowEpochLogger.on_epoch_end
+
+    def interrupt_after_first_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated interruption")
+
+    monkeypatch.setattr(MlflowEpochLogger, "on_epoch_end", interrupt_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_cnn_focal(base, tiny_cnn(epochs=4), paths)
+    assert not (paths.out_dir / MODEL_FILE).exists()
+    checkpoint = next(paths.checkpoints.iterdir())
+    interrupted_run = read_json(checkpoint / RUN_FILE)["run_id"]
+
+    monkeypatch.setattr(MlflowEpochLogger, "on_epoch_end", original)
+    summary = train_cnn_focal(base, tiny_cnn(epochs=4), paths)
+    history = pd.read_csv(paths.out_dir / HISTORY_FILE)
+    # Epoch 1 was backed up; epoch 2 was interrupted before its backup, so it reruns.
+    assert history["epoch"].tolist() == [2, 3, 4]
+    assert summary["run_id"] == interrupted_run, "a resumed stage continues its MLflow run"
+
+
+def test_mlflow_down_fails_fast_before_training(tiny_artifacts, monkeypatch):
+    import time
+
+    base, root = tiny_artifacts
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    paths = make_paths(root, "cnn_no_server")
+    started = time.monotonic()
+    with pytest.raises(tracking.TrackingError, match="not reachable.*make server"):
+        train_cnn_focal(base, tiny_cnn(), paths)
+    assert time.monotonic() - started < 30
+    assert not paths.out_dir.exists()
