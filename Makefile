@@ -5,7 +5,8 @@
 #   make run DATA=<folder>   the same on a HAM10000 folder (official layout)
 #   make test                the test suite
 #   make ui / make server / make stop-server
-#   make reproduce           rerun from scratch and compare with the published metrics
+#   make reproduce [DATA=…]  rerun from scratch and compare with the published metrics
+#   make publish [DATA=…]    rerun from scratch and store the metrics as the published ones
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -24,7 +25,7 @@ export PATH := $(BIN):$(PATH)
 export MLFLOW_TRACKING_URI ?= $(TRACKING_URI)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv run test server ui stop-server reproduce bench demo-data clean-env
+.PHONY: venv run test server ui stop-server reproduce publish bench demo-data clean-env
 
 venv: $(STAMP)
 
@@ -57,6 +58,9 @@ test: venv
 
 reproduce: server
 	$(BIN)/python -m pipeline.reproduce --data $(DATA)
+
+publish: server
+	$(BIN)/python -m pipeline.reproduce --data $(DATA) --publish
 
 bench: venv
 	$(BIN)/python -m benchmarks.run

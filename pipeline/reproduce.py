@@ -1,0 +1,155 @@
+"""Reproduce the published metrics: rerun the pipeline from scratch and compare.
+
+    python -m pipeline.reproduce --data ../shared/ham10000            # rerun + compare
+    python -m pipeline.reproduce --data ../shared/ham10000 --no-run   # compare only
+    python -m pipeline.reproduce --data ../shared/ham10000 --publish  # rerun + store as reference
+
+The reference for a data folder is ``metrics/published/<folder name>.json`` (``demo.json``
+for ``data/demo``, ``ham10000.json`` for a HAM10000 copy); the allowed drift per metric is in
+``metrics/published/tolerance.yaml``. A drift beyond tolerance prints a table of every
+compared number and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import PipelineError, run_cli
+from pipeline.io import read_json
+
+PUBLISHED_DIR = Path("metrics/published")
+TOLERANCE_FILE = PUBLISHED_DIR / "tolerance.yaml"
+METRICS_FILE = Path("metrics/evaluate.json")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One compared number."""
+
+    model: str
+    metric: str
+    published: float
+    fresh: float
+    tolerance: float
+
+    @property
+    def drift(self) -> float:
+        return self.fresh - self.published
+
+    @property
+    def ok(self) -> bool:
+        return abs(self.drift) <= self.tolerance + 1e-12
+
+
+def reference_name(data_dir: str | Path) -> str:
+    """``data/demo`` -> ``demo``; ``../shared/ham10000`` -> ``ham10000``."""
+    return Path(data_dir).resolve().name.lower()
+
+
+def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """``{"recall": {"mel": 0.5}}`` -> ``{"recall.mel": 0.5}`` (numbers only)."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
+
+
+def tolerance_for(metric: str, tolerances: dict[str, float]) -> float | None:
+    """The tolerance of ``metric`` (exact name, else its group such as ``recall``); None = not compared."""
+    if metric in tolerances:
+        return tolerances[metric]
+    group = metric.split(".", 1)[0]
+    return tolerances.get(group)
+
+
+def compare(published: dict[str, Any], fresh: dict[str, Any], tolerances: dict[str, float]) -> list[Comparison]:
+    """Every toleranced metric of every published model, against the fresh run."""
+    rows = []
+    for model, reference in published.items():
+        if model not in fresh:
+            raise PipelineError(f"fresh metrics have no model '{model}' (have: {', '.join(fresh)})")
+        fresh_flat = flatten(fresh[model])
+        for metric, value in flatten(reference).items():
+            tolerance = tolerance_for(metric, tolerances)
+            if tolerance is None:
+                continue
+            if metric not in fresh_flat:
+                raise PipelineError(f"fresh metrics of '{model}' have no '{metric}'")
+            rows.append(Comparison(model, metric, value, fresh_flat[metric], tolerance))
+    return rows
+
+
+def format_table(rows: list[Comparison]) -> str:
+    """A fixed-width table of the comparison, drifting rows marked."""
+    header = f"{'model':<10} {'metric':<26} {'published':>10} {'fresh':>10} {'drift':>9} {'allowed':>8}  status"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        status = "ok" if row.ok else "DRIFT"
+        lines.append(
+            f"{row.model:<10} {row.metric:<26} {row.published:>10.4f} {row.fresh:>10.4f} "
+            f"{row.drift:>+9.4f} {row.tolerance:>8.4f}  {status}"
+        )
+    return "\n".join(lines)
+
+
+def load_tolerances(path: Path = TOLERANCE_FILE) -> dict[str, float]:
+    """Read the per-metric tolerances."""
+    try:
+        tolerances = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise PipelineError(f"{path}: cannot read tolerances ({error.strerror})") from error
+    if not isinstance(tolerances, dict) or not all(isinstance(v, (int, float)) for v in tolerances.values()):
+        raise PipelineError(f"{path}: must map metric names to numbers")
+    return {str(k): float(v) for k, v in tolerances.items()}
+
+
+def rerun_pipeline(data_dir: str) -> None:
+    """``dvc exp run --force`` with ``ingest.data_dir`` set: every stage reruns, recorded as an experiment."""
+    command = [sys.executable, "-m", "dvc", "exp", "run", "--force", "--set-param", f"ingest.data_dir={data_dir}"]
+    print("+ " + " ".join(command[2:]), flush=True)
+    if subprocess.run(command).returncode != 0:
+        raise PipelineError("the pipeline run failed (see the stage output above)")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Rerun the pipeline and compare with the published metrics.")
+    parser.add_argument("--data", required=True, help="data folder the pipeline runs on")
+    parser.add_argument("--no-run", action="store_true", help="compare the current metrics without rerunning")
+    parser.add_argument("--publish", action="store_true", help="store the fresh metrics as the new reference")
+    args = parser.parse_args(argv)
+    reference = PUBLISHED_DIR / f"{reference_name(args.data)}.json"
+    if not args.no_run:
+        rerun_pipeline(args.data)
+    if args.publish:
+        PUBLISHED_DIR.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(METRICS_FILE, reference)
+        print(f"published {METRICS_FILE} as {reference}")
+        return
+    if not reference.is_file():
+        raise PipelineError(f"no published metrics for this data at {reference}; create them with --publish")
+    rows = compare(read_json(reference), read_json(METRICS_FILE), load_tolerances())
+    print(format_table(rows))
+    drifted = [row for row in rows if not row.ok]
+    if drifted:
+        raise PipelineError(
+            f"{len(drifted)} of {len(rows)} metrics drifted beyond tolerance from {reference} "
+            f"(e.g. {drifted[0].model} {drifted[0].metric}: {drifted[0].published:.4f} -> {drifted[0].fresh:.4f})"
+        )
+    print(f"reproduced: all {len(rows)} metrics within tolerance of {reference}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,67 @@
+"""Model builders: class order in the file, EfficientNetB7 weights handling."""
+
+import numpy as np
+import pytest
+
+from pipeline.config import HAM10000_CLASSES, EffNetParams
+from pipeline.errors import PipelineError
+from pipeline.models import (
+    EFFNETB7_WEIGHTS_FILE,
+    build_cnn,
+    build_effnetb7,
+    keras_cache_weights_path,
+    model_class_names,
+    model_input_size,
+    resolve_effnet_weights,
+    unfreeze_top_layers,
+)
+from tests.model.conftest import tiny_cnn
+
+
+def _effnet(**changes):
+    values = dict(input_size=32, epochs=1, batch_size=4, learning_rate=0.001, weights="none", registered_model_name="t")
+    values.update(changes)
+    return EffNetParams(**values)
+
+
+def test_cnn_outputs_probabilities_and_carries_its_classes():
+    model = build_cnn(tiny_cnn(input_size=40), HAM10000_CLASSES)
+    assert model_class_names(model) == list(HAM10000_CLASSES)
+    assert model_input_size(model) == 40
+    probabilities = model.predict(np.random.default_rng(0).uniform(0, 255, (3, 40, 40, 3)).astype("float32"), verbose=0)
+    assert probabilities.shape == (3, 7)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_missing_imagenet_weights_say_where_to_put_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    expected = tmp_path / "keras" / "models" / EFFNETB7_WEIGHTS_FILE
+    assert keras_cache_weights_path() == expected
+    with pytest.raises(PipelineError, match=f"not found at {expected}: download .*{EFFNETB7_WEIGHTS_FILE} to that path"):
+        resolve_effnet_weights("imagenet")
+    expected.parent.mkdir(parents=True)
+    expected.write_bytes(b"weights")
+    assert resolve_effnet_weights("imagenet") == "imagenet"
+
+
+def test_weights_path_and_none(tmp_path):
+    assert resolve_effnet_weights("none") is None
+    with pytest.raises(PipelineError, match="train_effnetb7.weights: file .*absent.h5 not found"):
+        resolve_effnet_weights(str(tmp_path / "absent.h5"))
+    local = tmp_path / "b7.h5"
+    local.write_bytes(b"x")
+    assert resolve_effnet_weights(str(local)) == str(local)
+
+
+@pytest.mark.slow
+def test_effnetb7_from_scratch_builds_a_trainable_b7_with_our_head(tmp_path):
+    model, backbone = build_effnetb7(_effnet(), HAM10000_CLASSES)
+    assert backbone.name == "efficientnetb7" and backbone.trainable
+    assert model_class_names(model) == list(HAM10000_CLASSES) and model_input_size(model) == 32
+    assert model.count_params() > 60_000_000  # B7, not a smaller variant
+    # Fine-tuning keeps BatchNorm frozen while opening the top layers.
+    unfreeze_top_layers(backbone, 20)
+    top = backbone.layers[-20:]
+    assert any(layer.trainable for layer in top)
+    assert not any(layer.trainable for layer in top if layer.__class__.__name__ == "BatchNormalization")
+    assert not any(layer.trainable for layer in backbone.layers[:-20])
