@@ -12,7 +12,6 @@ import numpy as np
 
 from pipeline.datasets import make_dataset
 from pipeline.errors import PipelineError
-from pipeline.models import ClassNames  # noqa: F401  (registers the layer for deserialisation)
 
 MODEL_FILE = "model.keras"
 

@@ -1,8 +1,8 @@
 """Model builders: the focal-loss CNN and the EfficientNetB7 transfer-learning model.
 
 Both models take RGB images with values in 0..255 (``float32``) at their input size, and
-carry their class order in a :class:`ClassNames` layer, so a saved ``.keras`` file alone is
-enough to predict (see ``pipeline.predict``).
+carry their class order and source image size in a metadata layer (see
+:func:`metadata_layer`), so a saved ``.keras`` file alone is enough to predict.
 """
 
 from __future__ import annotations
@@ -20,30 +20,33 @@ EFFNETB7_WEIGHTS_FILE = "efficientnetb7_notop.h5"
 EFFNETB7_WEIGHTS_URL = "https://storage.googleapis.com/keras-applications/efficientnetb7_notop.h5"
 
 
-@keras.saving.register_keras_serializable(package="ham10000")
-class ClassNames(layers.Layer):
-    """Identity layer that stores the class order (and input size) in the model file."""
+METADATA_PREFIX = "ham10000_metadata"
 
-    def __init__(self, class_names: list[str], **kwargs):
-        super().__init__(**kwargs)
-        self.class_names = list(class_names)
 
-    def call(self, inputs):
-        return inputs
+def metadata_layer(classes: tuple[str, ...] | list[str], source_size: int | None) -> layers.Layer:
+    """An identity layer whose name records what inference needs: the class order and the
+    ingest size the model was trained from (predict repeats centre crop -> source size ->
+    input size). A built-in layer, not a custom class, so any Keras and ``mlflow models
+    serve`` load the model without importing this package."""
+    return layers.Identity(name=".".join([METADATA_PREFIX, "source", str(source_size or 0), "classes", *classes]))
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
 
-    def get_config(self):
-        return {**super().get_config(), "class_names": self.class_names}
+def _metadata(model: keras.Model) -> tuple[list[str], int]:
+    for layer in reversed(model.layers):
+        if layer.name.startswith(METADATA_PREFIX + "."):
+            fields = layer.name.split(".")
+            return fields[4:], int(fields[2])
+    raise PipelineError(f"model '{model.name}' has no metadata layer: it was not built by this pipeline")
 
 
 def model_class_names(model: keras.Model) -> list[str]:
     """The class order stored in a model built by this module."""
-    for layer in reversed(model.layers):
-        if isinstance(layer, ClassNames):
-            return layer.class_names
-    raise PipelineError(f"model '{model.name}' has no ClassNames layer: it was not built by this pipeline")
+    return _metadata(model)[0]
+
+
+def model_source_size(model: keras.Model) -> int:
+    """The ingest image size the model was trained from (its input size if not recorded)."""
+    return _metadata(model)[1] or model_input_size(model)
 
 
 def model_input_size(model: keras.Model) -> int:
@@ -54,12 +57,12 @@ def model_input_size(model: keras.Model) -> int:
     return int(shape[1])
 
 
-def _classifier_head(features, classes: tuple[str, ...], dropout: float):
+def _classifier_head(features, classes: tuple[str, ...], dropout: float, source_size: int | None):
     x = layers.Dropout(dropout, name="head_dropout")(features) if dropout > 0 else features
     # float32 output keeps the softmax and the loss numerically safe under mixed precision.
     x = layers.Dense(len(classes), name="logits", dtype="float32")(x)
     x = layers.Activation("softmax", name="probabilities", dtype="float32")(x)
-    return ClassNames(list(classes), name="class_names", dtype="float32")(x)
+    return metadata_layer(classes, source_size)(x)
 
 
 def _batch_norm(name: str) -> layers.BatchNormalization:
@@ -87,7 +90,7 @@ def _residual_block(x, filters: int, stride: int, name: str):
     return layers.ReLU(name=f"{name}_out")(y)
 
 
-def build_cnn(params: CnnParams, classes: tuple[str, ...]) -> keras.Model:
+def build_cnn(params: CnnParams, classes: tuple[str, ...], source_size: int | None = None) -> keras.Model:
     """The focal-loss CNN: a strided stem, residual separable stages, global pooling, softmax."""
     inputs = keras.Input((params.input_size, params.input_size, 3), name="image")
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
@@ -99,7 +102,7 @@ def build_cnn(params: CnnParams, classes: tuple[str, ...]) -> keras.Model:
             stride = 2 if stage > 0 and block == 0 else 1
             x = _residual_block(x, filters, stride, name=f"stage{stage + 1}_block{block + 1}")
     x = layers.GlobalAveragePooling2D(name="pool")(x)
-    return keras.Model(inputs, _classifier_head(x, classes, params.dropout), name="cnn_focal")
+    return keras.Model(inputs, _classifier_head(x, classes, params.dropout, source_size), name="cnn_focal")
 
 
 def keras_cache_weights_path() -> Path:
@@ -133,7 +136,9 @@ def resolve_effnet_weights(spec: str) -> str | None:
     return str(path)
 
 
-def build_effnetb7(params: EffNetParams, classes: tuple[str, ...]) -> tuple[keras.Model, keras.Model]:
+def build_effnetb7(
+    params: EffNetParams, classes: tuple[str, ...], source_size: int | None = None
+) -> tuple[keras.Model, keras.Model]:
     """EfficientNetB7 backbone plus a new head; returns (model, backbone).
 
     With pretrained weights the backbone starts frozen and is always called with
@@ -148,7 +153,8 @@ def build_effnetb7(params: EffNetParams, classes: tuple[str, ...]) -> tuple[kera
     backbone.trainable = not pretrained
     inputs = keras.Input((params.input_size, params.input_size, 3), name="image")
     features = backbone(inputs, training=False) if pretrained else backbone(inputs)
-    return keras.Model(inputs, _classifier_head(features, classes, params.dropout), name="effnetb7"), backbone
+    head = _classifier_head(features, classes, params.dropout, source_size)
+    return keras.Model(inputs, head, name="effnetb7"), backbone
 
 
 def unfreeze_top_layers(backbone: keras.Model, count: int) -> None:

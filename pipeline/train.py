@@ -354,7 +354,7 @@ def train_cnn_focal(base: BaseParams, params: CnnParams, paths: TrainPaths) -> d
     """Train the focal-loss CNN (one phase)."""
 
     def build():
-        return build_cnn(params, base.classes), [Phase("train", params.epochs, params.learning_rate)]
+        return build_cnn(params, base.classes, base.image_size), [Phase("train", params.epochs, params.learning_rate)]
 
     return run_training("train_cnn_focal", base, params, paths, build)
 
@@ -363,7 +363,7 @@ def train_effnetb7(base: BaseParams, params: EffNetParams, paths: TrainPaths) ->
     """Train EfficientNetB7: frozen-backbone head training, then fine-tuning when pretrained."""
 
     def build():
-        model, backbone = build_effnetb7(params, base.classes)
+        model, backbone = build_effnetb7(params, base.classes, base.image_size)
         phases = [Phase("head" if params.weights != "none" else "train", params.epochs, params.learning_rate)]
         if params.weights != "none" and params.fine_tune_epochs:
             phases.append(
