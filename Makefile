@@ -3,6 +3,7 @@
 #
 #   make run                 dvc repro on the demo data, tracked by the local MLflow server
 #   make run DATA=<folder>   the same on a HAM10000 folder (official layout)
+#   make run PROFILE=gpu     first copy profiles/gpu.yaml over params.yaml (the study's set-up)
 #   make test                the test suite
 #   make ui / make server / make stop-server
 #   make reproduce [DATA=…]  rerun from scratch and compare with the published metrics
@@ -47,6 +48,9 @@ stop-server: venv
 # dvc exp run is dvc repro plus recording the run as an experiment; --set-param points ingest
 # at DATA, so `dvc exp show` compares demo and real-data runs.
 run: server
+ifdef PROFILE
+	cp profiles/$(PROFILE).yaml params.yaml
+endif
 	$(BIN)/dvc exp run --set-param ingest.data_dir=$(DATA)
 	@$(BIN)/dvc metrics show
 	@echo

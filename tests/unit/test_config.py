@@ -29,8 +29,9 @@ SECTIONS = {
 
 
 @pytest.mark.parametrize("section", sorted(SECTIONS))
-def test_every_section_of_the_repository_params_loads(repo_root, section):
-    base, params = load_params(repo_root / "params.yaml", section, SECTIONS[section])
+@pytest.mark.parametrize("profile", ["params.yaml", "profiles/gpu.yaml"])
+def test_every_section_of_the_repository_params_loads(repo_root, profile, section):
+    base, params = load_params(repo_root / profile, section, SECTIONS[section])
     assert len(base.classes) == 7
     assert isinstance(params, SECTIONS[section])
 
