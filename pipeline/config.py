@@ -149,6 +149,8 @@ class EvaluateParams:
 
     ece_bins: int = _range(2, 100, default=15)
     tta: bool = False  # average predictions over flips
+    # Optional folder in the ISIC 2018 Task 3 test layout, scored into metrics/external.json.
+    external_dir: str = ""
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:

@@ -65,7 +65,7 @@ def render_lesion(dx: str, lesion_rng: np.random.Generator, image_rng: np.random
     """
     look = LOOKS[dx]
     skin = np.array([222, 180, 150]) + lesion_rng.normal(0, 12, 3)
-    colour = np.array(look.colour) + lesion_rng.normal(0, 14, 3)
+    colour = np.array(look.colour) + lesion_rng.normal(0, 28, 3)
     radius = height * look.radius * lesion_rng.uniform(0.8, 1.2)
     phases = lesion_rng.uniform(0, 2 * np.pi, 4)
     angle = lesion_rng.uniform(0, np.pi) + image_rng.normal(0, 0.3)
@@ -82,22 +82,22 @@ def render_lesion(dx: str, lesion_rng: np.random.Generator, image_rng: np.random
     inside = np.clip((border - distance) / 2.0, 0, 1)[..., None]  # soft edge
 
     image = skin + image_rng.normal(0, 6, (height, width, 3))
-    lesion = colour + image_rng.normal(0, 9, (height, width, 3))
+    lesion = colour + image_rng.normal(0, 14, (height, width, 3))
     if dx == "mel":  # blue-grey veil and dark blotches
-        veil = (np.sin(rx / 3 + phases[0]) > 0.3)[..., None] * np.array([-10, 5, 35])
+        veil = (np.sin(rx / 3 + phases[0]) > 0.3)[..., None] * np.array([-5, 3, 18])
         lesion = lesion + veil
     elif dx == "bkl":  # waxy ridges
-        lesion = lesion + (np.sin(ry / 2.0) * 14)[..., None]
+        lesion = lesion + (np.sin(ry / 2.0) * 8)[..., None]
     elif dx == "bcc":  # red branching vessels
-        vessels = (np.abs(np.sin(rx / 4 + np.sin(ry / 5) * 2)) < 0.12)[..., None] * np.array([20, -60, -50])
+        vessels = (np.abs(np.sin(rx / 4 + np.sin(ry / 5) * 2)) < 0.12)[..., None] * np.array([10, -30, -25])
         lesion = lesion + vessels
     elif dx == "akiec":  # scaly surface
-        lesion = lesion + image_rng.normal(0, 25, (height, width, 1))
+        lesion = lesion + image_rng.normal(0, 15, (height, width, 1))
     elif dx == "vasc":  # lobules
-        lesion = lesion + ((np.sin(rx / 2.5) * np.sin(ry / 2.5)) > 0.4)[..., None] * np.array([-30, -10, 20])
+        lesion = lesion + ((np.sin(rx / 2.5) * np.sin(ry / 2.5)) > 0.4)[..., None] * np.array([-15, -5, 10])
     elif dx == "df":  # white central patch
         centre = (distance < radius * 0.45)[..., None]
-        lesion = np.where(centre, lesion + np.array([60, 70, 65]), lesion)
+        lesion = np.where(centre, lesion + np.array([30, 35, 32]), lesion)
     pixels = image * (1 - inside) + lesion * inside
     return np.clip(pixels, 0, 255).astype(np.uint8)
 

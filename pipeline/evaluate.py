@@ -181,13 +181,52 @@ def evaluate_models(models: dict[str, Any], images_by_size: Any, labels: np.ndar
     return results, scored_models
 
 
-def log_to_mlflow(name: str, model_dir: Path, metrics: dict[str, Any], artifacts: list[Path]) -> str:
+ISIC2018_INPUT = "ISIC2018_Task3_Test_Input"
+ISIC2018_TRUTH = "ISIC2018_Task3_Test_GroundTruth.csv"
+
+
+def load_isic2018_test(folder: Path, classes: tuple[str, ...], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of a folder in the ISIC 2018 Task 3 test layout.
+
+    ``ISIC2018_Task3_Test_GroundTruth.csv`` has one row per image with one-hot columns
+    ``image,MEL,NV,BCC,AKIEC,BKL,DF,VASC``; the images are ``ISIC2018_Task3_Test_Input/<image>.jpg``.
+    Images get the ingest preprocessing (centre square, ``size`` pixels), decoded in parallel.
+    """
+    import os
+
+    from pipeline.errors import DataValidationError
+    from pipeline.ingest import decode_all
+
+    truth_path = folder / ISIC2018_TRUTH
+    if not truth_path.is_file():
+        raise PipelineError(f"{truth_path}: ground truth not found (expected the ISIC 2018 Task 3 test layout)")
+    truth = pd.read_csv(truth_path)
+    columns = {dx.upper(): dx for dx in classes}
+    missing = [column for column in ["image", *columns] if column not in truth.columns]
+    if missing:
+        raise DataValidationError([f"missing column '{column}'" for column in missing], str(truth_path))
+    one_hot = truth[list(columns)].to_numpy()
+    bad_rows = np.flatnonzero(~np.isclose(one_hot.sum(axis=1), 1.0) | ~np.isin(one_hot, (0, 1)).all(axis=1))
+    if len(bad_rows):
+        raise DataValidationError([f"line {row + 2}: not a one-hot row" for row in bad_rows], str(truth_path))
+    labels = np.array([classes.index(columns[name]) for name in np.asarray(list(columns))[one_hot.argmax(axis=1)]], dtype=np.int32)
+    paths = [folder / ISIC2018_INPUT / f"{image}.jpg" for image in truth["image"]]
+    absent = [str(path) for path in paths if not path.is_file()]
+    if absent:
+        raise DataValidationError([f"{path}: image not found" for path in absent], str(folder))
+    images, problems = decode_all(paths, size, True, os.cpu_count() or 1)
+    if problems:
+        raise DataValidationError(problems, str(folder))
+    return images, labels
+
+
+def log_to_mlflow(name: str, model_dir: Path, metrics: dict[str, Any], artifacts: list[Path], prefix: str = "test") -> str:
     """Log test metrics and plots to the model's training run (or a new run if it is gone)."""
     from pipeline import tracking
     from pipeline.train import RUN_FILE
 
-    flat = {f"test_{key}": value for key, value in metrics.items() if isinstance(value, (int, float))}
-    flat.update({f"test_recall_{dx}": value for dx, value in metrics["recall"].items()})
+    flat = {f"{prefix}_{key}": value for key, value in metrics.items() if isinstance(value, (int, float))}
+    flat.update({f"{prefix}_recall_{dx}": value for dx, value in metrics["recall"].items()})
     record_file = model_dir / RUN_FILE
     run_id = read_json(record_file)["run_id"] if record_file.is_file() else None
     if run_id and tracking.run_exists(run_id):
@@ -211,8 +250,14 @@ def run_evaluation(
     metrics_file: Path,
     plots_dir: Path,
     report_file: Path,
+    external_metrics_file: Path | None = None,
+    image_size: int | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """The evaluate stage: metrics JSON, plots, report, and MLflow logging for every model."""
+    """The evaluate stage: metrics JSON, plots, report, and MLflow logging for every model.
+
+    With ``params.external_dir`` set, the models are also scored on that ISIC 2018 Task 3 test
+    folder, into ``external_metrics_file`` (``{"skipped": ...}`` is written when it is unset).
+    """
     from pipeline import tracking
     from pipeline.datasets import label_indices, resize_images
     from pipeline.inference import load_model
@@ -235,4 +280,16 @@ def run_evaluation(
         write_plot_data(item, classes, model_plots)
         figures = draw_figures(item, classes, model_plots)
         log_to_mlflow(item.name, model_dirs[item.name], results[item.name], figures + [report_file])
+
+    if external_metrics_file is not None:
+        if params.external_dir:
+            if image_size is None:
+                raise ValueError("image_size is needed to preprocess the external test set")
+            external_images, external_labels = load_isic2018_test(Path(params.external_dir), classes, image_size)
+            external, _ = evaluate_models(models, lambda size: resize_images(external_images, size), external_labels, classes, params)
+            for name, model_metrics in external.items():
+                log_to_mlflow(name, model_dirs[name], model_metrics, [], prefix="external")
+            write_json(external_metrics_file, {"source": params.external_dir, **external})
+        else:
+            write_json(external_metrics_file, {"skipped": "evaluate.external_dir is not set"})
     return results

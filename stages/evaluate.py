@@ -18,6 +18,7 @@ def main(argv=None):
     parser.add_argument("--metrics", required=True, help="metrics JSON to write")
     parser.add_argument("--plots", required=True, help="folder for plot data and figures")
     parser.add_argument("--report", required=True, help="Markdown comparison report to write")
+    parser.add_argument("--external-metrics", required=True, help="metrics JSON for the optional external test set")
     args = parser.parse_args(argv)
     base, params = load_params(args.params, "evaluate", EvaluateParams)
     model_dirs = {}
@@ -29,6 +30,7 @@ def main(argv=None):
     results = run_evaluation(
         model_dirs, Path(args.ingested), Path(args.split), base.classes, base.experiment_name, params,
         Path(args.metrics), Path(args.plots), Path(args.report),
+        external_metrics_file=Path(args.external_metrics), image_size=base.image_size,
     )
     for name, metrics in results.items():
         print(f"{name}: balanced accuracy {metrics['balanced_accuracy']:.4f}, accuracy {metrics['accuracy']:.4f}, "

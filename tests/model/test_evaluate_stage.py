@@ -40,3 +40,49 @@ def test_evaluate_writes_metrics_plots_report_and_logs_to_the_training_runs(tiny
     assert "test_recall_mel" in logged
     artifacts = {item.path for item in client.list_artifacts(run_id, "evaluation")}
     assert "evaluation/roc.png" in artifacts and "evaluation/comparison.md" in artifacts
+
+
+def _isic2018_folder(root, ham, rows):
+    """A synthetic folder in the ISIC 2018 Task 3 test layout, from the tiny HAM images."""
+    import pandas as pd
+    from PIL import Image
+
+    folder = root / "isic2018"
+    (folder / "ISIC2018_Task3_Test_Input").mkdir(parents=True)
+    metadata = pd.read_csv(ham / "HAM10000_metadata.csv").groupby("dx").head(2).iloc[:rows]
+    truth = []
+    for number, row in enumerate(metadata.itertuples()):
+        source = next(ham.glob(f"HAM10000_images_part_*/{row.image_id}.jpg"))
+        name = f"ISIC_{number:07d}"
+        Image.open(source).resize((120, 90)).save(folder / "ISIC2018_Task3_Test_Input" / f"{name}.jpg")
+        truth.append({"image": name, **{code: float(code.lower() == row.dx) for code in ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")}})
+    pd.DataFrame(truth).to_csv(folder / "ISIC2018_Task3_Test_GroundTruth.csv", index=False)
+    return folder
+
+
+def test_external_isic2018_test_set_is_scored_separately(tiny_artifacts, mlflow_store, tmp_path):
+    base, root = tiny_artifacts
+    paths = make_paths(root, "eval_external")
+    train_cnn_focal(base, tiny_cnn(epochs=1), paths)
+    external = _isic2018_folder(tmp_path, root / "ham", rows=14)
+    external_file = tmp_path / "external.json"
+    run_evaluation(
+        {"cnn_focal": paths.out_dir}, root / "ingested", root / "split", base.classes, base.experiment_name,
+        EvaluateParams(external_dir=str(external)), tmp_path / "evaluate.json", tmp_path / "plots",
+        tmp_path / "report.md", external_metrics_file=external_file, image_size=base.image_size,
+    )
+    scored = read_json(external_file)
+    assert scored["source"] == str(external)
+    assert scored["cnn_focal"]["images"] == 14
+    assert sum(scored["cnn_focal"]["support"].values()) == 14 and scored["cnn_focal"]["support"]["mel"] == 2
+
+
+def test_external_folder_errors_are_clear(tmp_path):
+    from pipeline.errors import PipelineError
+    from pipeline.evaluate import load_isic2018_test
+
+    with pytest.raises(PipelineError, match="ground truth not found"):
+        load_isic2018_test(tmp_path, ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"), 32)
+    (tmp_path / "ISIC2018_Task3_Test_GroundTruth.csv").write_text("image,MEL,NV,BCC,AKIEC,BKL,DF,VASC\nx,1,1,0,0,0,0,0\n")
+    with pytest.raises(PipelineError, match="line 2: not a one-hot row"):
+        load_isic2018_test(tmp_path, ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"), 32)
