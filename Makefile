@@ -52,10 +52,11 @@ ifdef PROFILE
 	cp profiles/$(PROFILE).yaml params.yaml
 endif
 	$(BIN)/dvc exp run --set-param ingest.data_dir=$(DATA)
-	@$(BIN)/dvc metrics show
 	@echo
-	@echo "Metrics: metrics/evaluate.json   report: reports/comparison.md   plots: dvc plots show"
-	@echo "MLflow UI: $(TRACKING_URI)"
+	@$(BIN)/python -m pipeline.evaluate
+	@echo
+	@echo "All metrics: dvc metrics show   report: reports/comparison.md   plots: dvc plots show"
+	@echo "MLflow UI: $(TRACKING_URI)  (experiment: base.experiment_name of params.yaml)"
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -293,3 +293,31 @@ def run_evaluation(
         else:
             write_json(external_metrics_file, {"skipped": "evaluate.external_dir is not set"})
     return results
+
+
+def summary_table(metrics: dict[str, dict[str, Any]]) -> str:
+    """The headline test metrics of each model, one row per model."""
+    keys = ("balanced_accuracy", "accuracy", "macro_f1", "melanoma_recall", "roc_auc_macro", "ece")
+    lines = [f"{'model':<10} " + " ".join(f"{key:>17}" for key in keys)]
+    for name, values in metrics.items():
+        lines.append(f"{name:<10} " + " ".join(f"{values[key]:>17.4f}" for key in keys))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the summary table of the test metrics file named in dvc.yaml."""
+    from pipeline.io import pipeline_path
+
+    path = pipeline_path("test_metrics")
+    if not path.is_file():
+        raise PipelineError(f"{path}: no test metrics yet; run `make run`")
+    print(f"test metrics ({path}):")
+    print(summary_table(read_json(path)))
+
+
+if __name__ == "__main__":
+    import sys
+
+    from pipeline.errors import run_cli
+
+    sys.exit(run_cli(main))

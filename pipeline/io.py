@@ -17,3 +17,17 @@ def write_json(path: str | Path, data: Any) -> None:
 def read_json(path: str | Path) -> Any:
     """Read a JSON file."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def pipeline_path(name: str, dvc_file: str | Path = "dvc.yaml") -> Path:
+    """An artifact path from the ``paths`` vars of ``dvc.yaml``, where every path is written once."""
+    import yaml
+
+    from pipeline.errors import PipelineError
+
+    try:
+        variables = yaml.safe_load(Path(dvc_file).read_text(encoding="utf-8"))["vars"]
+        paths = next(entry["paths"] for entry in variables if isinstance(entry, dict) and "paths" in entry)
+        return Path(paths[name])
+    except (OSError, KeyError, StopIteration, TypeError) as error:
+        raise PipelineError(f"{dvc_file}: no vars.paths.{name} ({error})") from error

@@ -4,9 +4,10 @@
     python -m pipeline.reproduce --data ../shared/ham10000 --no-run   # compare only
     python -m pipeline.reproduce --data ../shared/ham10000 --publish  # rerun + store as reference
 
-The reference for a data folder is ``metrics/published/<folder name>.json`` (``demo.json``
-for ``data/demo``, ``ham10000.json`` for a HAM10000 copy); the allowed drift per metric is in
-``metrics/published/tolerance.yaml``. A drift beyond tolerance prints a table of every
+The reference for a data folder is ``<published>/<folder name>.json`` (``demo.json`` for
+``data/demo``, ``ham10000.json`` for a HAM10000 copy; ``<published>`` is ``vars.paths.published``
+of dvc.yaml, ``metrics/published``); the allowed drift per metric is in
+``<published>/tolerance.yaml``. A drift beyond tolerance prints a table of every
 compared number and exits 1.
 """
 
@@ -24,11 +25,9 @@ from typing import Any
 import yaml
 
 from pipeline.errors import PipelineError, run_cli
-from pipeline.io import read_json
+from pipeline.io import pipeline_path, read_json
 
-PUBLISHED_DIR = Path("metrics/published")
-TOLERANCE_FILE = PUBLISHED_DIR / "tolerance.yaml"
-METRICS_FILE = Path("metrics/evaluate.json")
+TOLERANCE_FILE_NAME = "tolerance.yaml"
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,7 @@ def format_table(rows: list[Comparison]) -> str:
     return "\n".join(lines)
 
 
-def load_tolerances(path: Path = TOLERANCE_FILE) -> dict[str, float]:
+def load_tolerances(path: Path) -> dict[str, float]:
     """Read the per-metric tolerances."""
     try:
         tolerances = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -130,17 +129,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-run", action="store_true", help="compare the current metrics without rerunning")
     parser.add_argument("--publish", action="store_true", help="store the fresh metrics as the new reference")
     args = parser.parse_args(argv)
-    reference = PUBLISHED_DIR / f"{reference_name(args.data)}.json"
+    metrics_file, published_dir = pipeline_path("test_metrics"), pipeline_path("published")
+    reference = published_dir / f"{reference_name(args.data)}.json"
     if not args.no_run:
         rerun_pipeline(args.data)
     if args.publish:
-        PUBLISHED_DIR.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(METRICS_FILE, reference)
-        print(f"published {METRICS_FILE} as {reference}")
+        published_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(metrics_file, reference)
+        print(f"published {metrics_file} as {reference}")
         return
     if not reference.is_file():
         raise PipelineError(f"no published metrics for this data at {reference}; create them with --publish")
-    rows = compare(read_json(reference), read_json(METRICS_FILE), load_tolerances())
+    rows = compare(read_json(reference), read_json(metrics_file), load_tolerances(published_dir / TOLERANCE_FILE_NAME))
     print(format_table(rows))
     drifted = [row for row in rows if not row.ok]
     if drifted:

@@ -43,5 +43,8 @@ def test_missing_model_or_metric_is_an_error():
 def test_reference_name_and_repository_tolerances(repo_root):
     assert reproduce.reference_name("data/demo") == "demo"
     assert reproduce.reference_name("../shared/ham10000/") == "ham10000"
-    tolerances = reproduce.load_tolerances(repo_root / "metrics" / "published" / "tolerance.yaml")
+    from pipeline.io import pipeline_path
+
+    published = repo_root / pipeline_path("published", repo_root / "dvc.yaml")
+    tolerances = reproduce.load_tolerances(published / reproduce.TOLERANCE_FILE_NAME)
     assert {"balanced_accuracy", "accuracy", "macro_f1", "recall"} <= set(tolerances)
