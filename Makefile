@@ -6,6 +6,7 @@
 #   make run PROFILE=gpu     first copy profiles/gpu.yaml over params.yaml (the study's set-up)
 #   make test                the test suite
 #   make ui / make server / make stop-server
+#   make serve [MODEL=models:/NAME@ALIAS]   serve a registered model on 127.0.0.1:5002
 #   make reproduce [DATA=…]  rerun from scratch and compare with the published metrics
 #   make publish [DATA=…]    rerun from scratch and store the metrics as the published ones
 
@@ -26,7 +27,7 @@ export PATH := $(BIN):$(PATH)
 export MLFLOW_TRACKING_URI ?= $(TRACKING_URI)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv run test server ui stop-server reproduce publish bench demo-data clean-env
+.PHONY: venv run test server ui stop-server serve reproduce publish bench demo-data clean-env
 
 venv: $(STAMP)
 
@@ -60,6 +61,11 @@ endif
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+MODEL ?= models:/ham10000-cnn-focal@champion
+SERVE_PORT ?= 5002
+serve: server
+	$(BIN)/mlflow models serve -m $(MODEL) --env-manager local --host $(HOST) -p $(SERVE_PORT)
 
 reproduce: server
 	$(BIN)/python -m pipeline.reproduce --data $(DATA)
