@@ -52,7 +52,7 @@ class IngestParams:
     """``ingest``: read a HAM10000 folder, validate it, decode and resize every image."""
 
     data_dir: str
-    workers: int = _range(0, 256, default=0)  # 0 means one worker per CPU core
+    workers: int = _range(0, 256, default=0)  # decoding threads; 0 = one per CPU core
     jpeg_draft: bool = True
 
 
