@@ -9,7 +9,6 @@ minority-class images until each class reaches ``balance_to`` images (at most
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import albumentations as A
 import cv2
