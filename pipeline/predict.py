@@ -85,7 +85,7 @@ def _conv_and_output(model):
     for layer in reversed(model.layers):
         output = layer.output
         if isinstance(layer, keras.Model) and len(output.shape) == 2:  # nested backbone with pooling
-            inner = [l for l in layer.layers if len(l.output.shape) == 4]
+            inner = [sublayer for sublayer in layer.layers if len(sublayer.output.shape) == 4]
             feature_model = keras.Model(layer.inputs, [inner[-1].output, layer.output])
             head = model.layers[model.layers.index(layer) + 1 :]
 
