@@ -136,7 +136,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.publish:
         published_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(metrics_file, reference)
-        print(f"published {metrics_file} as {reference}")
+        report = reference.with_name(f"{reference.stem}_comparison.md")
+        shutil.copyfile(pipeline_path("report"), report)
+        print(f"published {metrics_file} as {reference} (report: {report})")
         return
     if not reference.is_file():
         raise PipelineError(f"no published metrics for this data at {reference}; create them with --publish")
