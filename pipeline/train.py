@@ -147,7 +147,7 @@ class ValidationMetrics(keras.callbacks.Callback):
     before callbacks that read these keys (EarlyStopping, the MLflow logger).
     """
 
-    def __init__(self, data: LabelledImages, dataset: tf.data.Dataset, loss: keras.losses.Loss, classes: tuple[str, ...], monitor: str, state_dir: Path, epoch_offset: int):
+    def __init__(self, data: LabelledImages, dataset: tf.data.Dataset, loss: keras.losses.Loss, classes: tuple[str, ...], monitor: str, state_dir: Path, epoch_offset: int, train_images: int):
         super().__init__()
         self.labels = data.labels
         self.one_hot = np.eye(len(classes), dtype=np.float32)[data.labels]
@@ -160,7 +160,7 @@ class ValidationMetrics(keras.callbacks.Callback):
         self.epoch_offset = epoch_offset
         self.best = read_json(self.state_file) if self.state_file.is_file() else {"value": -1.0, "epoch": -1, "metrics": {}}
         self._started = 0.0
-        self.images_per_epoch = 0
+        self.images_per_epoch = train_images
 
     def on_epoch_begin(self, epoch, logs=None):
         self._started = time.perf_counter()
@@ -285,7 +285,6 @@ def run_training(
         loss = build_loss(params, alpha)
         history_frames = []
         epoch_offset = 0
-        metrics_callback = None
         for phase in phases:
             done_weights = checkpoint_dir / f"{phase.name}.done.weights.h5"
             with strategy.scope():
@@ -299,8 +298,9 @@ def run_training(
                 model.load_weights(done_weights)
                 epoch_offset += phase.epochs
                 continue
-            metrics_callback = ValidationMetrics(val, val_dataset, loss, base.classes, params.monitor, checkpoint_dir, epoch_offset)
-            metrics_callback.images_per_epoch = len(train)
+            metrics_callback = ValidationMetrics(
+                val, val_dataset, loss, base.classes, params.monitor, checkpoint_dir, epoch_offset, len(train)
+            )
             callbacks: list[keras.callbacks.Callback] = [
                 metrics_callback,
                 MlflowEpochLogger(epoch_offset),
