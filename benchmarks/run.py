@@ -110,7 +110,10 @@ def bench_input_pipeline(repeats: int, params_path: Path) -> dict:
     for name, (build, params, count) in setups.items():
         images, labels = _training_data(count, params.input_size)
         model = _compiled(build(), params)
-        dataset = make_dataset(images, labels, 7, params.batch_size, training=True, seed=0, random_flip=params.random_flip)
+        dataset = make_dataset(
+            images, labels, 7, params.batch_size, training=True, seed=0,
+            random_flip=params.random_flip, random_rotate90=params.random_rotate90,
+        )
         tensors = (tf.constant(images, tf.float32), tf.one_hot(labels, 7))
         model.fit(dataset, epochs=1, verbose=0, shuffle=False)  # build the graph once (B7: minutes)
         model.fit(*tensors, batch_size=params.batch_size, epochs=1, verbose=0)

@@ -107,6 +107,7 @@ class TrainParams:
     label_smoothing: float = _range(0.0, 0.5, default=0.0)
     dropout: float = _range(0.0, 0.95, default=0.0)
     random_flip: bool = True  # on-the-fly flips in tf.data, on top of the augment stage
+    random_rotate90: bool = False  # on-the-fly 90-degree rotations (with flips: all 8 symmetries)
     use_augmented: bool = True  # train on the augment stage's output (else the raw train split)
     max_train_images: int = _range(0, default=0)  # 0 = all; >0 bounds a smoke run
     registered_model_name: str = ""
@@ -118,10 +119,15 @@ class TrainParams:
 
 @dataclass(frozen=True, kw_only=True)
 class CnnParams(TrainParams):
-    """``train_cnn_focal``: a residual, depthwise-separable CNN trained with focal loss."""
+    """``train_cnn_focal``: a residual CNN trained with focal loss."""
 
     filters: tuple[int, ...] = (32, 64, 128, 256)
     blocks_per_stage: int = _range(1, 8, default=1)
+    # Convolutions of the residual blocks: full 3x3 or depthwise-separable 3x3.
+    block: Literal["conv", "separable"] = "separable"
+    # Stride of the first stage (after the stride-2 stem): 2 runs every stage at half the
+    # resolution, a quarter of the cost, which pays for a larger input or wider stages.
+    first_stage_stride: int = _range(1, 2, default=1)
 
     def validate(self, where: str) -> None:
         super().validate(where)

@@ -84,12 +84,16 @@ def make_dataset(
     training: bool = False,
     seed: int = 0,
     random_flip: bool = False,
+    random_rotate90: bool = False,
 ) -> tf.data.Dataset:
     """A batched, prefetched ``tf.data`` pipeline of float32 0..255 images (+ one-hot labels).
 
     Training data is reshuffled every epoch (seeded) and optionally flipped at random on
-    both axes: dermoscopy has no canonical orientation, so flips are free extra data.
+    both axes and rotated by 90 degrees: dermoscopy has no canonical orientation, so the
+    eight symmetries of the square are free extra data.
     """
+    if random_rotate90 and images.shape[1] != images.shape[2]:
+        raise PipelineError(f"random_rotate90 needs square images, got {images.shape[1]}x{images.shape[2]}")
     if labels is None:
         dataset = tf.data.Dataset.from_tensor_slices(images)
     else:
@@ -102,6 +106,8 @@ def make_dataset(
         batch_images = tf.cast(batch_images, tf.float32)
         if training and random_flip:
             batch_images = _random_flips(batch_images, seed)
+        if training and random_rotate90:
+            batch_images = _random_transpose(batch_images, seed + 2)
         if batch_labels is None:
             return batch_images
         return batch_images, tf.one_hot(batch_labels, num_classes)
@@ -117,3 +123,10 @@ def _random_flips(batch: tf.Tensor, seed: int) -> tf.Tensor:
     flip_ud = tf.random.uniform([batch_size, 1, 1, 1], seed=seed + 1) < 0.5
     batch = tf.where(flip_lr, tf.reverse(batch, axis=[2]), batch)
     return tf.where(flip_ud, tf.reverse(batch, axis=[1]), batch)
+
+
+def _random_transpose(batch: tf.Tensor, seed: int) -> tf.Tensor:
+    """Swap the rows and columns of each image with probability 1/2: combined with the two
+    flips this draws uniformly from all eight rotations and reflections of the square."""
+    transpose = tf.random.uniform([tf.shape(batch)[0], 1, 1, 1], seed=seed) < 0.5
+    return tf.where(transpose, tf.transpose(batch, perm=[0, 2, 1, 3]), batch)

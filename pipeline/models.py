@@ -71,27 +71,29 @@ def _batch_norm(name: str) -> layers.BatchNormalization:
     return layers.BatchNormalization(momentum=0.9, name=name)
 
 
-def _residual_block(x, filters: int, stride: int, name: str):
-    """Two depthwise-separable 3x3 convolutions with a residual shortcut.
+def _residual_block(x, filters: int, stride: int, name: str, separable: bool):
+    """Two 3x3 convolutions (full or depthwise-separable) with a residual shortcut.
 
-    Separable convolutions cost about 1/8 of a full 3x3 convolution, which is what makes a
-    reasonably deep CNN trainable on two CPU cores.
+    Separable convolutions cost about 1/8 of the arithmetic of full ones, but on two CPU
+    cores small feature maps are bound by memory traffic and per-operation overhead, not
+    arithmetic: at 16x16 and below, full convolutions are about as fast and learn more.
     """
+    convolution = layers.SeparableConv2D if separable else layers.Conv2D
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj")(x)
         shortcut = _batch_norm(name=f"{name}_proj_bn")(shortcut)
-    y = layers.SeparableConv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
+    y = convolution(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
     y = _batch_norm(name=f"{name}_bn1")(y)
     y = layers.ReLU(name=f"{name}_relu1")(y)
-    y = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+    y = convolution(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
     y = _batch_norm(name=f"{name}_bn2")(y)
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return layers.ReLU(name=f"{name}_out")(y)
 
 
 def build_cnn(params: CnnParams, classes: tuple[str, ...], source_size: int | None = None) -> keras.Model:
-    """The focal-loss CNN: a strided stem, residual separable stages, global pooling, softmax."""
+    """The focal-loss CNN: a strided stem, residual stages, global pooling, softmax."""
     inputs = keras.Input((params.input_size, params.input_size, 3), name="image")
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
     x = layers.Conv2D(params.filters[0], 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
@@ -99,8 +101,10 @@ def build_cnn(params: CnnParams, classes: tuple[str, ...], source_size: int | No
     x = layers.ReLU(name="stem_relu")(x)
     for stage, filters in enumerate(params.filters):
         for block in range(params.blocks_per_stage):
-            stride = 2 if stage > 0 and block == 0 else 1
-            x = _residual_block(x, filters, stride, name=f"stage{stage + 1}_block{block + 1}")
+            stride = (2 if stage > 0 else params.first_stage_stride) if block == 0 else 1
+            x = _residual_block(
+                x, filters, stride, name=f"stage{stage + 1}_block{block + 1}", separable=params.block == "separable"
+            )
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, _classifier_head(x, classes, params.dropout, source_size), name="cnn_focal")
 

@@ -256,7 +256,10 @@ def run_training(
     if resume_run_id:
         print(f"resuming {stage} from {checkpoint_dir} (MLflow run {resume_run_id})", flush=True)
 
-    train_dataset = make_dataset(train.images, train.labels, num_classes, params.batch_size, training=True, seed=base.seed, random_flip=params.random_flip)
+    train_dataset = make_dataset(
+        train.images, train.labels, num_classes, params.batch_size, training=True, seed=base.seed,
+        random_flip=params.random_flip, random_rotate90=params.random_rotate90,
+    )
     val_dataset = make_dataset(val.images, None, num_classes, params.batch_size)
     steps_per_epoch = int(np.ceil(len(train) / params.batch_size))
     tags = {

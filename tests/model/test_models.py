@@ -33,6 +33,18 @@ def test_cnn_outputs_probabilities_and_carries_its_classes():
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize(("block", "convolution"), [("separable", "SeparableConv2D"), ("conv", "Conv2D")])
+def test_cnn_block_type_and_first_stage_stride_shape_the_network(block, convolution):
+    params = tiny_cnn(input_size=64, filters=(16, 32), block=block, first_stage_stride=2)
+    model = build_cnn(params, HAM10000_CLASSES)
+    block_convolutions = {type(layer).__name__ for layer in model.layers if layer.name.endswith(("_conv1", "_conv2"))}
+    assert block_convolutions == {convolution}
+    # stem /2, first stage /2, second stage /2: 64 -> 8 before pooling
+    assert model.get_layer("pool").input.shape[1:3] == (8, 8)
+    unstrided = build_cnn(tiny_cnn(input_size=64, filters=(16, 32), block=block), HAM10000_CLASSES)
+    assert unstrided.get_layer("pool").input.shape[1:3] == (16, 16)
+
+
 def test_missing_imagenet_weights_say_where_to_put_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     expected = tmp_path / "keras" / "models" / EFFNETB7_WEIGHTS_FILE
