@@ -128,6 +128,9 @@ class CnnParams(TrainParams):
     # Stride of the first stage (after the stride-2 stem): 2 runs every stage at half the
     # resolution, a quarter of the cost, which pays for a larger input or wider stages.
     first_stage_stride: int = _range(1, 2, default=1)
+    # Momentum of the BatchNorm moving statistics: 0.99 for runs of a few thousand steps,
+    # lower for very short ones (the statistics must settle before the last epoch).
+    batch_norm_momentum: float = _range(0.0, 0.999, default=0.9)
 
     def validate(self, where: str) -> None:
         super().validate(where)

@@ -65,13 +65,15 @@ def _classifier_head(features, classes: tuple[str, ...], dropout: float, source_
     return metadata_layer(classes, source_size)(x)
 
 
-def _batch_norm(name: str) -> layers.BatchNormalization:
-    """BatchNorm with momentum 0.9: Keras' default 0.99 needs thousands of steps before the
-    moving statistics used at inference match the batch ones, more than a short CPU run has."""
-    return layers.BatchNormalization(momentum=0.9, name=name)
+def _batch_norm(name: str, momentum: float) -> layers.BatchNormalization:
+    """BatchNorm whose moving statistics (used at inference) follow the batch ones with
+    ``momentum``: a high one (Keras' 0.99) needs a few hundred steps to settle, a low one
+    (0.9) settles fast but reflects only the last ~10 batches, so predictions jitter from
+    one epoch to the next."""
+    return layers.BatchNormalization(momentum=momentum, name=name)
 
 
-def _residual_block(x, filters: int, stride: int, name: str, separable: bool):
+def _residual_block(x, filters: int, stride: int, name: str, separable: bool, bn_momentum: float):
     """Two 3x3 convolutions (full or depthwise-separable) with a residual shortcut.
 
     Separable convolutions cost about 1/8 of the arithmetic of full ones, but on two CPU
@@ -82,12 +84,12 @@ def _residual_block(x, filters: int, stride: int, name: str, separable: bool):
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj")(x)
-        shortcut = _batch_norm(name=f"{name}_proj_bn")(shortcut)
+        shortcut = _batch_norm(f"{name}_proj_bn", bn_momentum)(shortcut)
     y = convolution(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
-    y = _batch_norm(name=f"{name}_bn1")(y)
+    y = _batch_norm(f"{name}_bn1", bn_momentum)(y)
     y = layers.ReLU(name=f"{name}_relu1")(y)
     y = convolution(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
-    y = _batch_norm(name=f"{name}_bn2")(y)
+    y = _batch_norm(f"{name}_bn2", bn_momentum)(y)
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return layers.ReLU(name=f"{name}_out")(y)
 
@@ -97,13 +99,14 @@ def build_cnn(params: CnnParams, classes: tuple[str, ...], source_size: int | No
     inputs = keras.Input((params.input_size, params.input_size, 3), name="image")
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
     x = layers.Conv2D(params.filters[0], 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
-    x = _batch_norm(name="stem_bn")(x)
+    x = _batch_norm("stem_bn", params.batch_norm_momentum)(x)
     x = layers.ReLU(name="stem_relu")(x)
     for stage, filters in enumerate(params.filters):
         for block in range(params.blocks_per_stage):
             stride = (2 if stage > 0 else params.first_stage_stride) if block == 0 else 1
             x = _residual_block(
-                x, filters, stride, name=f"stage{stage + 1}_block{block + 1}", separable=params.block == "separable"
+                x, filters, stride, name=f"stage{stage + 1}_block{block + 1}",
+                separable=params.block == "separable", bn_momentum=params.batch_norm_momentum,
             )
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, _classifier_head(x, classes, params.dropout, source_size), name="cnn_focal")

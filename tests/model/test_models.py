@@ -45,6 +45,12 @@ def test_cnn_block_type_and_first_stage_stride_shape_the_network(block, convolut
     assert unstrided.get_layer("pool").input.shape[1:3] == (16, 16)
 
 
+def test_cnn_batch_norm_momentum_reaches_every_batch_norm_layer():
+    model = build_cnn(tiny_cnn(batch_norm_momentum=0.99), HAM10000_CLASSES)
+    momenta = [layer.momentum for layer in model.layers if type(layer).__name__ == "BatchNormalization"]
+    assert len(momenta) >= 5 and set(momenta) == {0.99}
+
+
 def test_missing_imagenet_weights_say_where_to_put_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     expected = tmp_path / "keras" / "models" / EFFNETB7_WEIGHTS_FILE

@@ -61,6 +61,7 @@ def test_unknown_key_is_named(tmp_path, repo_root):
         ("train_cnn_focal", CnnParams, "class_alpha", "inverse", r"class_alpha: must be one of"),
         ("train_cnn_focal", CnnParams, "random_flip", "yes", r"random_flip: must be true or false"),
         ("train_cnn_focal", CnnParams, "block", "dense", r"train_cnn_focal\.block: must be one of \['conv', 'separable'\]"),
+        ("train_cnn_focal", CnnParams, "batch_norm_momentum", 1.0, r"batch_norm_momentum: must be <= 0\.999, got 1"),
         ("train_cnn_focal", CnnParams, "first_stage_stride", 3, r"first_stage_stride: must be <= 2, got 3"),
         ("split", SplitParams, "test_fraction", 0.9, r"split\.test_fraction: must be <= 0\.5"),
         ("augment", AugmentParams, "horizontal_flip", 1.5, r"horizontal_flip: must be <= 1\.0"),
