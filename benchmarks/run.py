@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -228,7 +229,8 @@ def bench_dvc() -> dict:
     # `dvc status` names the stages whose own params changed; everything downstream of them
     # reruns too, because their outputs (inputs of the downstream stages) change.
     directly = sorted(json.loads(status.stdout or "{}"))
-    rerun = sorted(set(directly) | _downstream_stages(directly), key=_stage_order)
+    order = list(yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"])
+    rerun = sorted(set(directly) | _downstream_stages(directly), key=order.index)
     return {
         "noop_repro_seconds": round(noop_seconds, 2),
         "noop_reran_nothing": "Running stage" not in repro.stdout,
@@ -237,12 +239,6 @@ def bench_dvc() -> dict:
         "stages_rerun_after_train_effnetb7_param_change": rerun,
         "goal_stages": ["train_effnetb7", "evaluate"],
     }
-
-
-def _stage_order(name: str) -> int:
-    import yaml
-
-    return list(yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]).index(name)
 
 
 def _downstream_stages(stages: list[str]) -> set[str]:

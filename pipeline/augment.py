@@ -9,7 +9,6 @@ minority-class images until each class reaches ``balance_to`` images (at most
 
 from __future__ import annotations
 
-
 import albumentations as A
 import cv2
 import numpy as np

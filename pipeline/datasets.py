@@ -118,15 +118,17 @@ def make_dataset(
 
 def _random_flips(batch: tf.Tensor, seed: int) -> tf.Tensor:
     """Flip each image left-right and up-down with probability 1/2 each (per image)."""
-    batch_size = tf.shape(batch)[0]
-    flip_lr = tf.random.uniform([batch_size, 1, 1, 1], seed=seed) < 0.5
-    flip_ud = tf.random.uniform([batch_size, 1, 1, 1], seed=seed + 1) < 0.5
-    batch = tf.where(flip_lr, tf.reverse(batch, axis=[2]), batch)
-    return tf.where(flip_ud, tf.reverse(batch, axis=[1]), batch)
+    batch = _at_random(batch, lambda images: tf.reverse(images, axis=[2]), seed)
+    return _at_random(batch, lambda images: tf.reverse(images, axis=[1]), seed + 1)
 
 
 def _random_transpose(batch: tf.Tensor, seed: int) -> tf.Tensor:
     """Swap the rows and columns of each image with probability 1/2: combined with the two
     flips this draws uniformly from all eight rotations and reflections of the square."""
-    transpose = tf.random.uniform([tf.shape(batch)[0], 1, 1, 1], seed=seed) < 0.5
-    return tf.where(transpose, tf.transpose(batch, perm=[0, 2, 1, 3]), batch)
+    return _at_random(batch, lambda images: tf.transpose(images, perm=[0, 2, 1, 3]), seed)
+
+
+def _at_random(batch: tf.Tensor, transform, seed: int) -> tf.Tensor:
+    """``transform`` applied to each image of ``batch`` with probability 1/2 (seeded draw)."""
+    chosen = tf.random.uniform([tf.shape(batch)[0], 1, 1, 1], seed=seed) < 0.5
+    return tf.where(chosen, transform(batch), batch)

@@ -76,9 +76,10 @@ def _batch_norm(name: str, momentum: float) -> layers.BatchNormalization:
 def _residual_block(x, filters: int, stride: int, name: str, separable: bool, bn_momentum: float):
     """Two 3x3 convolutions (full or depthwise-separable) with a residual shortcut.
 
-    Separable convolutions cost about 1/8 of the arithmetic of full ones, but on two CPU
-    cores small feature maps are bound by memory traffic and per-operation overhead, not
-    arithmetic: at 16x16 and below, full convolutions are about as fast and learn more.
+    Separable convolutions cost about 1/8 of the arithmetic of full ones; on two CPU cores
+    the measured gap is smaller (small feature maps are bound by memory traffic and
+    per-operation overhead), but full convolutions still trained at half the speed
+    (reports/experiments.md, e4), so separable is the CPU default.
     """
     convolution = layers.SeparableConv2D if separable else layers.Conv2D
     shortcut = x
