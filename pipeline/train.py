@@ -1,4 +1,4 @@
-"""Training shared by ``train_cnn_focal`` and ``train_effnetb7``.
+"""Training shared by ``train_cnn_focal``, ``train_effnetb7`` and ``train_effnet_lite0``.
 
 One stage is one MLflow run: params, per-epoch metrics (loss, accuracy, and the validation
 balanced accuracy / macro-F1 / melanoma recall that model selection uses), the model with a
@@ -25,11 +25,11 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 from sklearn.utils.class_weight import compute_class_weight
 
 from pipeline import tracking
-from pipeline.config import BaseParams, CnnParams, EffNetParams, TrainParams, as_flat_dict
+from pipeline.config import BaseParams, CnnParams, EffNetParams, Lite0Params, TrainParams, TransferParams, as_flat_dict
 from pipeline.datasets import LabelledImages, load_augmented_images, load_split_images, make_dataset, subsample
 from pipeline.errors import PipelineError, TrackingError
 from pipeline.io import read_json, write_json
-from pipeline.models import build_cnn, build_effnetb7, unfreeze_top_layers
+from pipeline.models import build_cnn, build_effnet_lite0, build_effnetb7, unfreeze_top_layers
 
 MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.csv"
@@ -58,9 +58,11 @@ class Phase:
     prepare: Callable[[keras.Model], None] = field(default=lambda model: None)
 
 
-def training_arguments(description: str, argv=None) -> tuple[argparse.Namespace, TrainPaths]:
-    """Parse the command line shared by both training stages."""
+def training_arguments(description: str, argv=None, extra: dict[str, str] | None = None) -> tuple[argparse.Namespace, TrainPaths]:
+    """Parse the command line shared by the training stages (plus ``extra`` required options)."""
     parser = argparse.ArgumentParser(description=description)
+    for name, help_text in (extra or {}).items():
+        parser.add_argument(f"--{name}", required=True, help=help_text)
     parser.add_argument("--params", required=True, help="params.yaml")
     for name, help_text in (
         ("ingested", "ingest output folder"),
@@ -362,21 +364,36 @@ def train_cnn_focal(base: BaseParams, params: CnnParams, paths: TrainPaths) -> d
     return run_training("train_cnn_focal", base, params, paths, build)
 
 
+def transfer_phases(params: TransferParams, backbone: keras.Model, pretrained: bool) -> list[Phase]:
+    """Head training on the frozen backbone, then fine-tuning (pretrained weights only)."""
+    phases = [Phase("head" if pretrained else "train", params.epochs, params.learning_rate)]
+    if pretrained and params.fine_tune_epochs:
+        phases.append(
+            Phase(
+                "fine_tune",
+                params.fine_tune_epochs,
+                params.fine_tune_learning_rate,
+                prepare=lambda _model: unfreeze_top_layers(backbone, params.fine_tune_layers, params.fine_tune_batch_norm),
+            )
+        )
+    return phases
+
+
 def train_effnetb7(base: BaseParams, params: EffNetParams, paths: TrainPaths) -> dict[str, Any]:
     """Train EfficientNetB7: frozen-backbone head training, then fine-tuning when pretrained."""
 
     def build():
         model, backbone = build_effnetb7(params, base.classes, base.image_size)
-        phases = [Phase("head" if params.weights != "none" else "train", params.epochs, params.learning_rate)]
-        if params.weights != "none" and params.fine_tune_epochs:
-            phases.append(
-                Phase(
-                    "fine_tune",
-                    params.fine_tune_epochs,
-                    params.fine_tune_learning_rate,
-                    prepare=lambda _model: unfreeze_top_layers(backbone, params.fine_tune_layers),
-                )
-            )
-        return model, phases
+        return model, transfer_phases(params, backbone, params.weights != "none")
 
     return run_training("train_effnetb7", base, params, paths, build)
+
+
+def train_effnet_lite0(base: BaseParams, params: Lite0Params, paths: TrainPaths, weights_dir: Path | None) -> dict[str, Any]:
+    """Train EfficientNet-Lite0 from the converted ImageNet weights: head, then fine-tuning."""
+
+    def build():
+        model, backbone = build_effnet_lite0(params, base.classes, base.image_size, weights_dir)
+        return model, transfer_phases(params, backbone, params.weights == "imagenet")
+
+    return run_training("train_effnet_lite0", base, params, paths, build)

@@ -25,13 +25,18 @@ def test_evaluate_writes_metrics_plots_report_and_logs_to_the_training_runs(tiny
         base.experiment_name, EvaluateParams(ece_bins=10, tta=True), metrics_file, plots, report,
     )
     written = read_json(metrics_file)
-    assert set(written) == {"cnn_focal", "effnetb7"} and written == results
+    assert set(written) == {"cnn_focal", "effnetb7", "ensemble"} and written == results
+    # The ensemble's weights were chosen on the validation split; they sum to 1.
+    assert set(written["ensemble"]["weights"]) == {"cnn_focal", "effnetb7"}
+    assert sum(written["ensemble"]["weights"].values()) == pytest.approx(1.0)
+    assert 0.0 <= written["ensemble"]["val_balanced_accuracy"] <= 1.0
     for name in written:
         assert {"accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro", "ece"} <= set(written[name])
         assert set(written[name]["recall"]) == set(base.classes)
         for figure in ("confusion_counts.png", "confusion_normalized.png", "roc.png", "predictions.csv", "roc.csv"):
             assert (plots / name / figure).stat().st_size > 0
     assert "cnn_focal" in report.read_text() and "effnetb7" in report.read_text()
+    assert "weights chosen on the validation split" in report.read_text()
 
     client = mlflow.MlflowClient()
     run_id = read_json(first.out_dir / RUN_FILE)["run_id"]
@@ -40,6 +45,9 @@ def test_evaluate_writes_metrics_plots_report_and_logs_to_the_training_runs(tiny
     assert "test_recall_mel" in logged
     artifacts = {item.path for item in client.list_artifacts(run_id, "evaluation")}
     assert "evaluation/roc.png" in artifacts and "evaluation/comparison.md" in artifacts
+    ensemble_runs = mlflow.search_runs(experiment_names=[base.experiment_name], filter_string="tags.model = 'ensemble'")
+    assert len(ensemble_runs) == 1
+    assert ensemble_runs["metrics.test_weight_cnn_focal"][0] == pytest.approx(written["ensemble"]["weights"]["cnn_focal"])
 
 
 def _isic2018_folder(root, ham, rows):

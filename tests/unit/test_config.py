@@ -12,6 +12,7 @@ from pipeline.config import (
     EffNetParams,
     EvaluateParams,
     IngestParams,
+    Lite0Params,
     SplitParams,
     load_params,
     parse_section,
@@ -24,6 +25,7 @@ SECTIONS = {
     "augment": AugmentParams,
     "train_cnn_focal": CnnParams,
     "train_effnetb7": EffNetParams,
+    "train_effnet_lite0": Lite0Params,
     "evaluate": EvaluateParams,
 }
 
@@ -66,6 +68,9 @@ def test_unknown_key_is_named(tmp_path, repo_root):
         ("split", SplitParams, "test_fraction", 0.9, r"split\.test_fraction: must be <= 0\.5"),
         ("augment", AugmentParams, "horizontal_flip", 1.5, r"horizontal_flip: must be <= 1\.0"),
         ("train_effnetb7", EffNetParams, "batch_size", True, r"batch_size: must be an integer"),
+        ("train_effnet_lite0", Lite0Params, "weights", "hub", r"train_effnet_lite0\.weights: must be one of \['imagenet', 'none'\]"),
+        ("train_effnet_lite0", Lite0Params, "fine_tune_batch_norm", "no", r"fine_tune_batch_norm: must be true or false"),
+        ("evaluate", EvaluateParams, "ensemble_grid_step", 0.0, r"evaluate\.ensemble_grid_step: must be >= 0\.01"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, repo_root, section, cls, key, value, message):

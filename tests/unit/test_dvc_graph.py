@@ -15,7 +15,9 @@ def _param_sections(stage):
 
 
 def test_every_stage_has_a_script_and_reads_only_base_and_its_own_section(stages, repo_root):
-    assert list(stages) == ["ingest", "split", "augment", "train_cnn_focal", "train_effnetb7", "evaluate"]
+    assert list(stages) == [
+        "ingest", "split", "augment", "train_cnn_focal", "train_effnetb7", "import_lite0_weights", "train_effnet_lite0", "evaluate"
+    ]
     for name, stage in stages.items():
         assert stage["cmd"].startswith(f"python stages/{name}.py ")
         assert (repo_root / "stages" / f"{name}.py").is_file()
@@ -41,9 +43,15 @@ def _downstream(stages, changed):
 
 
 def test_an_augment_param_reruns_augment_and_what_depends_on_it(stages):
-    assert _downstream(stages, "augment") == {"augment", "train_cnn_focal", "train_effnetb7", "evaluate"}
+    assert _downstream(stages, "augment") == {"augment", "train_cnn_focal", "train_effnetb7", "train_effnet_lite0", "evaluate"}
 
 
 def test_a_train_effnetb7_param_reruns_only_that_stage_and_evaluate(stages):
     assert _downstream(stages, "train_effnetb7") == {"train_effnetb7", "evaluate"}
     assert "train_effnetb7" not in _param_sections(stages["train_cnn_focal"])
+
+
+def test_the_lite0_weights_are_converted_once_and_feed_only_its_training(stages):
+    assert _downstream(stages, "import_lite0_weights") == {"import_lite0_weights", "train_effnet_lite0", "evaluate"}
+    assert _downstream(stages, "train_effnet_lite0") == {"train_effnet_lite0", "evaluate"}
+    assert not stages["import_lite0_weights"].get("params"), "no params: the conversion reruns only when its code changes"

