@@ -83,3 +83,37 @@ def test_effnetb7_from_scratch_builds_a_trainable_b7_with_our_head(tmp_path):
     assert any(layer.trainable for layer in top)
     assert not any(layer.trainable for layer in top if layer.__class__.__name__ == "BatchNormalization")
     assert not any(layer.trainable for layer in backbone.layers[:-20])
+
+
+@pytest.mark.slow
+def test_effnetb7_stage_with_a_weights_file_in_keras_layout_runs_both_phases(tiny_artifacts, mlflow_store, tmp_path):
+    """A file in the exact layout of Keras' efficientnetb7_notop.h5 (legacy HDF5, one group per
+    layer, written by Keras' own legacy writer from a B7 notop), through head and fine-tuning."""
+    import h5py
+    import keras
+    import pandas as pd
+    from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
+
+    from pipeline.inference import load_model
+    from pipeline.train import HISTORY_FILE, train_effnetb7
+    from tests.model.conftest import make_paths
+
+    source = keras.applications.EfficientNetB7(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")
+    rng = np.random.default_rng(3)
+    source.get_layer("stem_conv").set_weights([rng.normal(0, 0.1, w.shape).astype("float32") for w in source.get_layer("stem_conv").get_weights()])
+    weights_file = tmp_path / EFFNETB7_WEIGHTS_FILE
+    with h5py.File(weights_file, "w") as handle:
+        save_weights_to_hdf5_group(handle, source)
+    with h5py.File(weights_file, "r") as handle:  # the layout Keras publishes: layer groups by name
+        assert "stem_conv" in [name.decode() if isinstance(name, bytes) else name for name in handle.attrs["layer_names"]]
+
+    base, root = tiny_artifacts
+    paths = make_paths(root, "b7_pretrained")
+    params = _effnet(weights=str(weights_file), epochs=1, fine_tune_epochs=1, fine_tune_layers=20, batch_size=16,
+                     max_train_images=48, use_augmented=False, fine_tune_learning_rate=1e-4)
+    train_effnetb7(base, params, paths)
+
+    assert pd.read_csv(paths.out_dir / HISTORY_FILE)["phase"].tolist() == ["head", "fine_tune"]
+    backbone = next(layer for layer in load_model(paths.out_dir).layers if isinstance(layer, keras.Model))
+    # The stem (below the 20 unfrozen layers) still holds the file's weights.
+    np.testing.assert_array_equal(backbone.get_layer("stem_conv").get_weights()[0], source.get_layer("stem_conv").get_weights()[0])
