@@ -2,8 +2,9 @@
 
 It costs no training: ``evaluate`` predicts the validation split with every model, searches
 the weights on a grid over the simplex (step ``0.1``: 66 candidates for three models) for the
-best validation balanced accuracy (ties: the better validation accuracy, then the more even
-weights), and applies them to the test split. The test split never influences the weights.
+best validation balanced accuracy (ties: the better validation accuracy, then the lower
+validation log-loss, so a model whose probabilities carry no information gets no weight),
+and applies them to the test split. The test split never influences the weights.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score
+from sklearn.metrics import balanced_accuracy_score, log_loss
 
 from pipeline.errors import PipelineError
 
@@ -35,13 +36,15 @@ def choose_weights(val_probabilities: list[np.ndarray], val_labels: np.ndarray, 
     """The grid weights with the best validation balanced accuracy; returns (weights, score)."""
     if not val_probabilities:
         raise PipelineError("an ensemble needs at least one model")
+    classes = np.arange(val_probabilities[0].shape[1])
     best_key, best_weights = None, None
     for weights in simplex_grid(len(val_probabilities), step):
-        predicted = combine(val_probabilities, weights).argmax(axis=1)
+        probabilities = combine(val_probabilities, weights)
+        predicted = probabilities.argmax(axis=1)
         key = (
             round(float(balanced_accuracy_score(val_labels, predicted)), 10),
             round(float(np.mean(predicted == val_labels)), 10),
-            -float(np.max(weights)),  # the more even of two equal candidates
+            -float(log_loss(val_labels, np.clip(probabilities, 1e-7, 1.0), labels=classes)),
         )
         if best_key is None or key > best_key:
             best_key, best_weights = key, weights

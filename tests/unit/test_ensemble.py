@@ -40,3 +40,12 @@ def test_complementary_models_are_mixed():
     second = np.array([[0.4, 0.6], [0.4, 0.6], [0.1, 0.9], [0.1, 0.9]])  # always says 1
     weights, score = choose_weights([first, second], labels, 0.1)
     assert score == 1.0 and 0 < weights[0] < 1
+
+
+def test_an_uninformative_model_gets_no_weight_when_it_changes_no_decision():
+    """Adding flat probabilities to a confident model changes no argmax, only the log-loss."""
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    good = np.eye(3)[labels] * 0.7 + 0.1
+    flat = np.full((6, 3), 1 / 3)
+    weights, score = choose_weights([good, flat], labels, 0.1)
+    assert score == 1.0 and weights.tolist() == [1.0, 0.0]
