@@ -104,6 +104,13 @@ def test_the_stage_trains_head_then_whole_network_with_frozen_batch_norm(tiny_ar
     assert run.data.params["train_effnet_lite0.fine_tune_epochs"] == "2"
     assert summary["registered_model"] == "tests-lite0" and summary["champion"]
 
+    # The predict CLI serves it like the other models, Grad-CAM through the nested backbone included.
+    from pipeline.predict import main as predict_main
+
+    photo = next((root / "ham" / "HAM10000_images_part_1").glob("*.jpg"))
+    predict_main(["--model", str(paths.out_dir), "--explain", str(root / "lite0_gradcam"), str(photo)])
+    assert (root / "lite0_gradcam" / f"{photo.stem}_gradcam.png").stat().st_size > 0
+
 
 def test_from_scratch_is_one_phase(tiny_artifacts, mlflow_store):
     base, root = tiny_artifacts
