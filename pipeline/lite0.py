@@ -198,16 +198,12 @@ def convert_weights(source: Path, out_dir: Path, expected_sha256: str | None = W
     converted, its sha256). The source's sha256 is checked first when ``expected_sha256`` is
     given. The weights file is written atomically: an error leaves an earlier one intact.
     """
-    if expected_sha256 is not None:
-        actual = sha256_of(source) if source.is_file() else "missing"
-        if actual != expected_sha256:
-            raise WeightsFileError(f"{source}: sha256 {actual[:16]}... is not the expected {expected_sha256[:16]}...")
+    actual = sha256_of(source) if source.is_file() else "missing"
+    if expected_sha256 is not None and actual != expected_sha256:
+        raise WeightsFileError(f"{source}: sha256 {actual[:16]}... is not the expected {expected_sha256[:16]}...")
     tensors = read_state_dict(source)
-    model = build_lite0(224, include_top=True)
-    load_torch_weights(model, tensors)
     backbone = build_lite0(224, include_top=False)
-    for layer in backbone.layers:
-        layer.set_weights(model.get_layer(layer.name).get_weights())
+    load_torch_weights(backbone, tensors)  # the classifier's _fc tensors are not needed
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / KERAS_WEIGHTS_FILE
     partial = out_dir / ("partial." + KERAS_WEIGHTS_FILE)
@@ -215,7 +211,7 @@ def convert_weights(source: Path, out_dir: Path, expected_sha256: str | None = W
     partial.replace(target)
     record = {
         "source": source.name,
-        "source_sha256": sha256_of(source),
+        "source_sha256": actual,
         "tensors": len(tensors),
         "parameters": int(sum(int(np.prod(v.shape)) for v in tensors.values() if v.ndim)),
         "backbone_parameters": int(backbone.count_params()),
