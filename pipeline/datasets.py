@@ -1,4 +1,10 @@
-"""Arrays and ``tf.data`` input pipelines for training, evaluation and prediction."""
+"""Arrays and input pipelines for training, evaluation and prediction.
+
+On the TensorFlow backend batches come from ``tf.data`` (as the published runs did); on any
+other backend (JAX, torch) from :class:`ArrayBatches`, a ``keras.utils.PyDataset`` over the
+same in-memory arrays with the same seeded per-epoch shuffling, flips and transposes, so
+nothing here imports TensorFlow unless it is the backend.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import keras
 import pandas as pd
-import tensorflow as tf
 
 from pipeline.errors import PipelineError
 from pipeline.ingest import load_ingested, select_images
@@ -45,9 +51,17 @@ def resize_images(images: np.ndarray, size: int, chunk: int = 512) -> np.ndarray
         # (np.load(mmap_mode="r")) can be unmapped under it, which crashes the process.
         return np.array(images, dtype=np.uint8, copy=True)
     resized = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        for start in range(0, len(images), chunk):
+            batch = tf.image.resize(np.asarray(images[start : start + chunk]), (size, size), antialias=True)
+            resized[start : start + chunk] = tf.cast(tf.round(tf.clip_by_value(batch, 0, 255)), tf.uint8).numpy()
+        return resized
+    ops = keras.ops
     for start in range(0, len(images), chunk):
-        batch = tf.image.resize(np.asarray(images[start : start + chunk]), (size, size), antialias=True)
-        resized[start : start + chunk] = tf.cast(tf.round(tf.clip_by_value(batch, 0, 255)), tf.uint8).numpy()
+        batch = ops.image.resize(ops.cast(np.asarray(images[start : start + chunk]), "float32"), (size, size), interpolation="bilinear", antialias=True)
+        resized[start : start + chunk] = ops.convert_to_numpy(ops.cast(ops.round(ops.clip(batch, 0, 255)), "uint8"))
     return resized
 
 
@@ -85,15 +99,65 @@ def make_dataset(
     seed: int = 0,
     random_flip: bool = False,
     random_rotate90: bool = False,
-) -> tf.data.Dataset:
-    """A batched, prefetched ``tf.data`` pipeline of float32 0..255 images (+ one-hot labels).
+):
+    """Batches of float32 0..255 images (+ one-hot labels) for ``fit`` / ``predict``.
 
     Training data is reshuffled every epoch (seeded) and optionally flipped at random on
     both axes and rotated by 90 degrees: dermoscopy has no canonical orientation, so the
-    eight symmetries of the square are free extra data.
+    eight symmetries of the square are free extra data. A ``tf.data`` pipeline on the
+    TensorFlow backend, an :class:`ArrayBatches` elsewhere.
     """
     if random_rotate90 and images.shape[1] != images.shape[2]:
         raise PipelineError(f"random_rotate90 needs square images, got {images.shape[1]}x{images.shape[2]}")
+    if keras.backend.backend() == "tensorflow":
+        return _tf_dataset(images, labels, num_classes, batch_size, training, seed, random_flip, random_rotate90)
+    return ArrayBatches(images, labels, num_classes, batch_size, training, seed, random_flip, random_rotate90)
+
+
+class ArrayBatches(keras.utils.PyDataset):
+    """In-memory batches for every backend: a seeded permutation per epoch, then per-image
+    flips / transposes drawn from a generator seeded by (seed, epoch, batch), so a batch's
+    content depends on neither thread timing nor ``workers``."""
+
+    def __init__(self, images, labels, num_classes, batch_size, training=False, seed=0, random_flip=False, random_rotate90=False, workers=4):
+        super().__init__(workers=workers if training else 1, use_multiprocessing=False)
+        self.images, self.labels = images, labels
+        self.num_classes, self.batch_size = num_classes, batch_size
+        self.training, self.seed = training, seed
+        self.random_flip, self.random_rotate90 = random_flip, random_rotate90
+        self.epoch = 0
+        self.order = self._order()
+
+    def _order(self) -> np.ndarray:
+        if not self.training:
+            return np.arange(len(self.images))
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.images))
+
+    def __len__(self) -> int:
+        return int(np.ceil(len(self.images) / self.batch_size))
+
+    def __getitem__(self, index: int):
+        chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        batch = self.images[chosen].astype(np.float32)
+        if self.training and (self.random_flip or self.random_rotate90):
+            draws = np.random.default_rng([self.seed, self.epoch, index]).random((3, len(chosen))) < 0.5
+            if self.random_flip:
+                batch[draws[0]] = batch[draws[0], :, ::-1]
+                batch[draws[1]] = batch[draws[1], ::-1]
+            if self.random_rotate90:
+                batch[draws[2]] = batch[draws[2]].transpose(0, 2, 1, 3)
+        if self.labels is None:
+            return (batch,)
+        return batch, np.eye(self.num_classes, dtype=np.float32)[self.labels[chosen]]
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self.order = self._order()
+
+
+def _tf_dataset(images, labels, num_classes, batch_size, training, seed, random_flip, random_rotate90):
+    import tensorflow as tf
+
     if labels is None:
         dataset = tf.data.Dataset.from_tensor_slices(images)
     else:
@@ -116,19 +180,25 @@ def make_dataset(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def _random_flips(batch: tf.Tensor, seed: int) -> tf.Tensor:
+def _random_flips(batch, seed: int):
     """Flip each image left-right and up-down with probability 1/2 each (per image)."""
+    import tensorflow as tf
+
     batch = _at_random(batch, lambda images: tf.reverse(images, axis=[2]), seed)
     return _at_random(batch, lambda images: tf.reverse(images, axis=[1]), seed + 1)
 
 
-def _random_transpose(batch: tf.Tensor, seed: int) -> tf.Tensor:
+def _random_transpose(batch, seed: int):
     """Swap the rows and columns of each image with probability 1/2: combined with the two
     flips this draws uniformly from all eight rotations and reflections of the square."""
+    import tensorflow as tf
+
     return _at_random(batch, lambda images: tf.transpose(images, perm=[0, 2, 1, 3]), seed)
 
 
-def _at_random(batch: tf.Tensor, transform, seed: int) -> tf.Tensor:
+def _at_random(batch, transform, seed: int):
     """``transform`` applied to each image of ``batch`` with probability 1/2 (seeded draw)."""
+    import tensorflow as tf
+
     chosen = tf.random.uniform([tf.shape(batch)[0], 1, 1, 1], seed=seed) < 0.5
     return tf.where(chosen, transform(batch), batch)

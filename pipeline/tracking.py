@@ -136,7 +136,7 @@ def log_and_register_model(model: Any, sample_images: Any, registered_name: str,
     signature = infer_signature(sample_images, predictions)
     # input_example is not passed: it fails with FileNotFoundError in mlflow 3.17 (a known trap).
     # Explicit requirements: mlflow's inference of them fails for Keras 3 models and wastes time.
-    requirements = [f"{package}=={metadata.version(package)}" for package in ("keras", "tensorflow")]
+    requirements = [f"{package}=={metadata.version(package)}" for package in ("keras", *_backend_packages())]
     info = _guard(
         mlflow.keras.log_model,
         model,
@@ -152,6 +152,106 @@ def log_and_register_model(model: Any, sample_images: Any, registered_name: str,
     if promoted:
         _guard(client.set_registered_model_alias, registered_name, CHAMPION_ALIAS, version)
     return {"model_uri": info.model_uri, "registered_model": registered_name, "version": version, "champion": promoted}
+
+
+def _backend_packages() -> tuple[str, ...]:
+    """The packages the model's Keras backend needs at serving time (those installed here)."""
+    import keras
+
+    wanted = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "torch": ("torch",)}.get(keras.backend.backend(), ())
+    found = []
+    for package in wanted:
+        try:
+            metadata.version(package)
+            found.append(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return tuple(found)
+
+
+def find_run_by_tag(key: str, value: str) -> str | None:
+    """The id of a run in the current experiment whose tag ``key`` is ``value``, if any."""
+    import mlflow
+
+    runs = _guard(mlflow.search_runs, filter_string=f"tags.{key} = '{value}'", max_results=1, output_format="list")
+    return runs[0].info.run_id if runs else None
+
+
+def import_run(manifest: Mapping[str, Any], history: list[Any], tags: Mapping[str, str], model: Any) -> dict[str, Any]:
+    """Log an offline bundle's run (see :mod:`pipeline.bundle`) as a normal run: its params,
+    its whole metric history with the original steps and times, the model (registered, aliases
+    moved as for any run), then ``offline_bundle_id``, set last so that an import that fails
+    half-way is retried rather than taken as done."""
+    import mlflow
+    import numpy as np
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = mlflow.MlflowClient()
+    experiment = _guard(mlflow.get_experiment_by_name, manifest["experiment_name"])
+    bundle_tag = tags.get("offline_bundle_id")
+    run_tags = {key: str(value) for key, value in tags.items() if key != "offline_bundle_id"}
+    created = _guard(client.create_run, experiment.experiment_id, start_time=int(manifest["start_time_ms"]),
+                     tags=run_tags, run_name=manifest["run_name"])
+    run_id = created.info.run_id
+    try:
+        params = [Param(key, str(value)) for key, value in manifest["params"].items()]
+        for start in range(0, len(params), 100):
+            _guard(client.log_batch, run_id, params=params[start : start + 100])
+        metrics = [Metric(point.key, point.value, point.timestamp_ms, point.step) for point in history]
+        for start in range(0, len(metrics), 1000):
+            _guard(client.log_batch, run_id, metrics=metrics[start : start + 1000])
+        size = int(model.input_shape[1])
+        with mlflow.start_run(run_id=run_id):
+            registered = log_and_register_model(
+                model, np.zeros((2, size, size, 3), np.float32), manifest["registered_model_name"], float(manifest["score"])
+            )
+        if bundle_tag:
+            _guard(client.log_batch, run_id, tags=[RunTag("offline_bundle_id", bundle_tag)])
+        _guard(client.set_terminated, run_id, "FINISHED", end_time=int(manifest["end_time_ms"]))
+    except Exception:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return {"run_id": run_id, **registered}
+
+
+class MlflowRecorder:
+    """Records a training run to the MLflow tracking server (the default; see
+    :class:`pipeline.bundle.OfflineRecorder` for the offline counterpart)."""
+
+    def describe(self) -> str:
+        return f"MLflow at {tracking_uri()}"
+
+    def connect(self, experiment_name: str) -> None:
+        connect(experiment_name)
+
+    def run_exists(self, run_id: str) -> bool:
+        return run_exists(run_id)
+
+    @contextmanager
+    def run(self, run_name: str, tags: Mapping[str, str], resume_run_id: str | None = None) -> Iterator[str]:
+        with run(run_name, tags, resume_run_id) as active:
+            yield active.info.run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        log_params(params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        log_metrics(metrics, step=step)
+
+    def log_model(self, model: Any, sample_images: Any, registered_name: str, score: float, out_dir: Path, metrics_file: Path) -> dict[str, Any]:
+        import mlflow
+
+        run_id = mlflow.active_run().info.run_id
+        return {"run_id": run_id, "tracking_uri": tracking_uri(), **log_and_register_model(model, sample_images, registered_name, score)}
+
+
+def recorder() -> Any:
+    """Where a training stage records its run: MLflow, or an offline bundle folder when
+    ``PIPELINE_OFFLINE_RUNS`` is set (then mlflow is never imported)."""
+    from pipeline.bundle import OfflineRecorder, offline_dir
+
+    folder = offline_dir()
+    return OfflineRecorder(folder) if folder is not None else MlflowRecorder()
 
 
 def _is_better_than_champion(client: Any, name: str, score: float) -> bool:

@@ -1,10 +1,12 @@
 """Training shared by ``train_cnn_focal``, ``train_effnetb7`` and ``train_effnet_lite0``.
 
-One stage is one MLflow run: params, per-epoch metrics (loss, accuracy, and the validation
+One stage is one MLflow run (or, with ``PIPELINE_OFFLINE_RUNS`` set, one offline bundle that
+``python -m pipeline.bundle import`` logs later): params, per-epoch metrics (loss, accuracy, and the validation
 balanced accuracy / macro-F1 / melanoma recall that model selection uses), the model with a
 signature, registered with aliases. The best epoch by ``monitor`` (never plain accuracy) is
 what gets saved. Every epoch leaves a checkpoint, so an interrupted stage resumes where it
-stopped when rerun with the same params and data.
+stopped when rerun with the same params and data. Any Keras 3 backend trains
+(``KERAS_BACKEND``; see :mod:`pipeline.backend`).
 """
 
 from __future__ import annotations
@@ -20,11 +22,10 @@ from typing import Any
 import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 from sklearn.utils.class_weight import compute_class_weight
 
-from pipeline import tracking
+from pipeline import backend, tracking
 from pipeline.config import BaseParams, CnnParams, EffNetParams, Lite0Params, TrainParams, TransferParams, as_flat_dict
 from pipeline.datasets import LabelledImages, load_augmented_images, load_split_images, make_dataset, subsample
 from pipeline.errors import PipelineError, TrackingError
@@ -85,18 +86,6 @@ def training_arguments(description: str, argv=None, extra: dict[str, str] | None
     return args, paths
 
 
-def configure_devices(seed: int) -> tf.distribute.Strategy:
-    """Seed everything once; use all visible GPUs with mixed precision, else a deterministic CPU."""
-    keras.utils.set_random_seed(seed)
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-        return tf.distribute.MirroredStrategy()
-    keras.mixed_precision.set_global_policy("float32")
-    tf.config.experimental.enable_op_determinism()
-    return tf.distribute.get_strategy()
-
-
 def class_alpha(counts: np.ndarray, mode: str) -> list[float] | None:
     """Per-class focal-loss alpha from train class counts.
 
@@ -149,7 +138,7 @@ class ValidationMetrics(keras.callbacks.Callback):
     before callbacks that read these keys (EarlyStopping, the MLflow logger).
     """
 
-    def __init__(self, data: LabelledImages, dataset: tf.data.Dataset, loss: keras.losses.Loss, classes: tuple[str, ...], monitor: str, state_dir: Path, epoch_offset: int, train_images: int):
+    def __init__(self, data: LabelledImages, dataset: Any, loss: keras.losses.Loss, classes: tuple[str, ...], monitor: str, state_dir: Path, epoch_offset: int, train_images: int):
         super().__init__()
         self.labels = data.labels
         self.one_hot = np.eye(len(classes), dtype=np.float32)[data.labels]
@@ -196,16 +185,17 @@ class ValidationMetrics(keras.callbacks.Callback):
         )
 
 
-class MlflowEpochLogger(keras.callbacks.Callback):
-    """Logs every epoch's metrics to the active MLflow run.
+class EpochLogger(keras.callbacks.Callback):
+    """Logs every epoch's metrics to the run (MLflow or an offline bundle).
 
     A tracking failure mid-run is reported once and logging stops, but training goes on: a
     lost server must not cost the model. The stage still fails at the end, when the final
     logging raises, after the model file is saved.
     """
 
-    def __init__(self, epoch_offset: int):
+    def __init__(self, recorder: Any, epoch_offset: int):
         super().__init__()
+        self.recorder = recorder
         self.epoch_offset = epoch_offset
         self.failed = False
 
@@ -213,7 +203,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         if self.failed or not logs:
             return
         try:
-            tracking.log_metrics(logs, step=epoch + self.epoch_offset)
+            self.recorder.log_metrics(logs, step=epoch + self.epoch_offset)
         except TrackingError as error:
             self.failed = True
             print(f"warning: {error}; per-epoch logging stopped, training continues", flush=True)
@@ -229,21 +219,18 @@ def load_training_data(paths: TrainPaths, base: BaseParams, params: TrainParams)
     return subsample(train, params.max_train_images, base.seed), val
 
 
-def run_training(
-    stage: str,
-    base: BaseParams,
-    params: TrainParams,
-    paths: TrainPaths,
-    build: Callable[[], tuple[keras.Model, list[Phase]]],
-) -> dict[str, Any]:
-    """Train, select the best epoch, save the model locally, then log and register it."""
-    tracking.connect(base.experiment_name)  # fail fast, before any work, if MLflow is down
-    strategy = configure_devices(base.seed)
-    train, val = load_training_data(paths, base, params)
-    num_classes = len(base.classes)
-    counts = train.class_counts(num_classes)
-    alpha = class_alpha(counts, params.class_alpha)
+@dataclass
+class RunState:
+    """Where one training run keeps its resumable state, and the run it continues (if any)."""
 
+    checkpoint_dir: Path
+    resume_run_id: str | None
+    data_hash: str
+    params_hash: str
+
+
+def resume_state(stage: str, base: BaseParams, params: TrainParams, paths: TrainPaths, recorder: Any) -> RunState:
+    """The checkpoint folder of these params and data, and the run to resume if it still exists."""
     input_files = [paths.split / "train.csv", paths.split / "val.csv"]
     if params.use_augmented:
         input_files.append(paths.augmented / "index.csv")
@@ -253,29 +240,89 @@ def run_training(
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     resume_file = checkpoint_dir / RUN_FILE
     resume_run_id = read_json(resume_file)["run_id"] if resume_file.is_file() else None
-    if resume_run_id and not tracking.run_exists(resume_run_id):
+    if resume_run_id and not recorder.run_exists(resume_run_id):
         resume_run_id = None
     if resume_run_id:
-        print(f"resuming {stage} from {checkpoint_dir} (MLflow run {resume_run_id})", flush=True)
+        print(f"resuming {stage} from {checkpoint_dir} (run {resume_run_id})", flush=True)
+    return RunState(checkpoint_dir, resume_run_id, data_hash, params_hash)
+
+
+def fit_phases(model: keras.Model, phases: list[Phase], params: TrainParams, loss: keras.losses.Loss, devices: backend.Devices,
+               train_dataset: Any, val: LabelledImages, val_dataset: Any, classes: tuple[str, ...], state_dir: Path,
+               recorder: Any, train_images: int) -> list[pd.DataFrame]:
+    """Run each phase's ``fit``; a phase finished before an interruption is not redone."""
+    steps_per_epoch = int(np.ceil(train_images / params.batch_size))
+    history_frames = []
+    epoch_offset = 0
+    for phase in phases:
+        done_weights = state_dir / f"{phase.name}.done.weights.h5"
+        with devices.scope():
+            phase.prepare(model)
+            model.compile(
+                optimizer=build_optimizer(params, phase.learning_rate, steps_per_epoch, phase.epochs),
+                loss=loss,
+                metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+            )
+        if done_weights.is_file():
+            model.load_weights(done_weights)
+            epoch_offset += phase.epochs
+            continue
+        callbacks: list[keras.callbacks.Callback] = [
+            ValidationMetrics(val, val_dataset, loss, classes, params.monitor, state_dir, epoch_offset, train_images),
+            EpochLogger(recorder, epoch_offset),
+            keras.callbacks.BackupAndRestore(str(state_dir / f"{phase.name}-backup")),
+        ]
+        if params.early_stopping_patience:
+            callbacks.append(keras.callbacks.EarlyStopping(monitor=params.monitor, mode="max", patience=params.early_stopping_patience))
+        # shuffle=False: the input pipeline already reshuffles every epoch (seeded).
+        history = model.fit(train_dataset, epochs=phase.epochs, callbacks=callbacks, verbose=2, shuffle=False)
+        frame = pd.DataFrame(history.history)
+        frame.insert(0, "epoch", np.asarray(history.epoch) + epoch_offset + 1)
+        frame.insert(1, "phase", phase.name)
+        history_frames.append(frame)
+        model.save_weights(done_weights)
+        epoch_offset += phase.epochs
+    return history_frames
+
+
+def run_training(
+    stage: str,
+    base: BaseParams,
+    params: TrainParams,
+    paths: TrainPaths,
+    build: Callable[[], tuple[keras.Model, list[Phase]]],
+) -> dict[str, Any]:
+    """Train, select the best epoch, save the model locally, then log and register it."""
+    recorder = tracking.recorder()
+    recorder.connect(base.experiment_name)  # fail fast, before any work, if MLflow is down
+    devices = backend.configure(base.seed)
+    print(f"{stage}: keras {keras.__version__} on {devices.backend}, {devices.label}, {devices.policy}; tracking: {recorder.describe()}", flush=True)
+    for note in devices.notes:
+        print(note, flush=True)
+    train, val = load_training_data(paths, base, params)
+    num_classes = len(base.classes)
+    counts = train.class_counts(num_classes)
+    alpha = class_alpha(counts, params.class_alpha)
+    state = resume_state(stage, base, params, paths, recorder)
 
     train_dataset = make_dataset(
         train.images, train.labels, num_classes, params.batch_size, training=True, seed=base.seed,
         random_flip=params.random_flip, random_rotate90=params.random_rotate90,
     )
     val_dataset = make_dataset(val.images, None, num_classes, params.batch_size)
-    steps_per_epoch = int(np.ceil(len(train) / params.batch_size))
     tags = {
         "stage": stage,
         "git_commit": tracking.git_commit(),
-        "data_hash": data_hash,
-        "params_hash": params_hash,
-        "device": "gpu" if tf.config.list_physical_devices("GPU") else "cpu",
+        "data_hash": state.data_hash,
+        "params_hash": state.params_hash,
+        "device": devices.label,
+        "keras_backend": devices.backend,
     }
     started = time.perf_counter()
-    with tracking.run(stage, tags, resume_run_id) as active_run:
-        write_json(resume_file, {"run_id": active_run.info.run_id})
-        if not resume_run_id:
-            tracking.log_params(
+    with recorder.run(stage, tags, state.resume_run_id) as run_id:
+        write_json(state.checkpoint_dir / RUN_FILE, {"run_id": run_id})
+        if not state.resume_run_id:
+            recorder.log_params(
                 {
                     **as_flat_dict(base, "base"),
                     **as_flat_dict(params, stage),
@@ -285,45 +332,13 @@ def run_training(
                     "focal_alpha": ",".join(f"{a:.3f}" for a in alpha) if alpha else "none",
                 }
             )
-        with strategy.scope():
+        with devices.scope():
             model, phases = build()
         loss = build_loss(params, alpha)
-        history_frames = []
-        epoch_offset = 0
-        for phase in phases:
-            done_weights = checkpoint_dir / f"{phase.name}.done.weights.h5"
-            with strategy.scope():
-                phase.prepare(model)
-                model.compile(
-                    optimizer=build_optimizer(params, phase.learning_rate, steps_per_epoch, phase.epochs),
-                    loss=loss,
-                    metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-                )
-            if done_weights.is_file():  # finished before an interruption: do not redo it
-                model.load_weights(done_weights)
-                epoch_offset += phase.epochs
-                continue
-            metrics_callback = ValidationMetrics(
-                val, val_dataset, loss, base.classes, params.monitor, checkpoint_dir, epoch_offset, len(train)
-            )
-            callbacks: list[keras.callbacks.Callback] = [
-                metrics_callback,
-                MlflowEpochLogger(epoch_offset),
-                keras.callbacks.BackupAndRestore(str(checkpoint_dir / f"{phase.name}-backup")),
-            ]
-            if params.early_stopping_patience:
-                callbacks.append(keras.callbacks.EarlyStopping(monitor=params.monitor, mode="max", patience=params.early_stopping_patience))
-            # shuffle=False: the tf.data pipeline already reshuffles every epoch (seeded).
-            history = model.fit(train_dataset, epochs=phase.epochs, callbacks=callbacks, verbose=2, shuffle=False)
-            frame = pd.DataFrame(history.history)
-            frame.insert(0, "epoch", np.asarray(history.epoch) + epoch_offset + 1)
-            frame.insert(1, "phase", phase.name)
-            history_frames.append(frame)
-            model.save_weights(done_weights)
-            epoch_offset += phase.epochs
-
-        best = read_json(checkpoint_dir / "best.json")
-        model.load_weights(checkpoint_dir / "best.weights.h5")
+        history_frames = fit_phases(model, phases, params, loss, devices, train_dataset, val, val_dataset, base.classes,
+                                    state.checkpoint_dir, recorder, len(train))
+        best = read_json(state.checkpoint_dir / "best.json")
+        model.load_weights(state.checkpoint_dir / "best.weights.h5")
         seconds = time.perf_counter() - started
         summary = {
             "best_epoch": best["epoch"] + 1,
@@ -338,14 +353,21 @@ def run_training(
         if history_frames:
             pd.concat(history_frames, ignore_index=True).to_csv(paths.out_dir / HISTORY_FILE, index=False)
         write_json(paths.metrics, summary)
-        tracking.log_metrics(summary)
-        registered = tracking.log_and_register_model(
-            model, val.images[:4].astype(np.float32), params.registered_model_name, summary["best_val_balanced_accuracy"]
+        recorder.log_metrics(summary)
+        run_record = recorder.log_model(
+            model, val.images[:4].astype(np.float32), params.registered_model_name, summary["best_val_balanced_accuracy"],
+            paths.out_dir, paths.metrics,
         )
-        run_record = {"run_id": active_run.info.run_id, "tracking_uri": tracking.tracking_uri(), **registered}
         write_json(paths.out_dir / RUN_FILE, run_record)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    shutil.rmtree(state.checkpoint_dir, ignore_errors=True)
     return {**summary, **run_record}
+
+
+def outcome(summary: dict[str, Any]) -> str:
+    """Where the run went, for the stage's last line."""
+    if summary.get("offline_bundle"):
+        return f"recorded offline in {summary['offline_bundle']} (log it: python -m pipeline.bundle import <that folder>)"
+    return f"registered {summary['registered_model']} v{summary['version']}"
 
 
 def save_for_inference(model: keras.Model, path: Path) -> None:

@@ -4,7 +4,7 @@ import sys
 
 from pipeline.config import CnnParams, load_params
 from pipeline.errors import run_cli
-from pipeline.train import train_cnn_focal, training_arguments
+from pipeline.train import outcome, train_cnn_focal, training_arguments
 
 
 def main(argv=None):
@@ -12,7 +12,7 @@ def main(argv=None):
     base, params = load_params(args.params, "train_cnn_focal", CnnParams)
     summary = train_cnn_focal(base, params, paths)
     print(f"cnn_focal: best epoch {summary['best_epoch']}, val balanced accuracy {summary['best_val_balanced_accuracy']:.4f}, "
-          f"registered {summary['registered_model']} v{summary['version']}")
+          f"{outcome(summary)}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from pipeline.config import Lite0Params, load_params
 from pipeline.errors import run_cli
-from pipeline.train import train_effnet_lite0, training_arguments
+from pipeline.train import outcome, train_effnet_lite0, training_arguments
 
 
 def main(argv=None):
@@ -13,7 +13,7 @@ def main(argv=None):
     base, params = load_params(args.params, "train_effnet_lite0", Lite0Params)
     summary = train_effnet_lite0(base, params, paths, Path(args.pretrained))
     print(f"effnet_lite0: best epoch {summary['best_epoch']}, val balanced accuracy {summary['best_val_balanced_accuracy']:.4f}, "
-          f"registered {summary['registered_model']} v{summary['version']}")
+          f"{outcome(summary)}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pipeline import tracking
 from pipeline.inference import load_model, predict_probabilities
 from pipeline.io import read_json
 from pipeline.models import build_cnn, model_class_names, model_input_size
-from pipeline.train import HISTORY_FILE, MODEL_FILE, RUN_FILE, MlflowEpochLogger, train_cnn_focal
+from pipeline.train import HISTORY_FILE, MODEL_FILE, RUN_FILE, EpochLogger, train_cnn_focal
 from tests.model.conftest import make_paths, tiny_cnn
 
 pytestmark = pytest.mark.slow
@@ -18,9 +18,10 @@ def test_a_tiny_training_run_lowers_the_loss(base_params):
     import keras
 
     from pipeline.datasets import make_dataset
-    from pipeline.train import build_loss, build_optimizer, configure_devices
+    from pipeline.backend import configure
+    from pipeline.train import build_loss, build_optimizer
 
-    configure_devices(base_params.seed)
+    configure(base_params.seed)
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 7, 96).astype(np.int32)
     # Each class has its own mean colour, so a CNN can separate them.
@@ -89,21 +90,21 @@ def test_same_seed_same_weights_on_cpu(tiny_artifacts, mlflow_store):
 def test_an_interrupted_run_resumes_from_its_checkpoint(tiny_artifacts, mlflow_store, monkeypatch):
     base, root = tiny_artifacts
     paths = make_paths(root, "cnn_resume")
-    original = MlflowEpochLogger.on_epoch_end
+    original = EpochLogger.on_epoch_end
 
     def interrupt_after_first_epoch(self, epoch, logs=None):
         original(self, epoch, logs)
         if epoch == 1:
             raise KeyboardInterrupt("simulated interruption")
 
-    monkeypatch.setattr(MlflowEpochLogger, "on_epoch_end", interrupt_after_first_epoch)
+    monkeypatch.setattr(EpochLogger, "on_epoch_end", interrupt_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_cnn_focal(base, tiny_cnn(epochs=4), paths)
     assert not (paths.out_dir / MODEL_FILE).exists()
     checkpoint = next(paths.checkpoints.iterdir())
     interrupted_run = read_json(checkpoint / RUN_FILE)["run_id"]
 
-    monkeypatch.setattr(MlflowEpochLogger, "on_epoch_end", original)
+    monkeypatch.setattr(EpochLogger, "on_epoch_end", original)
     summary = train_cnn_focal(base, tiny_cnn(epochs=4), paths)
     history = pd.read_csv(paths.out_dir / HISTORY_FILE)
     # Epoch 1 was backed up; epoch 2 was interrupted before its backup, so it reruns.

@@ -1,0 +1,109 @@
+"""The Keras backend in use and what training needs from it on this machine's devices.
+
+Keras 3 picks its backend from ``KERAS_BACKEND`` (``tensorflow`` by default, ``jax``, ``torch``)
+at its first import. The model builders are backend-neutral; what differs per backend is
+how devices are found, how determinism is switched on and how several GPUs are used:
+
+========== =============================== ======================== ===========================
+backend    accelerators                    determinism on CPU        several GPUs
+========== =============================== ======================== ===========================
+tensorflow ``tf.config`` GPUs               ``enable_op_determinism`` ``MirroredStrategy``
+jax        ``jax.devices()`` not ``cpu``    XLA on CPU is             ``keras.distribution
+                                            deterministic             .DataParallel``
+torch      ``torch.cuda``                   not switched (said so)    not supported (said so)
+========== =============================== ======================== ===========================
+
+Nothing here imports TensorFlow unless it is the backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+
+#: Mixed precision used on GPUs: float16 on TensorFlow (as before), bfloat16 on JAX / torch
+#: (measured on an H100 with JAX: B7 107 vs 96 img/s in float32; no loss scaling needed).
+GPU_POLICY = {"tensorflow": "mixed_float16", "jax": "mixed_bfloat16", "torch": "mixed_bfloat16"}
+
+
+def name() -> str:
+    """The active Keras backend: ``tensorflow``, ``jax``, ``torch`` or ``numpy``."""
+    return keras.backend.backend()
+
+
+def accelerators() -> list[str]:
+    """Names of the GPUs (or other accelerators) the active backend can use."""
+    backend = name()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return [
+            tf.config.experimental.get_device_details(device).get("device_name", device.name)
+            for device in tf.config.list_physical_devices("GPU")
+        ]
+    if backend == "jax":
+        import jax
+
+        return [getattr(device, "device_kind", str(device)) for device in jax.devices() if device.platform != "cpu"]
+    if backend == "torch":
+        import torch
+
+        return [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
+    return []
+
+
+@dataclass
+class Devices:
+    """How training runs here: the backend, its devices, and the scope models are built in."""
+
+    backend: str
+    accelerators: list[str]
+    policy: str
+    notes: list[str] = field(default_factory=list)
+    strategy: Any = None  # a tf.distribute.Strategy on TensorFlow, else None
+
+    @property
+    def label(self) -> str:
+        """``cpu`` or ``gpu:<name>`` (``gpu:<name> x N`` for several), for tags and logs."""
+        if not self.accelerators:
+            return "cpu"
+        count = f" x {len(self.accelerators)}" if len(self.accelerators) > 1 else ""
+        return f"gpu:{self.accelerators[0]}{count}"
+
+    def scope(self) -> contextlib.AbstractContextManager:
+        """The context models and optimizers are created in (a TF strategy's scope, or none)."""
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+
+def configure(seed: int) -> Devices:
+    """Seed everything once; on GPUs use mixed precision and all of them, else a deterministic CPU.
+
+    What a backend cannot do is said in ``Devices.notes`` (printed by the training stage)
+    rather than silently skipped.
+    """
+    keras.utils.set_random_seed(seed)
+    backend = name()
+    found = accelerators()
+    policy = GPU_POLICY.get(backend, "float32") if found else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    devices = Devices(backend, found, policy)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if found:
+            devices.strategy = tf.distribute.MirroredStrategy()
+        else:
+            tf.config.experimental.enable_op_determinism()
+            devices.strategy = tf.distribute.get_strategy()
+    elif backend == "jax":
+        if len(found) > 1:
+            keras.distribution.set_distribution(keras.distribution.DataParallel())
+            devices.notes.append(f"jax: data-parallel over {len(found)} devices (keras.distribution.DataParallel)")
+    elif backend == "torch":
+        devices.notes.append("torch: no op-determinism switch is set; reruns may differ in the last digits")
+        if len(found) > 1:
+            devices.notes.append(f"torch: {len(found)} GPUs found, training uses the first only")
+    return devices
