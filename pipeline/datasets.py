@@ -8,6 +8,7 @@ nothing here imports TensorFlow unless it is the backend.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,8 +120,9 @@ class ArrayBatches(keras.utils.PyDataset):
     flips / transposes drawn from a generator seeded by (seed, epoch, batch), so a batch's
     content depends on neither thread timing nor ``workers``."""
 
-    def __init__(self, images, labels, num_classes, batch_size, training=False, seed=0, random_flip=False, random_rotate90=False, workers=4):
-        super().__init__(workers=workers if training else 1, use_multiprocessing=False)
+    def __init__(self, images, labels, num_classes, batch_size, training=False, seed=0, random_flip=False, random_rotate90=False):
+        # Threads (numpy copies release the GIL): enough to feed a GPU from in-memory arrays.
+        super().__init__(workers=min(8, os.cpu_count() or 1), use_multiprocessing=False, max_queue_size=16)
         self.images, self.labels = images, labels
         self.num_classes, self.batch_size = num_classes, batch_size
         self.training, self.seed = training, seed

@@ -66,7 +66,12 @@ def connect_for_loading() -> str:
 
 
 def git_commit() -> str:
-    """The current git commit (with ``-dirty`` when the tree has changes), or ``unknown``."""
+    """The current git commit (with ``-dirty`` when the tree has changes), or ``unknown``.
+
+    ``$PIPELINE_GIT_COMMIT`` gives it where the code runs from a copy without ``.git`` (a GPU node).
+    """
+    if os.environ.get("PIPELINE_GIT_COMMIT"):
+        return os.environ["PIPELINE_GIT_COMMIT"]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True).stdout

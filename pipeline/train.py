@@ -12,6 +12,7 @@ stopped when rerun with the same params and data. Any Keras 3 backend trains
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -35,6 +36,8 @@ from pipeline.models import build_cnn, build_effnet_lite0, build_effnetb7, unfre
 MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.csv"
 RUN_FILE = "mlflow_run.json"
+#: Optional wall-clock budget of a training stage, in minutes (e.g. a GPU job's time slot).
+TIME_LIMIT_ENV = "PIPELINE_MAX_TRAIN_MINUTES"
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,34 @@ class ValidationMetrics(keras.callbacks.Callback):
         )
 
 
+class TimeLimit(keras.callbacks.Callback):
+    """Ends training after the epoch during which the wall-clock ``deadline`` passed (the
+    best epoch so far is kept as usual): a job on a shared GPU node ends on time with its model."""
+
+    def __init__(self, deadline: float):
+        super().__init__()
+        self.deadline = deadline
+        self.reached = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        if time.time() >= self.deadline:
+            self.reached = True
+            self.model.stop_training = True
+            print(f"time limit reached after epoch {epoch + 1}: training stops, the best epoch so far is kept", flush=True)
+
+
+def time_limit_deadline() -> float | None:
+    """The wall-clock deadline from ``$PIPELINE_MAX_TRAIN_MINUTES`` (unset or 0: none)."""
+    value = os.environ.get(TIME_LIMIT_ENV, "").strip()
+    try:
+        minutes = float(value) if value else 0.0
+    except ValueError:
+        raise PipelineError(f"{TIME_LIMIT_ENV}={value!r}: expected a number of minutes") from None
+    if minutes < 0:
+        raise PipelineError(f"{TIME_LIMIT_ENV}={value!r}: must not be negative")
+    return time.time() + minutes * 60 if minutes else None
+
+
 class EpochLogger(keras.callbacks.Callback):
     """Logs every epoch's metrics to the run (MLflow or an offline bundle).
 
@@ -249,8 +280,9 @@ def resume_state(stage: str, base: BaseParams, params: TrainParams, paths: Train
 
 def fit_phases(model: keras.Model, phases: list[Phase], params: TrainParams, loss: keras.losses.Loss, devices: backend.Devices,
                train_dataset: Any, val: LabelledImages, val_dataset: Any, classes: tuple[str, ...], state_dir: Path,
-               recorder: Any, train_images: int) -> list[pd.DataFrame]:
-    """Run each phase's ``fit``; a phase finished before an interruption is not redone."""
+               recorder: Any, train_images: int, deadline: float | None = None) -> list[pd.DataFrame]:
+    """Run each phase's ``fit``; a phase finished before an interruption is not redone, and
+    none starts after the ``deadline``."""
     steps_per_epoch = int(np.ceil(train_images / params.batch_size))
     history_frames = []
     epoch_offset = 0
@@ -267,6 +299,9 @@ def fit_phases(model: keras.Model, phases: list[Phase], params: TrainParams, los
             model.load_weights(done_weights)
             epoch_offset += phase.epochs
             continue
+        if deadline is not None and time.time() >= deadline:
+            print(f"time limit reached: phase '{phase.name}' skipped", flush=True)
+            break
         callbacks: list[keras.callbacks.Callback] = [
             ValidationMetrics(val, val_dataset, loss, classes, params.monitor, state_dir, epoch_offset, train_images),
             EpochLogger(recorder, epoch_offset),
@@ -274,6 +309,8 @@ def fit_phases(model: keras.Model, phases: list[Phase], params: TrainParams, los
         ]
         if params.early_stopping_patience:
             callbacks.append(keras.callbacks.EarlyStopping(monitor=params.monitor, mode="max", patience=params.early_stopping_patience))
+        if deadline is not None:
+            callbacks.append(TimeLimit(deadline))
         # shuffle=False: the input pipeline already reshuffles every epoch (seeded).
         history = model.fit(train_dataset, epochs=phase.epochs, callbacks=callbacks, verbose=2, shuffle=False)
         frame = pd.DataFrame(history.history)
@@ -295,6 +332,7 @@ def run_training(
     """Train, select the best epoch, save the model locally, then log and register it."""
     recorder = tracking.recorder()
     recorder.connect(base.experiment_name)  # fail fast, before any work, if MLflow is down
+    deadline = time_limit_deadline()
     devices = backend.configure(base.seed)
     print(f"{stage}: keras {keras.__version__} on {devices.backend}, {devices.label}, {devices.policy}; tracking: {recorder.describe()}", flush=True)
     for note in devices.notes:
@@ -318,6 +356,8 @@ def run_training(
         "device": devices.label,
         "keras_backend": devices.backend,
     }
+    if deadline is not None:
+        tags["time_limit_minutes"] = os.environ[TIME_LIMIT_ENV]
     started = time.perf_counter()
     with recorder.run(stage, tags, state.resume_run_id) as run_id:
         write_json(state.checkpoint_dir / RUN_FILE, {"run_id": run_id})
@@ -336,7 +376,7 @@ def run_training(
             model, phases = build()
         loss = build_loss(params, alpha)
         history_frames = fit_phases(model, phases, params, loss, devices, train_dataset, val, val_dataset, base.classes,
-                                    state.checkpoint_dir, recorder, len(train))
+                                    state.checkpoint_dir, recorder, len(train), deadline)
         best = read_json(state.checkpoint_dir / "best.json")
         model.load_weights(state.checkpoint_dir / "best.weights.h5")
         seconds = time.perf_counter() - started
@@ -371,10 +411,23 @@ def outcome(summary: dict[str, Any]) -> str:
 
 
 def save_for_inference(model: keras.Model, path: Path) -> None:
-    """Save the architecture and weights only: the optimizer state would triple the file."""
-    clean = keras.Model.from_config(model.get_config())
+    """Save the architecture and weights only (the optimizer state would triple the file), in
+    float32: a model trained in mixed precision on a GPU must predict in full precision on a
+    CPU (its variables are float32 already; only the layers' compute policy changes)."""
+    clean = keras.Model.from_config(_full_precision(model.get_config()))
     clean.set_weights(model.get_weights())
     clean.save(path)
+
+
+def _full_precision(config: Any) -> Any:
+    """``config`` with every mixed-precision dtype policy replaced by float32."""
+    if isinstance(config, list):
+        return [_full_precision(item) for item in config]
+    if not isinstance(config, dict):
+        return config
+    if config.get("class_name") == "DTypePolicy" and str(config.get("config", {}).get("name", "")).startswith("mixed_"):
+        return {**config, "config": {**config["config"], "name": "float32"}}
+    return {key: _full_precision(value) for key, value in config.items()}
 
 
 def train_cnn_focal(base: BaseParams, params: CnnParams, paths: TrainPaths) -> dict[str, Any]:

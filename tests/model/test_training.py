@@ -123,3 +123,21 @@ def test_mlflow_down_fails_fast_before_training(tiny_artifacts, monkeypatch):
         train_cnn_focal(base, tiny_cnn(), paths)
     assert time.monotonic() - started < 30
     assert not paths.out_dir.exists()
+
+
+def test_a_mixed_precision_model_is_saved_for_full_precision_inference(base_params, tmp_path):
+    import keras
+
+    from pipeline.train import save_for_inference
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_cnn(tiny_cnn(), base_params.classes)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.get_layer("stem_conv").dtype_policy.name == "mixed_bfloat16"
+    save_for_inference(model, tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert {layer.dtype_policy.name for layer in loaded.layers} == {"float32"}
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=0.05)
