@@ -28,7 +28,10 @@ def metadata_layer(classes: tuple[str, ...] | list[str], source_size: int | None
     ingest size the model was trained from (predict repeats centre crop -> source size ->
     input size). A built-in layer, not a custom class, so any Keras and ``mlflow models
     serve`` load the model without importing this package."""
-    return layers.Identity(name=".".join([METADATA_PREFIX, "source", str(source_size or 0), "classes", *classes]))
+    # float32 like the softmax before it: under a mixed-precision policy the default would
+    # cast the probabilities to bfloat16/float16 and the loss would see rounded ones (NaN
+    # losses with focal loss on a GPU, measured).
+    return layers.Identity(name=".".join([METADATA_PREFIX, "source", str(source_size or 0), "classes", *classes]), dtype="float32")
 
 
 def _metadata(model: keras.Model) -> tuple[list[str], int]:
