@@ -9,6 +9,8 @@
 #   make serve [MODEL=models:/NAME@ALIAS]   serve a registered model on 127.0.0.1:5002
 #   make reproduce [DATA=…]  rerun from scratch and compare with the published metrics
 #   make publish [DATA=…]    rerun from scratch and store the metrics as the published ones
+#   make pack [PACK=…]       train/val images + split files for a GPU node (the test split stays here)
+#   make import-run BUNDLE=<folder> [RESTORE=1]   log an offline run bundle to the MLflow server
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -27,7 +29,7 @@ export PATH := $(BIN):$(PATH)
 export MLFLOW_TRACKING_URI ?= $(TRACKING_URI)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv run test server ui stop-server serve reproduce publish bench demo-data clean-env
+.PHONY: venv run test server ui stop-server serve reproduce publish bench demo-data clean-env pack import-run
 
 venv: $(STAMP)
 
@@ -72,6 +74,14 @@ reproduce: server
 
 publish: server
 	$(BIN)/python -m pipeline.reproduce --data $(DATA) --publish
+
+PACK ?= .device-data
+pack: venv
+	$(BIN)/python -m pipeline.pack --data $(DATA) --split $$($(BIN)/python -c "from pipeline.io import pipeline_path; print(pipeline_path('split'))") --out $(PACK)
+
+import-run: server
+	@test -n "$(BUNDLE)" || { echo "error: name the bundle: make import-run BUNDLE=<folder>" >&2; exit 2; }
+	$(BIN)/python -m pipeline.bundle import $(if $(RESTORE),--restore) $(BUNDLE)
 
 bench: venv
 	$(BIN)/python -m benchmarks.run

@@ -286,7 +286,7 @@ def bench_gpu(repeats: int) -> dict:
     return results
 
 
-BENCHMARKS = ("ingest", "input_pipeline", "compute", "predict", "dvc", "gpu")
+BENCHMARKS = ("ingest", "input_pipeline", "compute", "backends", "predict", "dvc", "gpu")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -308,6 +308,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 figures[name] = bench_input_pipeline(args.repeats, args.params)
             elif name == "compute":
                 figures[name] = bench_compute(args.repeats, args.params)
+            elif name == "backends":
+                from benchmarks.backends import bench_backends
+
+                figures[name] = bench_backends(args.repeats, args.params)
             elif name == "predict":
                 figures[name] = bench_predict(args.repeats, work, args.batch_size)
             elif name == "dvc":

@@ -29,6 +29,22 @@ import keras
 GPU_POLICY = {"tensorflow": "mixed_float16", "jax": "mixed_bfloat16", "torch": "mixed_bfloat16"}
 
 
+PRECISION_ENV = "PIPELINE_PRECISION"
+PRECISIONS = ("auto", "float32", "mixed")
+
+
+def precision_choice() -> str:
+    """``$PIPELINE_PRECISION``: ``auto`` (mixed on GPUs, float32 on CPUs), ``float32`` or ``mixed``."""
+    import os
+
+    from pipeline.errors import PipelineError
+
+    value = os.environ.get(PRECISION_ENV, "").strip() or "auto"
+    if value not in PRECISIONS:
+        raise PipelineError(f"{PRECISION_ENV}={value!r}: expected one of {', '.join(PRECISIONS)}")
+    return value
+
+
 def name() -> str:
     """The active Keras backend: ``tensorflow``, ``jax``, ``torch`` or ``numpy``."""
     return keras.backend.backend()
@@ -81,13 +97,18 @@ class Devices:
 def configure(seed: int) -> Devices:
     """Seed everything once; on GPUs use mixed precision and all of them, else a deterministic CPU.
 
+    ``$PIPELINE_PRECISION`` overrides the precision (``float32`` / ``mixed``; the default
+    ``auto`` is mixed on GPUs only).
+
     What a backend cannot do is said in ``Devices.notes`` (printed by the training stage)
     rather than silently skipped.
     """
+    choice = precision_choice()
     keras.utils.set_random_seed(seed)
     backend = name()
     found = accelerators()
-    policy = GPU_POLICY.get(backend, "float32") if found else "float32"
+    mixed = choice == "mixed" or (choice == "auto" and bool(found))
+    policy = GPU_POLICY.get(backend, "float32") if mixed else "float32"
     keras.mixed_precision.set_global_policy(policy)
     devices = Devices(backend, found, policy)
     if backend == "tensorflow":

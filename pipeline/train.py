@@ -162,6 +162,12 @@ class ValidationMetrics(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         train_seconds = time.perf_counter() - self._started
+        if not np.isfinite(logs.get("loss", 0.0)):
+            raise PipelineError(
+                f"training diverged: the loss is {logs.get('loss')} in epoch {epoch + self.epoch_offset + 1} "
+                f"(precision {keras.mixed_precision.global_policy().name}); no model is kept. "
+                "Try PIPELINE_PRECISION=float32 or a lower learning rate"
+            )
         probabilities = self.model.predict(self.dataset, verbose=0)
         predicted = probabilities.argmax(axis=1)
         labels = np.arange(self.one_hot.shape[1])
@@ -355,6 +361,7 @@ def run_training(
         "params_hash": state.params_hash,
         "device": devices.label,
         "keras_backend": devices.backend,
+        "precision": devices.policy,
     }
     if deadline is not None:
         tags["time_limit_minutes"] = os.environ[TIME_LIMIT_ENV]

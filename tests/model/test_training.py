@@ -141,3 +141,29 @@ def test_a_mixed_precision_model_is_saved_for_full_precision_inference(base_para
     assert {layer.dtype_policy.name for layer in loaded.layers} == {"float32"}
     images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=0.05)
+
+
+def test_a_diverged_run_fails_in_one_line_and_keeps_no_model(tiny_artifacts, mlflow_store, monkeypatch):
+    import keras
+    import mlflow
+
+    from pipeline import train
+    from pipeline.errors import PipelineError
+
+    base, root = tiny_artifacts
+    paths = make_paths(root, "diverged")
+    monkeypatch.setattr(train, "build_loss", lambda params, alpha: lambda y_true, y_pred: keras.ops.mean(y_pred) * float("nan"))
+    with pytest.raises(PipelineError, match=r"training diverged: the loss is nan in epoch 1 \(precision float32\)"):
+        train_cnn_focal(base, tiny_cnn(epochs=2), paths)
+    assert not paths.out_dir.exists()
+    runs = mlflow.search_runs(experiment_names=[base.experiment_name], output_format="list")
+    assert [run.info.status for run in runs if run.data.tags.get("stage") == "train_cnn_focal"][:1] == ["FAILED"]
+
+
+def test_an_unknown_precision_is_refused(monkeypatch):
+    from pipeline.backend import configure
+    from pipeline.errors import PipelineError
+
+    monkeypatch.setenv("PIPELINE_PRECISION", "half")
+    with pytest.raises(PipelineError, match="PIPELINE_PRECISION='half': expected one of auto, float32, mixed"):
+        configure(1)
