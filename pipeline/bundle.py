@@ -134,6 +134,10 @@ class OfflineRecorder:
         self.state["params"].update({key: str(value) for key, value in params.items()})
         self._save_state()
 
+    def log_input(self, name: str, digest: str, source: Path | None) -> None:
+        self.state.setdefault("inputs", []).append({"name": name, "digest": digest, "source": str(source.resolve()) if source else ""})
+        self._save_state()
+
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         assert self.partial is not None
         stamp = _now_ms()
@@ -154,7 +158,7 @@ class OfflineRecorder:
         files = {name: sha256(self.partial / name) for name in (MODEL, METRICS, HISTORY, STAGE_METRICS) if (self.partial / name).is_file()}
         manifest = {
             "format": FORMAT, "version": VERSION, **{k: self.state[k] for k in ("bundle_id", "run_name", "experiment_name", "tags", "params", "start_time_ms")},
-            "metrics": self.state.get("metrics", {}), "registered_model_name": registered_name, "score": float(score),
+            "metrics": self.state.get("metrics", {}), "inputs": self.state.get("inputs", []), "registered_model_name": registered_name, "score": float(score),
             "outputs": {"model_dir": str(out_dir), "metrics": str(metrics_file)}, "files": files, "end_time_ms": _now_ms(),
         }
         (self.partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -276,6 +276,19 @@ def load_params(path: str | Path, section: str, cls: type[SectionT]) -> tuple[Ba
     return base, parse_section(params[section], cls, f"{name}: {section}")
 
 
+def data_source(path: str | Path) -> Path | None:
+    """The raw data folder ``ingest.data_dir`` of the params file (for run names and MLflow
+    dataset inputs; the stages read only the ingest stage's output), or None if unset."""
+    params = read_params(path)
+    value = (params.get("ingest") or {}).get("data_dir") if isinstance(params.get("ingest"), dict) else None
+    return Path(str(value)) if value else None
+
+
+def data_name(source: Path | None) -> str:
+    """A short name of the data set: the folder's name (``demo``, ``ham10000``), lower case."""
+    return source.resolve().name.lower() if source is not None else "unknown"
+
+
 def as_flat_dict(section: Any, prefix: str) -> dict[str, Any]:
     """Flatten a params dataclass into ``{"prefix.key": value}`` for experiment tracking."""
     flat = {}

@@ -82,7 +82,8 @@ def read_metadata(data_dir: Path, classes: tuple[str, ...]) -> pd.DataFrame:
     for row_number, row in enumerate(metadata.itertuples(index=False), start=2):  # line 1 is the header
         for column in REQUIRED_COLUMNS:
             if not str(getattr(row, column)).strip():
-                problems.append(f"line {row_number}: empty {column}")
+                image = f" (image_id '{row.image_id}')" if column != "image_id" and str(row.image_id).strip() else ""
+                problems.append(f"line {row_number}: empty {column}{image}")
         if row.dx and row.dx not in classes:
             problems.append(f"line {row_number}: unknown dx '{row.dx}' (known: {', '.join(classes)})")
     duplicated = metadata["image_id"][metadata["image_id"].duplicated(keep="first")]

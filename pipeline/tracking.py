@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import subprocess
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata
@@ -25,6 +26,9 @@ DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
 #: Alias moved to every newly registered version, and to the best one by validation score.
 CANDIDATE_ALIAS = "candidate"
 CHAMPION_ALIAS = "champion"
+#: The experiment tag that makes the MLflow 3 UI open on training runs, not on GenAI traces.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 #: Run metric compared between versions to decide the champion.
 CHAMPION_METRIC = "best_val_balanced_accuracy"
 
@@ -48,10 +52,28 @@ def connect(experiment_name: str, timeout_s: float = 5.0) -> str:
     import mlflow
 
     try:
-        mlflow.set_experiment(experiment_name)
+        experiment = mlflow.set_experiment(experiment_name)
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     except Exception as error:  # MlflowException and transport errors alike
         raise TrackingError(f"MLflow at {uri}: cannot select experiment '{experiment_name}' ({error})") from error
     return uri
+
+
+def log_input(name: str, digest: str, source: Path | None, context: str = "training") -> None:
+    """Record the data a run trained on as an MLflow dataset input (the UI's Dataset column):
+    metadata only, named ``demo`` / ``ham10000``, with the stages' data hash as its digest and
+    the data folder as its source."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    location = str(source.resolve()) if source is not None else "unknown"
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local source
+        warnings.simplefilter("ignore", UserWarning)
+        resolved = resolve_dataset_source(location)
+    dataset = MetaDataset(resolved, name=name, digest=digest)
+    _guard(mlflow.log_input, dataset, context=context)
 
 
 def connect_for_loading() -> str:
@@ -163,7 +185,8 @@ def _backend_packages() -> tuple[str, ...]:
     """The packages the model's Keras backend needs at serving time (those installed here)."""
     import keras
 
-    wanted = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "torch": ("torch",)}.get(keras.backend.backend(), ())
+    # tensorflow-cpu is the same TensorFlow in a CPU-only build: a served model needs either.
+    wanted = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "jax": ("jax", "jaxlib"), "torch": ("torch",)}.get(keras.backend.backend(), ())
     found = []
     for package in wanted:
         try:
@@ -207,6 +230,8 @@ def import_run(manifest: Mapping[str, Any], history: list[Any], tags: Mapping[st
             _guard(client.log_batch, run_id, metrics=metrics[start : start + 1000])
         size = int(model.input_shape[1])
         with mlflow.start_run(run_id=run_id):
+            for item in manifest.get("inputs", []):
+                log_input(item["name"], item["digest"], Path(item["source"]) if item.get("source") else None)
             registered = log_and_register_model(
                 model, np.zeros((2, size, size, 3), np.float32), manifest["registered_model_name"], float(manifest["score"])
             )
@@ -239,6 +264,9 @@ class MlflowRecorder:
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         log_params(params)
+
+    def log_input(self, name: str, digest: str, source: Path | None) -> None:
+        log_input(name, digest, source)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         log_metrics(metrics, step=step)

@@ -27,7 +27,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 from sklearn.utils.class_weight import compute_class_weight
 
 from pipeline import backend, tracking
-from pipeline.config import BaseParams, CnnParams, EffNetParams, Lite0Params, TrainParams, TransferParams, as_flat_dict
+from pipeline.config import BaseParams, CnnParams, data_name, data_source, EffNetParams, Lite0Params, TrainParams, TransferParams, as_flat_dict
 from pipeline.datasets import LabelledImages, load_augmented_images, load_split_images, make_dataset, subsample
 from pipeline.errors import PipelineError, TrackingError
 from pipeline.io import read_json, write_json
@@ -50,6 +50,8 @@ class TrainPaths:
     out_dir: Path
     metrics: Path
     checkpoints: Path
+    #: The raw data folder ingest read (from params.yaml): names the run and its MLflow input.
+    source: Path | None = None
 
 
 @dataclass
@@ -85,6 +87,7 @@ def training_arguments(description: str, argv=None, extra: dict[str, str] | None
         out_dir=Path(args.out),
         metrics=Path(args.metrics),
         checkpoints=Path(args.checkpoints),
+        source=data_source(args.params),
     )
     return args, paths
 
@@ -356,6 +359,7 @@ def run_training(
     val_dataset = make_dataset(val.images, None, num_classes, params.batch_size)
     tags = {
         "stage": stage,
+        "approach": stage.removeprefix("train_"),
         "git_commit": tracking.git_commit(),
         "data_hash": state.data_hash,
         "params_hash": state.params_hash,
@@ -366,9 +370,12 @@ def run_training(
     if deadline is not None:
         tags["time_limit_minutes"] = os.environ[TIME_LIMIT_ENV]
     started = time.perf_counter()
-    with recorder.run(stage, tags, state.resume_run_id) as run_id:
+    dataset = data_name(paths.source)
+    run_name = f"{stage.removeprefix('train_')}-{dataset}"  # approach and data: cnn_focal-ham10000
+    with recorder.run(run_name, tags, state.resume_run_id) as run_id:
         write_json(state.checkpoint_dir / RUN_FILE, {"run_id": run_id})
         if not state.resume_run_id:
+            recorder.log_input(dataset, state.data_hash, paths.source)
             recorder.log_params(
                 {
                     **as_flat_dict(base, "base"),

@@ -1,5 +1,6 @@
 """ingest: every validation case on tiny folders made here; outputs are all-or-nothing."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -103,6 +104,17 @@ def test_unknown_dx(tiny_ham, tmp_path, base_params):
 
     _edit_metadata(tiny_ham, edit)
     _expect_failure(tiny_ham, tmp_path, base_params, "line 5: unknown dx 'melanoma'")
+
+
+def test_empty_dx_names_the_line_and_the_image(tiny_ham, tmp_path, base_params):
+    image_id = pd.read_csv(tiny_ham / METADATA_FILE, dtype=str).loc[3, "image_id"]
+
+    def edit(metadata):
+        metadata.loc[3, "dx"] = ""
+        return metadata
+
+    _edit_metadata(tiny_ham, edit)
+    _expect_failure(tiny_ham, tmp_path, base_params, re.escape(f"line 5: empty dx (image_id '{image_id}')"))
 
 
 def test_duplicate_image_id(tiny_ham, tmp_path, base_params):

@@ -45,8 +45,9 @@ BLOCKED_RUNNER = textwrap.dedent(
 
 PARAMS = (
     "base: {seed: 3, image_size: 32, experiment_name: tests-offline}\n"
+    "ingest: {data_dir: %s}\n"
     "train_cnn_focal: {input_size: 32, filters: [16, 32], blocks_per_stage: 1, epochs: %d, batch_size: 32, "
-    "learning_rate: 0.003, warmup_epochs: 1, random_flip: true, random_rotate90: true, registered_model_name: tests-offline-cnn}\n" % EPOCHS
+    "learning_rate: 0.003, warmup_epochs: 1, random_flip: true, random_rotate90: true, registered_model_name: tests-offline-cnn}\n"
 )
 
 
@@ -70,7 +71,7 @@ def jax_offline_run(tiny_artifacts, tmp_path_factory, repo_root):
     base, root = tiny_artifacts
     out = tmp_path_factory.mktemp("jax_run")
     params = out / "params.yaml"
-    params.write_text(PARAMS)
+    params.write_text(PARAMS % (root / "ham", EPOCHS))
     env = {
         **os.environ,
         "KERAS_BACKEND": "jax",
@@ -152,7 +153,8 @@ def test_a_bundle_imports_into_a_real_server_with_its_whole_history(jax_offline_
         record = import_bundle(bundle_dir, restore=True)
         client = mlflow.MlflowClient(uri)
         run = client.get_run(record["run_id"])
-        assert run.info.status == "FINISHED" and run.info.run_name == "train_cnn_focal"
+        assert run.info.status == "FINISHED" and run.info.run_name == "cnn_focal-ham"
+        assert [(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs] == [("ham", manifest["tags"]["data_hash"])]
         assert run.data.tags["offline_bundle_id"] == manifest["bundle_id"]
         assert run.data.tags["keras_backend"] == "jax" and run.data.tags["trained_offline"] == "true"
         assert run.data.params["train_cnn_focal.epochs"] == str(EPOCHS)

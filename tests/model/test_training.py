@@ -1,5 +1,7 @@
 """Training: the loss goes down, models save and reload exactly, runs are tracked and resumable."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -39,7 +41,7 @@ def test_train_stage_saves_tracks_and_registers(tiny_artifacts, mlflow_store):
     import mlflow
 
     base, root = tiny_artifacts
-    paths = make_paths(root, "cnn_once")
+    paths = dataclasses.replace(make_paths(root, "cnn_once"), source=root / "ham")
     summary = train_cnn_focal(base, tiny_cnn(), paths)
 
     assert (paths.out_dir / MODEL_FILE).is_file()
@@ -53,6 +55,13 @@ def test_train_stage_saves_tracks_and_registers(tiny_artifacts, mlflow_store):
     run = client.get_run(summary["run_id"])
     assert run.data.params["train_cnn_focal.epochs"] == "3"
     assert run.data.tags["stage"] == "train_cnn_focal" and len(run.data.tags["params_hash"]) == 16
+    # The UI tells approaches and data sets apart: run name, dataset input, experiment kind.
+    assert run.info.run_name == "cnn_focal-ham"
+    inputs = run.inputs.dataset_inputs
+    assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("ham", run.data.tags["data_hash"])]
+    assert str(root / "ham") in inputs[0].dataset.source and inputs[0].tags[0].value == "training"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert len(client.get_metric_history(run.info.run_id, "val_balanced_accuracy")) == 3
     champion = client.get_model_version_by_alias("tests-cnn", tracking.CHAMPION_ALIAS)
     assert str(champion.version) == summary["version"] == "1"
