@@ -1,9 +1,10 @@
 # The project's commands. Set-up is part of every target: the virtual environment is made
 # and the pinned dependencies installed when missing or when requirements.lock changes.
 #
-#   make run                 dvc repro on the demo data, tracked by the local MLflow server
-#   make run DATA=<folder>   the same on a HAM10000 folder (official layout)
-#   make run PROFILE=gpu     first copy profiles/gpu.yaml over params.yaml (the study's set-up)
+#   make run                 dvc repro on the demo data (demo profile), tracked by the local MLflow server
+#   make run DATA=<folder>   the same on a HAM10000 folder (official layout; CPU profile)
+#   make run PROFILE=gpu     profiles/gpu.yaml instead (the study's set-up)
+# The profile (profiles/<PROFILE>.yaml: demo for data/demo, cpu otherwise) is copied to params.yaml.
 #   make test                the test suite
 #   make ui / make server / make stop-server
 #   make serve [MODEL=models:/NAME@ALIAS]   serve a registered model on 127.0.0.1:5002
@@ -18,6 +19,7 @@ VENV ?= .venv
 HOST ?= 127.0.0.1
 PORT ?= 5000
 DATA ?= data/demo
+PROFILE ?= $(if $(filter data/demo data/demo/ ./data/demo ./data/demo/,$(DATA)),demo,cpu)
 STORE ?= mlflow
 PYTEST_ARGS ?=
 
@@ -35,6 +37,9 @@ venv: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# tensorflow-cpu and the CUDA tensorflow wheel hold the same files: an older environment swaps.
+	@if grep -q '^tensorflow-cpu==' requirements.lock && $(BIN)/python -m pip show -q tensorflow >/dev/null 2>&1; then \
+		$(BIN)/python -m pip uninstall -y -q tensorflow; fi
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
@@ -51,9 +56,7 @@ stop-server: venv
 # dvc exp run is dvc repro plus recording the run as an experiment; --set-param points ingest
 # at DATA, so `dvc exp show` compares demo and real-data runs.
 run: server
-ifdef PROFILE
-	cp profiles/$(PROFILE).yaml params.yaml
-endif
+	@cmp -s profiles/$(PROFILE).yaml params.yaml || { echo "params.yaml <- profiles/$(PROFILE).yaml"; cp profiles/$(PROFILE).yaml params.yaml; }
 	$(BIN)/dvc exp run --set-param ingest.data_dir=$(DATA)
 	@echo
 	@$(BIN)/python -m pipeline.evaluate
@@ -70,10 +73,10 @@ serve: server
 	$(BIN)/mlflow models serve -m $(MODEL) --env-manager local --host $(HOST) -p $(SERVE_PORT)
 
 reproduce: server
-	$(BIN)/python -m pipeline.reproduce --data $(DATA)
+	$(BIN)/python -m pipeline.reproduce --data $(DATA) --profile profiles/$(PROFILE).yaml
 
 publish: server
-	$(BIN)/python -m pipeline.reproduce --data $(DATA) --publish
+	$(BIN)/python -m pipeline.reproduce --data $(DATA) --profile profiles/$(PROFILE).yaml --publish
 
 PACK ?= .device-data
 pack: venv

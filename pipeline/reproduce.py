@@ -115,6 +115,15 @@ def load_tolerances(path: Path) -> dict[str, float]:
     return {str(k): float(v) for k, v in tolerances.items()}
 
 
+def use_profile(profile: Path, params_file: Path = Path("params.yaml")) -> None:
+    """Make ``profile`` the active params (``params.yaml``), as ``make run`` does."""
+    if not profile.is_file():
+        raise PipelineError(f"profile {profile} not found (profiles/: {', '.join(sorted(p.stem for p in profile.parent.glob('*.yaml')))})")
+    if not params_file.is_file() or params_file.read_bytes() != profile.read_bytes():
+        shutil.copyfile(profile, params_file)
+        print(f"params.yaml <- {profile}", flush=True)
+
+
 def rerun_pipeline(data_dir: str) -> None:
     """``dvc exp run --force`` with ``ingest.data_dir`` set: every stage reruns, recorded as an experiment."""
     command = [sys.executable, "-m", "dvc", "exp", "run", "--force", "--set-param", f"ingest.data_dir={data_dir}"]
@@ -128,7 +137,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data", required=True, help="data folder the pipeline runs on")
     parser.add_argument("--no-run", action="store_true", help="compare the current metrics without rerunning")
     parser.add_argument("--publish", action="store_true", help="store the fresh metrics as the new reference")
+    parser.add_argument("--profile", help="a params profile copied to params.yaml before the run (profiles/demo.yaml, ...)")
     args = parser.parse_args(argv)
+    if args.profile and not args.no_run:
+        use_profile(Path(args.profile))
     metrics_file, published_dir = pipeline_path("test_metrics"), pipeline_path("published")
     reference = published_dir / f"{reference_name(args.data)}.json"
     if not args.no_run:

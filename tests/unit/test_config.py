@@ -31,7 +31,7 @@ SECTIONS = {
 
 
 @pytest.mark.parametrize("section", sorted(SECTIONS))
-@pytest.mark.parametrize("profile", ["params.yaml", "profiles/gpu.yaml"])
+@pytest.mark.parametrize("profile", ["params.yaml", "profiles/cpu.yaml", "profiles/demo.yaml", "profiles/gpu.yaml"])
 def test_every_section_of_the_repository_params_loads(repo_root, profile, section):
     base, params = load_params(repo_root / profile, section, SECTIONS[section])
     assert len(base.classes) == 7
