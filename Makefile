@@ -10,6 +10,7 @@
 #   make serve [MODEL=models:/NAME@ALIAS]   serve a registered model on 127.0.0.1:5002
 #   make reproduce [DATA=…]  rerun from scratch and compare with the published metrics
 #   make publish [DATA=…]    rerun from scratch and store the metrics as the published ones
+#   make plots               dvc plots show, rendered offline (Vega from npm, inlined)
 #   make pack [PACK=…]       train/val images + split files for a GPU node (the test split stays here)
 #   make import-run BUNDLE=<folder> [RESTORE=1]   log an offline run bundle to the MLflow server
 
@@ -31,7 +32,7 @@ export PATH := $(BIN):$(PATH)
 export MLFLOW_TRACKING_URI ?= $(TRACKING_URI)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv run test server ui stop-server serve reproduce publish bench demo-data clean-env pack import-run
+.PHONY: venv run test server ui stop-server serve reproduce publish bench demo-data clean-env pack import-run plots
 
 venv: $(STAMP)
 
@@ -61,10 +62,11 @@ run: server
 	@echo
 	@$(BIN)/python -m pipeline.evaluate
 	@echo
-	@echo "All metrics: dvc metrics show   report: reports/comparison.md   plots: dvc plots show"
+	@echo "All metrics: dvc metrics show   report: reports/comparison.md   plots (offline): make plots"
 	@echo "MLflow UI: $(TRACKING_URI)  (experiment: base.experiment_name of params.yaml)"
 
 test: venv
+	@$(MAKE) --no-print-directory $(PLOTS_TEMPLATE) >/dev/null 2>&1 || echo "note: no offline plots template (npm missing?): its browser test is skipped"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 MODEL ?= models:/ham10000-cnn-focal@champion
@@ -77,6 +79,17 @@ reproduce: server
 
 publish: server
 	$(BIN)/python -m pipeline.reproduce --data $(DATA) --profile profiles/$(PROFILE).yaml --publish
+
+# `dvc plots show` with the Vega scripts inlined from npm (vendor/vega): no CDN, works offline.
+VEGA := vendor/vega
+PLOTS_TEMPLATE := $(VEGA)/offline.html
+$(VEGA)/node_modules/.package-lock.json: $(VEGA)/package.json $(VEGA)/package-lock.json
+	@command -v npm >/dev/null || { echo "error: npm (Node.js) is needed once to fetch the Vega scripts for offline plots" >&2; exit 1; }
+	cd $(VEGA) && npm ci --no-audit --no-fund --silent
+$(PLOTS_TEMPLATE): $(VEGA)/node_modules/.package-lock.json pipeline/plots.py | $(STAMP)
+	$(BIN)/python -m pipeline.plots --vendor $(VEGA)/node_modules --out $@
+plots: $(PLOTS_TEMPLATE)
+	$(BIN)/dvc plots show --html-template $(abspath $(PLOTS_TEMPLATE))
 
 PACK ?= .device-data
 pack: venv
