@@ -110,6 +110,7 @@ class TrainParams:
     random_rotate90: bool = False  # on-the-fly 90-degree rotations (with flips: all 8 symmetries)
     use_augmented: bool = True  # train on the augment stage's output (else the raw train split)
     max_train_images: int = _range(0, default=0)  # 0 = all; >0 bounds a smoke run
+    run_eagerly: bool = False  # no graph tracing: for smoke runs of big models (B7 traces for ~2 min on CPU)
     registered_model_name: str = ""
 
     def validate(self, where: str) -> None:

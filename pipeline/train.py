@@ -303,6 +303,7 @@ def fit_phases(model: keras.Model, phases: list[Phase], params: TrainParams, los
                 optimizer=build_optimizer(params, phase.learning_rate, steps_per_epoch, phase.epochs),
                 loss=loss,
                 metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+                run_eagerly=params.run_eagerly,
             )
         if done_weights.is_file():
             model.load_weights(done_weights)
