@@ -159,7 +159,11 @@ def log_and_register_model(model: Any, sample_images: Any, registered_name: str,
     import mlflow
     from mlflow.models import infer_signature
 
-    predictions = model.predict(sample_images, verbose=0)
+    # A direct call, not model.predict on an array: that builds a tf.data map whose attribute
+    # TensorFlow 2.21 does not know and logs an "E0000 ... use_unbounded_threadpool" line.
+    import keras
+
+    predictions = keras.ops.convert_to_numpy(model(sample_images, training=False))
     signature = infer_signature(sample_images, predictions)
     # input_example is not passed: it fails with FileNotFoundError in mlflow 3.17 (a known trap).
     # Explicit requirements: mlflow's inference of them fails for Keras 3 models and wastes time.
