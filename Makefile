@@ -49,7 +49,7 @@ server: venv
 	$(BIN)/python -m pipeline.server start --host $(HOST) --port $(PORT) --store $(STORE)
 
 ui: server
-	@echo "MLflow UI: $(TRACKING_URI)  (experiment: the base.experiment_name of params.yaml)"
+	@echo "MLflow UI: $(TRACKING_URI)/#/experiments?workflowType=machine_learning  (experiment: the base.experiment_name of params.yaml)"
 
 stop-server: venv
 	$(BIN)/python -m pipeline.server stop --store $(STORE)
@@ -63,7 +63,7 @@ run: server
 	@$(BIN)/python -m pipeline.evaluate
 	@echo
 	@echo "All metrics: dvc metrics show   report: reports/comparison.md   plots (offline): make plots"
-	@echo "MLflow UI: $(TRACKING_URI)  (experiment: base.experiment_name of params.yaml)"
+	@echo "MLflow UI: $(TRACKING_URI)/#/experiments?workflowType=machine_learning  (experiment: base.experiment_name of params.yaml)"
 
 test: venv
 	@$(MAKE) --no-print-directory $(PLOTS_TEMPLATE) >/dev/null 2>&1 || echo "note: no offline plots template (npm missing?): its browser test is skipped"
