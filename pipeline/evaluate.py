@@ -226,7 +226,7 @@ def load_isic2018_test(folder: Path, classes: tuple[str, ...], size: int) -> tup
     return images, labels
 
 
-def log_to_mlflow(name: str, model_dir: Path | None, metrics: dict[str, Any], artifacts: list[Path], prefix: str = "test") -> str:
+def log_to_mlflow(name: str, model_dir: Path | None, metrics: dict[str, Any], artifacts: list[Path], prefix: str = "test", data: str = "unknown") -> str:
     """Log test metrics and plots to the model's training run (or a new run if it is gone or,
     like the ensemble's, there is none)."""
     from pipeline import tracking
@@ -242,7 +242,7 @@ def log_to_mlflow(name: str, model_dir: Path | None, metrics: dict[str, Any], ar
         tracking.log_artifacts(artifacts, artifact_path="evaluation", run_id=run_id)
         return run_id
     # The training run is not on this server (e.g. its store was reset): keep the numbers anyway.
-    with tracking.run(f"evaluate_{name}", {"stage": "evaluate", "model": name, "git_commit": tracking.git_commit()}) as active:
+    with tracking.run(f"{name}-{data}", {"stage": "evaluate", "model": name, "approach": name, "git_commit": tracking.git_commit()}) as active:
         tracking.log_metrics(flat)
         tracking.log_artifacts(artifacts, artifact_path="evaluation")
         return active.info.run_id
@@ -260,6 +260,7 @@ def run_evaluation(
     report_file: Path,
     external_metrics_file: Path | None = None,
     image_size: int | None = None,
+    data: str = "unknown",
 ) -> dict[str, dict[str, Any]]:
     """The evaluate stage: metrics JSON, plots, report, and MLflow logging for every model.
 
@@ -300,7 +301,7 @@ def run_evaluation(
         model_plots = plots_dir / item.name
         write_plot_data(item, classes, model_plots)
         figures = draw_figures(item, classes, model_plots)
-        log_to_mlflow(item.name, model_dirs.get(item.name), results[item.name], figures + [report_file])
+        log_to_mlflow(item.name, model_dirs.get(item.name), results[item.name], figures + [report_file], data=data)
 
     if external_metrics_file is not None:
         if params.external_dir:
@@ -309,7 +310,7 @@ def run_evaluation(
             external_images, external_labels = load_isic2018_test(Path(params.external_dir), classes, image_size)
             external, _ = evaluate_models(models, lambda size: resize_images(external_images, size), external_labels, classes, params)
             for name, model_metrics in external.items():
-                log_to_mlflow(name, model_dirs[name], model_metrics, [], prefix="external")
+                log_to_mlflow(name, model_dirs[name], model_metrics, [], prefix="external", data=data)
             write_json(external_metrics_file, {"source": params.external_dir, **external})
         else:
             write_json(external_metrics_file, {"skipped": "evaluate.external_dir is not set"})

@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.config import EvaluateParams, load_params
+from pipeline.config import EvaluateParams, data_name, data_source, load_params
 from pipeline.errors import PipelineError, run_cli
 from pipeline.evaluate import run_evaluation
 
@@ -31,6 +31,7 @@ def main(argv=None):
         model_dirs, Path(args.ingested), Path(args.split), base.classes, base.experiment_name, params,
         Path(args.metrics), Path(args.plots), Path(args.report),
         external_metrics_file=Path(args.external_metrics), image_size=base.image_size,
+        data=data_name(data_source(args.params)),
     )
     for name, metrics in results.items():
         print(f"{name}: balanced accuracy {metrics['balanced_accuracy']:.4f}, accuracy {metrics['accuracy']:.4f}, "
