@@ -27,7 +27,9 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 from sklearn.utils.class_weight import compute_class_weight
 
 from pipeline import backend, tracking
-from pipeline.config import BaseParams, CnnParams, data_name, data_source, EffNetParams, Lite0Params, TrainParams, TransferParams, as_flat_dict
+from pipeline.config import (
+    BaseParams, CnnParams, EffNetParams, Lite0Params, TrainParams, TransferParams, as_flat_dict, data_name, data_source,
+)
 from pipeline.datasets import LabelledImages, load_augmented_images, load_split_images, make_dataset, subsample
 from pipeline.errors import PipelineError, TrackingError
 from pipeline.io import read_json, write_json
@@ -201,16 +203,15 @@ class TimeLimit(keras.callbacks.Callback):
     """Ends training after the epoch during which the wall-clock ``deadline`` passed (the
     best epoch so far is kept as usual): a job on a shared GPU node ends on time with its model."""
 
-    def __init__(self, deadline: float):
+    def __init__(self, deadline: float, epoch_offset: int):
         super().__init__()
         self.deadline = deadline
-        self.reached = False
+        self.epoch_offset = epoch_offset
 
     def on_epoch_end(self, epoch, logs=None):
         if time.time() >= self.deadline:
-            self.reached = True
             self.model.stop_training = True
-            print(f"time limit reached after epoch {epoch + 1}: training stops, the best epoch so far is kept", flush=True)
+            print(f"time limit reached after epoch {epoch + self.epoch_offset + 1}: training stops, the best epoch so far is kept", flush=True)
 
 
 def time_limit_deadline() -> float | None:
@@ -309,7 +310,8 @@ def fit_phases(model: keras.Model, phases: list[Phase], params: TrainParams, los
             model.load_weights(done_weights)
             epoch_offset += phase.epochs
             continue
-        if deadline is not None and time.time() >= deadline:
+        if deadline is not None and time.time() >= deadline and (state_dir / "best.json").is_file():
+            # (Before any epoch has finished the phase runs anyway: one epoch, then TimeLimit stops it.)
             print(f"time limit reached: phase '{phase.name}' skipped", flush=True)
             break
         callbacks: list[keras.callbacks.Callback] = [
@@ -320,7 +322,7 @@ def fit_phases(model: keras.Model, phases: list[Phase], params: TrainParams, los
         if params.early_stopping_patience:
             callbacks.append(keras.callbacks.EarlyStopping(monitor=params.monitor, mode="max", patience=params.early_stopping_patience))
         if deadline is not None:
-            callbacks.append(TimeLimit(deadline))
+            callbacks.append(TimeLimit(deadline, epoch_offset))
         # shuffle=False: the input pipeline already reshuffles every epoch (seeded).
         history = model.fit(train_dataset, epochs=phase.epochs, callbacks=callbacks, verbose=2, shuffle=False)
         frame = pd.DataFrame(history.history)

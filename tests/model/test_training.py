@@ -176,3 +176,15 @@ def test_an_unknown_precision_is_refused(monkeypatch):
     monkeypatch.setenv("PIPELINE_PRECISION", "half")
     with pytest.raises(PipelineError, match="PIPELINE_PRECISION='half': expected one of auto, float32, mixed"):
         configure(1)
+
+
+def test_a_time_limit_stops_after_the_epoch_and_keeps_the_best(tiny_artifacts, mlflow_store, monkeypatch):
+    import mlflow
+
+    base, root = tiny_artifacts
+    paths = make_paths(root, "time_limited")
+    monkeypatch.setenv("PIPELINE_MAX_TRAIN_MINUTES", "0.0001")  # passed during the first epoch
+    summary = train_cnn_focal(base, tiny_cnn(epochs=3), paths)
+    assert pd.read_csv(paths.out_dir / HISTORY_FILE)["epoch"].tolist() == [1]
+    assert summary["best_epoch"] == 1 and (paths.out_dir / MODEL_FILE).is_file()
+    assert mlflow.MlflowClient().get_run(summary["run_id"]).data.tags["time_limit_minutes"] == "0.0001"
