@@ -26,7 +26,8 @@ DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
 #: Alias moved to every newly registered version, and to the best one by validation score.
 CANDIDATE_ALIAS = "candidate"
 CHAMPION_ALIAS = "champion"
-#: The experiment tag that makes the MLflow 3 UI open on training runs, not on GenAI traces.
+#: The experiment's kind in MLflow 3 (model development, not GenAI). MLflow 3.17's UI still opens in
+#: its GenAI mode, a browser setting: ``?workflowType=machine_learning`` opens the training view.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 #: Run metric compared between versions to decide the champion.
