@@ -95,8 +95,10 @@ PACK ?= .device-data
 pack: venv
 	$(BIN)/python -m pipeline.pack --data $(DATA) --split $$($(BIN)/python -c "from pipeline.io import pipeline_path; print(pipeline_path('split'))") --out $(PACK)
 
-import-run: server
+import-run: venv
 	@test -n "$(BUNDLE)" || { echo "error: name the bundle: make import-run BUNDLE=<folder>" >&2; exit 2; }
+	$(BIN)/python -m pipeline.bundle check $(BUNDLE)
+	@$(MAKE) --no-print-directory server
 	$(BIN)/python -m pipeline.bundle import $(if $(RESTORE),--restore) $(BUNDLE)
 
 bench: venv
