@@ -19,10 +19,13 @@ Nothing here imports TensorFlow unless it is the backend.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import keras
+
+from pipeline.errors import PipelineError
 
 #: Mixed precision used on GPUs: float16 on TensorFlow (as before), bfloat16 on JAX / torch
 #: (measured on an H100 with JAX: B7 107 vs 96 img/s in float32; no loss scaling needed).
@@ -35,10 +38,6 @@ PRECISIONS = ("auto", "float32", "mixed")
 
 def precision_choice() -> str:
     """``$PIPELINE_PRECISION``: ``auto`` (mixed on GPUs, float32 on CPUs), ``float32`` or ``mixed``."""
-    import os
-
-    from pipeline.errors import PipelineError
-
     value = os.environ.get(PRECISION_ENV, "").strip() or "auto"
     if value not in PRECISIONS:
         raise PipelineError(f"{PRECISION_ENV}={value!r}: expected one of {', '.join(PRECISIONS)}")

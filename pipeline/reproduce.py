@@ -50,8 +50,10 @@ class Comparison:
 
 
 def reference_name(data_dir: str | Path) -> str:
-    """``data/demo`` -> ``demo``; ``../shared/ham10000`` -> ``ham10000``."""
-    return Path(data_dir).resolve().name.lower()
+    """``data/demo`` -> ``demo``; ``../shared/ham10000`` -> ``ham10000`` (the data set's name)."""
+    from pipeline.config import data_name
+
+    return data_name(Path(data_dir))
 
 
 def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:

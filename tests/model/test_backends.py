@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,7 @@ import pytest
 from pipeline.bundle import MANIFEST, MODEL, BundleError, import_bundle, read_bundle
 from pipeline.io import read_json
 from pipeline.train import RUN_FILE
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -59,12 +59,6 @@ def _stage_command(repo_root: Path, root: Path, out: Path, params: Path) -> list
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def jax_offline_run(tiny_artifacts, tmp_path_factory, repo_root):
     """The CNN stage trained on the JAX backend, recorded offline, TensorFlow and mlflow blocked."""
@@ -77,7 +71,7 @@ def jax_offline_run(tiny_artifacts, tmp_path_factory, repo_root):
         "KERAS_BACKEND": "jax",
         "PIPELINE_OFFLINE_RUNS": str(out / "runs"),
         # Nothing listens there: an attempt to reach MLflow would fail the stage.
-        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_free_port()}",
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
         "JAX_PLATFORMS": "cpu",
     }
     runner = out / "blocked_runner.py"
@@ -139,7 +133,7 @@ def test_a_bundle_imports_into_a_real_server_with_its_whole_history(jax_offline_
     _, original, _ = jax_offline_run
     bundle_dir = tmp_path / original.name
     shutil.copytree(original, bundle_dir)
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "pipeline.server"]
     started = subprocess.run(command + ["start", "--port", str(port), "--store", str(tmp_path / "store")], capture_output=True, text=True, timeout=180)
     assert started.returncode == 0, started.stderr
@@ -218,7 +212,7 @@ def test_a_damaged_bundle_is_refused_in_one_line(jax_offline_run, tmp_path, dama
     # The import command says it in one line, exit 1, before contacting any server.
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.bundle", "import", str(bundle_dir)], capture_output=True, text=True, cwd=repo_root,
-        env={**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_free_port()}"}, timeout=300,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}, timeout=300,
     )
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: bundle ") and message in result.stderr

@@ -1,6 +1,5 @@
 """MLflow plumbing: fast failure when the server is down, and the real server's lifecycle."""
 
-import socket
 import subprocess
 import sys
 import time
@@ -9,16 +8,11 @@ import pytest
 
 from pipeline import server, tracking
 from pipeline.errors import TrackingError
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.conftest import free_port
 
 
 def test_connect_fails_fast_with_a_fix_when_nothing_listens(monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     started = time.monotonic()
     with pytest.raises(TrackingError, match="is not reachable; start it with `make server`"):
         tracking.connect("anything")
@@ -37,7 +31,7 @@ def test_fingerprint_depends_on_content(tmp_path):
 
 @pytest.mark.slow
 def test_server_starts_is_reused_and_stops(tmp_path):
-    port = _free_port()
+    port = free_port()
     store = tmp_path / "store"
     command = [sys.executable, "-m", "pipeline.server"]
     started = subprocess.run(command + ["start", "--port", str(port), "--store", str(store)], capture_output=True, text=True, timeout=180)
