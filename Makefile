@@ -13,6 +13,10 @@
 #   make plots               dvc plots show, rendered offline (Vega from npm, inlined)
 #   make pack [PACK=…]       train/val images + split files for a GPU node (the test split stays here)
 #   make import-run BUNDLE=<folder> [RESTORE=1]   log an offline run bundle to the MLflow server
+# Team mode (README, "Running it for a team"): a shared DVC remote on S3 and MLflow on PostgreSQL + S3.
+#   make team-up / team-down / team-status   local team servers on 127.0.0.1 (settings: .team/client.env)
+#   make run TEAM=1          the pipeline against the team's servers: pulls what others computed, pushes what it computed
+#   make push / make pull    dvc push / pull to / from the team remote ($(TEAM_ENV))
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -23,16 +27,27 @@ DATA ?= data/demo
 PROFILE ?= $(if $(filter data/demo data/demo/ ./data/demo ./data/demo/,$(DATA)),demo,cpu)
 STORE ?= mlflow
 PYTEST_ARGS ?=
+# Team mode: TEAM=1 runs the pipeline's commands with the settings in TEAM_ENV.
+TEAM ?=
+TEAM_DIR ?= .team
+TEAM_ENV ?= $(TEAM_DIR)/client.env
+TEAM_MLFLOW_PORT ?= 5010
+TEAM_S3_PORT ?= 9010
+TEAM_POSTGRES_PORT ?= 5433
 
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 TRACKING_URI := http://$(HOST):$(PORT)
+TEAM_SERVERS := --dir $(TEAM_DIR) --mlflow-port $(TEAM_MLFLOW_PORT) --s3-port $(TEAM_S3_PORT) --postgres-port $(TEAM_POSTGRES_PORT)
+# Prefix of a command that runs with the team settings (env file, DVC remote `team`, checks first).
+TEAM_EXEC := $(if $(TEAM),$(BIN)/python -m pipeline.team exec --env $(TEAM_ENV) --)
 # Stage commands call `python`: make it the project's interpreter.
 export PATH := $(BIN):$(PATH)
 export MLFLOW_TRACKING_URI ?= $(TRACKING_URI)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv run test server ui stop-server serve reproduce publish bench demo-data clean-env pack import-run plots
+.PHONY: venv run test server ui stop-server serve reproduce publish bench demo-data clean-env pack import-run plots \
+	team-up team-down team-status push pull
 
 venv: $(STAMP)
 
@@ -48,22 +63,25 @@ $(STAMP): requirements.lock pyproject.toml
 server: venv
 	$(BIN)/python -m pipeline.server start --host $(HOST) --port $(PORT) --store $(STORE)
 
-ui: server
-	@echo "MLflow UI: $(TRACKING_URI)/#/experiments?workflowType=machine_learning  (experiment: the base.experiment_name of params.yaml)"
+ui: $(if $(TEAM),venv,server)
+	@$(if $(TEAM),$(TEAM_EXEC) $(BIN)/python -c "import os; print('MLflow UI: ' + os.environ['MLFLOW_TRACKING_URI'] + '/#/experiments?workflowType=machine_learning')",echo "MLflow UI: $(TRACKING_URI)/#/experiments?workflowType=machine_learning  (experiment: the base.experiment_name of params.yaml)")
 
 stop-server: venv
 	$(BIN)/python -m pipeline.server stop --store $(STORE)
 
 # dvc exp run is dvc repro plus recording the run as an experiment; --set-param points ingest
 # at DATA, so `dvc exp show` compares demo and real-data runs.
-run: server
+# With TEAM=1: the team's MLflow; outputs another machine already pushed are pulled, not recomputed
+# (--pull), and what this run computed is pushed for the others.
+run: $(if $(TEAM),venv,server)
 	@cmp -s profiles/$(PROFILE).yaml params.yaml || { echo "params.yaml <- profiles/$(PROFILE).yaml"; cp profiles/$(PROFILE).yaml params.yaml; }
-	$(BIN)/dvc exp run --set-param ingest.data_dir=$(DATA)
+	$(TEAM_EXEC) $(BIN)/dvc exp run $(if $(TEAM),--pull) --set-param ingest.data_dir=$(DATA)
+	$(if $(TEAM),$(TEAM_EXEC) $(BIN)/dvc push)
 	@echo
 	@$(BIN)/python -m pipeline.evaluate
 	@echo
 	@echo "All metrics: dvc metrics show   report: reports/comparison.md   plots (offline): make plots"
-	@echo "MLflow UI: $(TRACKING_URI)/#/experiments?workflowType=machine_learning  (experiment: base.experiment_name of params.yaml)"
+	@echo "MLflow UI: $(if $(TEAM),the team server in $(TEAM_ENV),$(TRACKING_URI))/#/experiments?workflowType=machine_learning  (experiment: base.experiment_name of params.yaml)"
 
 test: venv
 	@$(MAKE) --no-print-directory $(PLOTS_TEMPLATE) >/dev/null 2>&1 || echo "note: no offline plots template (npm missing?): its browser test is skipped"
@@ -71,8 +89,8 @@ test: venv
 
 MODEL ?= models:/ham10000-cnn-focal@champion
 SERVE_PORT ?= 5002
-serve: server
-	$(BIN)/mlflow models serve -m $(MODEL) --env-manager local --host $(HOST) -p $(SERVE_PORT)
+serve: $(if $(TEAM),venv,server)
+	$(TEAM_EXEC) $(BIN)/mlflow models serve -m $(MODEL) --env-manager local --host $(HOST) -p $(SERVE_PORT)
 
 reproduce: server
 	$(BIN)/python -m pipeline.reproduce --data $(DATA) --profile profiles/$(PROFILE).yaml
@@ -100,6 +118,21 @@ import-run: venv
 	$(BIN)/python -m pipeline.bundle check $(BUNDLE)
 	@$(MAKE) --no-print-directory server
 	$(BIN)/python -m pipeline.bundle import $(if $(RESTORE),--restore) $(BUNDLE)
+
+team-up: venv
+	$(BIN)/python -m pipeline.team up $(TEAM_SERVERS)
+
+team-down: venv
+	$(BIN)/python -m pipeline.team down $(TEAM_SERVERS)
+
+team-status: venv
+	$(BIN)/python -m pipeline.team status $(TEAM_SERVERS)
+
+push: venv
+	$(BIN)/python -m pipeline.team exec --env $(TEAM_ENV) --no-tracking -- $(BIN)/dvc push
+
+pull: venv
+	$(BIN)/python -m pipeline.team exec --env $(TEAM_ENV) --no-tracking -- $(BIN)/dvc pull
 
 bench: venv
 	$(BIN)/python -m benchmarks.run

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Sequence
+
+#: ``scheme://user:password@host`` in a URI: the password part is never printed.
+_URI_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]+):\S+@", re.IGNORECASE)
 
 
 class PipelineError(Exception):
@@ -34,12 +38,17 @@ class TrackingError(PipelineError):
     """The MLflow tracking server cannot be reached or refused a request."""
 
 
+def redact(text: str) -> str:
+    """``text`` with the password of any ``scheme://user:password@host`` URI replaced by ``***``."""
+    return _URI_PASSWORD.sub(r"\1:***@", text)
+
+
 def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> int:
     """Run ``main(argv)``, turning a :class:`PipelineError` into one stderr line and exit 1."""
     try:
         main(argv)
     except PipelineError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {redact(str(error))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -12,29 +12,46 @@ that folder. ``start`` reuses a server that already answers on the port, so a se
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from pipeline.errors import PipelineError, run_cli
+from pipeline import services
+from pipeline.errors import PipelineError, redact, run_cli
 
-PID_FILE = "server.pid"
-LOG_FILE = "server.log"
+#: Name of the PID and log files (``server.pid``, ``server.log``) in the store folder.
+SERVICE = "server"
 
 
 def is_up(url: str, timeout_s: float = 2.0) -> bool:
     """Whether an MLflow server answers ``/health`` at ``url``."""
+    return services.answers(url.rstrip("/") + "/health", timeout_s)
+
+
+def backend_problem(url: str, timeout_s: float = 15.0) -> str | None:
+    """Why the server at ``url`` cannot read its backend store, or None when it can.
+
+    ``/health`` answers without touching the store, so a server whose database is down looks
+    healthy: one cheap search (no client retries) shows it in seconds.
+    """
+    request = url.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout_s) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError as error:
+        try:
+            message = json.loads(error.read() or b"{}").get("message", "")
+        except ValueError:
+            message = ""
+        first = " ".join(message.strip().splitlines()[0].split()) if message.strip() else error.reason
+        return redact(f"HTTP {error.code}: {first}")[:400]
+    except (urllib.error.URLError, OSError) as error:
+        return f"no answer ({error})"
 
 
 def store_uris(store: Path) -> tuple[str, str]:
@@ -43,58 +60,63 @@ def store_uris(store: Path) -> tuple[str, str]:
     return f"sqlite:///{store / 'mlflow.db'}", str(store / "artifacts")
 
 
-def start(host: str, port: int, store: Path, wait_s: float = 90.0) -> str:
-    """Start the server unless one answers already; return its URL."""
+def start(
+    host: str,
+    port: int,
+    store: Path,
+    wait_s: float = 90.0,
+    backend: str | None = None,
+    artifacts: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """Start the server unless one answers already; return its URL.
+
+    By default the backend store (sqlite) and the artifacts live in ``store``; team mode
+    passes a PostgreSQL ``backend`` URI, an ``s3://`` ``artifacts`` destination and the
+    secrets both need in ``env`` (never on the command line). Artifacts are proxied through
+    the server either way, so clients need no storage credentials.
+    """
     url = f"http://{host}:{port}"
     if is_up(url):
         print(f"MLflow server already running at {url}: reusing it")
         return url
     store.mkdir(parents=True, exist_ok=True)
-    backend, artifacts = store_uris(store)
+    default_backend, default_artifacts = store_uris(store)
     command = [
         sys.executable, "-m", "mlflow", "server",
         "--host", host, "--port", str(port),
-        "--backend-store-uri", backend,
-        "--artifacts-destination", artifacts,
+        "--backend-store-uri", backend or default_backend,
+        "--artifacts-destination", artifacts or default_artifacts,
         "--workers", "1",
     ]
-    log = open(store / LOG_FILE, "ab")
-    # A new session detaches the server from make, so it outlives the command that started it.
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    (store / PID_FILE).write_text(str(process.pid))
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = (store / LOG_FILE).read_text(errors="replace").strip().splitlines()[-5:]
-            raise PipelineError(f"MLflow server exited with status {process.returncode}: " + " | ".join(tail))
-        if is_up(url):
-            print(f"MLflow server started at {url} (store {store}, log {store / LOG_FILE})")
-            return url
-        time.sleep(0.5)
-    process.terminate()
-    raise PipelineError(f"MLflow server did not answer at {url} within {wait_s:.0f} s; see {store / LOG_FILE}")
+    try:
+        services.spawn(SERVICE, command, store, lambda: is_up(url), env=env, wait_s=wait_s)
+    except PipelineError as error:
+        raise PipelineError(f"MLflow server at {url}: {error}") from error
+    print(f"MLflow server started at {url} (store {store.resolve()}, log {store.resolve() / (SERVICE + '.log')})")
+    return url
+
+
+def upgrade_schema(backend: str, env: Mapping[str, str] | None = None) -> None:
+    """``mlflow db upgrade``: migrate a SQL backend store to this MLflow's schema (idempotent)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mlflow", "db", "upgrade", backend],
+        capture_output=True, text=True, env={**os.environ, **(env or {})},
+    )
+    if result.returncode != 0:
+        lines = [line.strip() for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+        cause = next((line for line in reversed(lines) if "Error" in line or "error" in line), lines[-1] if lines else "")
+        raise PipelineError(f"mlflow db upgrade failed: {cause}")
 
 
 def stop(store: Path) -> None:
     """Stop the server started by :func:`start` (its whole process group)."""
-    pid_file = store / PID_FILE
-    if not pid_file.is_file():
+    if not (store / f"{SERVICE}.pid").is_file():
         print("no MLflow server started by this project is recorded")
-        return
-    pid = int(pid_file.read_text().strip())
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        print(f"MLflow server (pid {pid}) was not running")
+    elif services.stop(SERVICE, store):
+        print("MLflow server stopped")
     else:
-        for _ in range(50):
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        print(f"MLflow server (pid {pid}) stopped")
-    pid_file.unlink(missing_ok=True)
+        print("MLflow server was not running")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

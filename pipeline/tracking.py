@@ -19,8 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import TrackingError
-from pipeline.server import is_up
+from pipeline.errors import TrackingError, redact
+from pipeline.server import backend_problem, is_up
 
 DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
 #: Alias moved to every newly registered version, and to the best one by validation score.
@@ -50,6 +50,10 @@ def connect(experiment_name: str, timeout_s: float = 5.0) -> str:
             f"MLflow tracking server at {uri} is not reachable; "
             "start it with `make server` or point MLFLOW_TRACKING_URI at a running one"
         )
+    if uri.startswith(("http://", "https://")):
+        problem = backend_problem(uri)
+        if problem:
+            raise TrackingError(f"MLflow tracking server at {uri} answers but cannot use its backend store ({problem})")
     import mlflow
 
     try:
@@ -320,4 +324,4 @@ def _guard(function: Any, *args: Any, **kwargs: Any) -> Any:
         raise
     except Exception as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise TrackingError(f"MLflow at {tracking_uri()}: {function.__name__} failed ({first_line})") from error
+        raise TrackingError(f"MLflow at {tracking_uri()}: {function.__name__} failed ({redact(first_line)})") from error

@@ -1,0 +1,108 @@
+"""Detached local services (the MLflow server, the team mode's S3 server): start one in its own
+process group with its PID and log in a folder, wait until it answers, stop it again.
+
+PostgreSQL is not started this way: ``pg_ctl`` detaches and records the server itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+
+def answers(url: str, timeout_s: float = 2.0) -> bool:
+    """Whether ``url`` answers a GET with HTTP 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def spawn(
+    name: str,
+    command: Sequence[str],
+    folder: Path,
+    ready: Callable[[], bool],
+    env: Mapping[str, str] | None = None,
+    wait_s: float = 90.0,
+) -> int:
+    """Start ``command`` detached (its own session, so it outlives the caller), its output in
+    ``folder/<name>.log`` and its PID in ``folder/<name>.pid``; return once ``ready()`` is true.
+
+    ``env`` is added to this process's environment for the service only: secrets passed this
+    way never appear on a command line (``ps``) or in a log.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    log_path = folder / f"{name}.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            list(command), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env={**os.environ, **(env or {})},
+        )
+    (folder / f"{name}.pid").write_text(str(process.pid))
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            (folder / f"{name}.pid").unlink(missing_ok=True)
+            raise PipelineError(f"{name} exited with status {process.returncode}: " + " | ".join(log_tail(log_path)))
+        if ready():
+            return process.pid
+        time.sleep(0.3)
+    stop(name, folder)
+    raise PipelineError(f"{name} did not answer within {wait_s:.0f} s; see {log_path}")
+
+
+def log_tail(path: Path, lines: int = 5) -> list[str]:
+    """The last non-empty lines of a log (to quote in a one-line error)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    return [line.strip() for line in text.strip().splitlines() if line.strip()][-lines:]
+
+
+def stop(name: str, folder: Path, wait_s: float = 10.0) -> bool:
+    """Stop the service recorded in ``folder/<name>.pid`` (its whole process group); return
+    whether one was running."""
+    pid_file = folder / f"{name}.pid"
+    if not pid_file.is_file():
+        return False
+    pid = int(pid_file.read_text().strip())
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pid_file.unlink(missing_ok=True)
+        return False
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        _reap(pid)
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status of ``pid`` when it is this process's child (tests start
+    services in-process); a dead child would otherwise linger as a zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass

@@ -1,0 +1,59 @@
+"""A team member's side: run a command (``dvc push``, ``dvc exp run``, ...) with the team's
+settings: the env file's variables in the environment, the DVC remote ``team`` in
+``.dvc/config.local`` (git-ignored; its credentials stay in the environment), and a check
+that the S3 bucket and the tracking server answer first, so a wrong key or a stopped server
+is one clear line before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from pipeline import server
+from pipeline.errors import PipelineError
+from pipeline.team import s3
+from pipeline.team.settings import REMOTE_NAME, bucket_of, client_values
+
+
+def configure_remote(values: Mapping[str, str], repo: Path = Path(".")) -> None:
+    """Make ``team`` the default DVC remote of this clone, in its local (uncommitted) config."""
+    def dvc(*args: str) -> None:
+        result = subprocess.run(["dvc", "remote", *args], cwd=repo, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise PipelineError(f"dvc remote {args[0]}: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode}")
+
+    dvc("add", "--local", "--force", "--default", REMOTE_NAME, values["TEAM_DVC_REMOTE_URL"])
+    endpoint = values.get("TEAM_S3_ENDPOINT_URL")
+    if endpoint:
+        dvc("modify", "--local", REMOTE_NAME, "endpointurl", endpoint)
+
+
+def check(values: Mapping[str, str], need_tracking: bool = True) -> None:
+    """The DVC bucket accepts the keys, and (``need_tracking``) the MLflow server and its store answer."""
+    credentials = s3.Credentials(values["AWS_ACCESS_KEY_ID"], values["AWS_SECRET_ACCESS_KEY"])
+    endpoint = values.get("TEAM_S3_ENDPOINT_URL") or None
+    s3.check(endpoint, bucket_of(values["TEAM_DVC_REMOTE_URL"]), credentials)
+    if need_tracking:
+        uri = values["MLFLOW_TRACKING_URI"]
+        if not server.is_up(uri):
+            raise PipelineError(f"the team's MLflow server at {uri} is not reachable (`make team-status`)")
+        problem = server.backend_problem(uri)
+        if problem:
+            raise PipelineError(f"the team's MLflow server at {uri} cannot use its backend store ({problem})")
+
+
+def run(env_file: Path, command: Sequence[str], need_tracking: bool = True) -> int:
+    """Run ``command`` with the team settings of ``env_file``; return its exit status."""
+    values = client_values(env_file)
+    environment = {**os.environ, **values}
+    if values.get("TEAM_S3_ENDPOINT_URL"):
+        # Read by boto3 itself: tools other than DVC (the MLflow client) reach the same endpoint.
+        environment["AWS_ENDPOINT_URL_S3"] = values["TEAM_S3_ENDPOINT_URL"]
+    configure_remote(values)
+    check(values, need_tracking)
+    if not command:
+        return 0
+    return subprocess.run(list(command), env=environment).returncode
