@@ -86,6 +86,12 @@ def connect_for_loading() -> str:
     uri = tracking_uri()
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    # Artifacts go through the tracking server, whatever store is behind it: an MLflow 3 server
+    # on S3 otherwise hands out presigned URLs for files over 500 MB (uploads) and for every
+    # download, which a client can only use with a network path to the bucket (and which
+    # moto's signature check cannot verify). Set either to true to use them.
+    os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
     import mlflow
 
     mlflow.set_tracking_uri(uri)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from pipeline.team.settings import REMOTE_NAME, bucket_of, client_values
 def configure_remote(values: Mapping[str, str], repo: Path = Path(".")) -> None:
     """Make ``team`` the default DVC remote of this clone, in its local (uncommitted) config."""
     def dvc(*args: str) -> None:
-        result = subprocess.run(["dvc", "remote", *args], cwd=repo, capture_output=True, text=True)
+        result = subprocess.run([sys.executable, "-m", "dvc", "remote", *args], cwd=repo, capture_output=True, text=True)
         if result.returncode != 0:
             raise PipelineError(f"dvc remote {args[0]}: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode}")
 

@@ -54,8 +54,9 @@ def up(config: TeamConfig) -> None:
             "AWS_ACCESS_KEY_ID": keys["dvc"].key_id,
             "AWS_SECRET_ACCESS_KEY": keys["dvc"].secret,
             "AWS_DEFAULT_REGION": s3.REGION,
-            # Artifacts through the server only: no presigned URLs straight to the bucket (which
-            # moto's signature check cannot verify, and which a firewalled bucket would refuse).
+            # Artifacts through the server only, also for tools other than the pipeline's stages
+            # (which default to it, see pipeline.tracking): no presigned URLs to the bucket.
+            "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false",
             "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
         }, CLIENT_ENV_HEADER)
         print(f"S3 (moto) on {config.s3_endpoint}: buckets {config.dvc_bucket}, {config.artifacts_bucket}; new keys in {config.client_env}")

@@ -1,0 +1,249 @@
+"""Team mode against real servers on 127.0.0.1: PostgreSQL (pgserver's binaries), moto's S3
+server with IAM keys enforced, and MLflow on both; DVC pushes to and pulls from the bucket.
+
+One stack is started for the module (``pipeline.team up``, as ``make team-up`` does) in a
+temporary folder on free ports, and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pipeline.team import postgres, s3, stack
+from pipeline.team.settings import TeamConfig, read_env, write_env
+from tests.conftest import REPO_ROOT, free_port
+from tests.model.conftest import make_paths, tiny_artifacts, tiny_cnn  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def team():
+    """The team servers, started by the project's own command, in a folder PostgreSQL's user can reach."""
+    folder = Path(tempfile.mkdtemp(prefix="team-"))
+    folder.chmod(0o711)  # under root, PostgreSQL runs as `nobody`: it must traverse this folder
+    config = TeamConfig(folder=folder / ".team", mlflow_port=free_port(), s3_port=free_port(), postgres_port=free_port())
+    command = [sys.executable, "-m", "pipeline.team"]
+    ports = ["--dir", str(config.folder), "--mlflow-port", str(config.mlflow_port), "--s3-port", str(config.s3_port),
+             "--postgres-port", str(config.postgres_port)]
+    started = subprocess.run(command + ["up", *ports], capture_output=True, text=True, timeout=300)
+    try:
+        assert started.returncode == 0, started.stderr
+        yield config
+    finally:
+        subprocess.run(command + ["down", *ports], capture_output=True, text=True, timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """This interpreter's folder first on PATH (stage commands call `python`), the repo importable."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(REPO_ROOT), **extra}
+
+
+def _team_exec(workspace: Path, env_file: Path, *command: str, tracking: bool = False) -> subprocess.CompletedProcess:
+    flags = [] if tracking else ["--no-tracking"]
+    return subprocess.run([sys.executable, "-m", "pipeline.team", "exec", "--env", str(env_file), *flags, "--", *command],
+                          cwd=workspace, capture_output=True, text=True, env=_env(), timeout=600)
+
+
+def _git(workspace: Path, *args: str) -> str:
+    result = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=workspace, capture_output=True,
+                            text=True, check=True)
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def pushed_workspace(team, tmp_path_factory):
+    """A copy of the project (tracked files) that ran ingest + split on the demo data and pushed them."""
+    workspace = tmp_path_factory.mktemp("member-a")
+    for name in _git(REPO_ROOT, "ls-files", "-z").split("\0"):
+        if name and (REPO_ROOT / name).is_file():
+            (workspace / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, workspace / name)
+    _git(workspace, "init", "-q")
+    _git(workspace, "add", "-A")
+    _git(workspace, "commit", "-qm", "copy")
+    repro = subprocess.run([sys.executable, "-m", "dvc", "repro", "split"], cwd=workspace, capture_output=True, text=True,
+                           env=_env(), timeout=600)
+    assert repro.returncode == 0, repro.stderr
+    pushed = _team_exec(workspace, team.client_env, sys.executable, "-m", "dvc", "push", "--with-deps", "split")
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    _git(workspace, "add", "-A")
+    _git(workspace, "commit", "-qm", "ingest + split", "--allow-empty")
+    return workspace
+
+
+def _remote_objects(config: TeamConfig) -> list[str]:
+    keys = read_env(config.client_env)
+    listing = s3.client(config.s3_endpoint, s3.Credentials(keys["AWS_ACCESS_KEY_ID"], keys["AWS_SECRET_ACCESS_KEY"]))
+    pages = listing.get_paginator("list_objects_v2").paginate(Bucket=config.dvc_bucket)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def test_a_fresh_clone_pulls_everything_and_reruns_nothing(team, pushed_workspace, tmp_path):
+    clone = tmp_path / "member-b"
+    _git(tmp_path, "clone", "-q", str(pushed_workspace), str(clone))
+    assert not (clone / "data" / "split").exists()
+    pulled = _team_exec(clone, team.client_env, sys.executable, "-m", "dvc", "pull", "--with-deps", "split")
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    # The remote is configured in the clone's local config only: nothing to commit.
+    local = (clone / ".dvc" / "config.local").read_text()
+    assert "remote = team" in local and f"endpointurl = {team.s3_endpoint}" in local
+    assert _git(clone, "status", "--porcelain") == ""
+
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "split"], cwd=clone, capture_output=True, text=True, env=_env())
+    assert "up to date" in status.stdout, status.stdout
+    repro = subprocess.run([sys.executable, "-m", "dvc", "repro", "split"], cwd=clone, capture_output=True, text=True, env=_env())
+    assert repro.returncode == 0 and "Running stage" not in repro.stdout, repro.stdout
+    for name in ("metrics/ingest.json", "metrics/split.json", "data/split/train.csv"):
+        assert (clone / name).read_bytes() == (pushed_workspace / name).read_bytes(), name
+
+
+def test_a_half_written_remote_is_not_called_clean_and_a_push_completes_it(team, pushed_workspace):
+    keys = read_env(team.client_env)
+    bucket = s3.client(team.s3_endpoint, s3.Credentials(keys["AWS_ACCESS_KEY_ID"], keys["AWS_SECRET_ACCESS_KEY"]))
+    objects = _remote_objects(team)
+    assert objects, "the push stored objects"
+    # As if the push had been cut off: DVC uploads a directory's listing (`.dir`) after its
+    # files, so an interrupted push leaves some files and no listing.
+    listings = [key for key in objects if key.endswith(".dir")]
+    assert len(listings) == 2, objects  # data/ingested and data/split
+    for key in listings + [next(key for key in objects if not key.endswith(".dir"))]:
+        bucket.delete_object(Bucket=team.dvc_bucket, Key=key)
+    status = _team_exec(pushed_workspace, team.client_env, sys.executable, "-m", "dvc", "status", "--cloud", "--with-deps", "split")
+    assert status.returncode == 0 and "new:" in status.stdout, status.stdout
+    again = _team_exec(pushed_workspace, team.client_env, sys.executable, "-m", "dvc", "push", "--with-deps", "split")
+    assert again.returncode == 0 and "3 files pushed" in again.stdout, again.stdout
+    status = _team_exec(pushed_workspace, team.client_env, sys.executable, "-m", "dvc", "status", "--cloud", "--with-deps", "split")
+    assert "are in sync" in status.stdout, status.stdout
+
+
+def test_push_with_s3_down_fails_in_one_line_and_writes_nothing(team, pushed_workspace, tmp_path):
+    down = tmp_path / "down.env"
+    write_env(down, {**read_env(team.client_env), "TEAM_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}, "test")
+    before = _remote_objects(team)
+    pushed = _team_exec(pushed_workspace, down, sys.executable, "-m", "dvc", "push", "--with-deps", "split")
+    assert pushed.returncode == 1
+    assert pushed.stderr.strip().count("\n") == 0 and pushed.stderr.startswith("error: S3 endpoint http://127.0.0.1:")
+    assert "is not reachable" in pushed.stderr
+    # DVC itself, without the check first, also fails (non-zero), and the real remote is untouched.
+    raw = subprocess.run([sys.executable, "-m", "dvc", "push", "--with-deps", "split"], cwd=pushed_workspace, capture_output=True, text=True,
+                         env=_env(**read_env(down)), timeout=300)
+    assert raw.returncode != 0
+    assert _remote_objects(team) == before
+
+
+def test_wrong_s3_credentials_fail_clearly_without_printing_a_secret(team, pushed_workspace, tmp_path):
+    right = read_env(team.client_env)
+    wrong = tmp_path / "wrong.env"
+    write_env(wrong, {**right, "AWS_SECRET_ACCESS_KEY": "not-the-secret-0123456789"}, "test")
+    pushed = _team_exec(pushed_workspace, wrong, sys.executable, "-m", "dvc", "push", "--with-deps", "split")
+    assert pushed.returncode == 1 and pushed.stderr.strip().count("\n") == 0
+    assert f"refused the credentials of access key {right['AWS_ACCESS_KEY_ID']}" in pushed.stderr
+    assert "SignatureDoesNotMatch" in pushed.stderr
+    # DVC alone: refused too, and neither the wrong nor the right secret appears anywhere.
+    raw = subprocess.run([sys.executable, "-m", "dvc", "push", "--with-deps", "split"], cwd=pushed_workspace, capture_output=True, text=True,
+                         env=_env(**read_env(wrong)), timeout=300)
+    assert raw.returncode != 0
+    for output in (pushed.stdout + pushed.stderr, raw.stdout + raw.stderr):
+        assert "not-the-secret-0123456789" not in output and right["AWS_SECRET_ACCESS_KEY"] not in output
+
+
+def _rest(config: TeamConfig, path: str, **query: str) -> dict:
+    with urllib.request.urlopen(f"{config.tracking_uri}/api/2.0/mlflow/{path}?{urllib.parse.urlencode(query)}", timeout=30) as answer:
+        return json.load(answer)
+
+
+def test_training_logs_to_postgres_and_s3_and_loads_by_alias_elsewhere(team, tiny_artifacts, monkeypatch):  # noqa: F811
+    import mlflow
+
+    from pipeline.train import train_cnn_focal
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", team.tracking_uri)
+    monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
+    mlflow.set_tracking_uri(team.tracking_uri)
+    base, root = tiny_artifacts
+    paths = dataclasses.replace(make_paths(root, "cnn_team"), source=root / "ham")
+    summary = train_cnn_focal(base, tiny_cnn(registered_model_name="tests-team-cnn"), paths)
+
+    # Read back through the server's REST API.
+    run = _rest(team, "runs/get", run_id=summary["run_id"])["run"]
+    assert run["info"]["status"] == "FINISHED"
+    assert {"key": "train_cnn_focal.epochs", "value": "3"} in run["data"]["params"]
+    history = _rest(team, "metrics/get-history", run_id=summary["run_id"], metric_key="val_balanced_accuracy")["metrics"]
+    assert [int(point["step"]) for point in history] == [0, 1, 2]  # one point per epoch
+    alias = _rest(team, "registered-models/alias", name="tests-team-cnn", alias="champion")["model_version"]
+    assert alias["version"] == "1" and alias["run_id"] == summary["run_id"]
+
+    # The run is a row in PostgreSQL; the model's files are objects in the artifacts bucket.
+    secrets = read_env(team.server_env)
+    import psycopg
+
+    with psycopg.connect(host=team.host, port=team.postgres_port, user="mlflow", password=secrets["TEAM_PG_PASSWORD"],
+                         dbname="mlflow") as connection:
+        assert connection.execute("SELECT status FROM runs WHERE run_uuid = %s", (summary["run_id"],)).fetchone() == ("FINISHED",)
+    artifacts = s3.client(team.s3_endpoint, s3.Credentials(secrets["TEAM_MLFLOW_S3_KEY_ID"], secrets["TEAM_MLFLOW_S3_SECRET"]))
+    keys = [item["Key"] for item in artifacts.list_objects_v2(Bucket=team.artifacts_bucket)["Contents"]]
+    assert any(key.endswith("/MLmodel") for key in keys) and any(key.endswith(".keras") for key in keys), keys
+
+    # A second process with no storage credentials at all loads the champion through the server.
+    environment = {key: value for key, value in _env().items() if not key.startswith("AWS_")}
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import mlflow; m = mlflow.keras.load_model('models:/tests-team-cnn@champion'); print(m.output_shape)"],
+        capture_output=True, text=True, timeout=300,
+        env={**environment, "MLFLOW_TRACKING_URI": team.tracking_uri, "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false"},
+    )
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.strip().splitlines()[-1] == "(None, 7)"
+
+
+def test_a_stage_stops_in_one_line_before_training_when_postgres_is_down(team, tiny_artifacts, tmp_path):  # noqa: F811
+    _, root = tiny_artifacts
+    database = stack.database(team)
+    assert postgres.stop(database)
+    try:
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "stages/train_cnn_focal.py", "--params", "params.yaml", "--ingested", str(root / "ingested"),
+             "--split", str(root / "split"), "--augmented", str(root / "augmented"), "--out", str(tmp_path / "model"),
+             "--metrics", str(tmp_path / "metrics.json"), "--checkpoints", str(tmp_path / "checkpoints")],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=_env(MLFLOW_TRACKING_URI=team.tracking_uri),
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        postgres.start(database)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and len(errors) == 1, result.stderr[-2000:]
+    assert "answers but cannot use its backend store" in errors[0] and "Connection refused" in errors[0], errors[0]
+    assert read_env(team.server_env)["TEAM_PG_PASSWORD"] not in result.stderr
+    assert not (tmp_path / "model").exists() and not (tmp_path / "metrics.json").exists()
+    assert elapsed < 120
+
+
+def test_a_wrong_database_password_stops_team_up_in_one_line(team):
+    secrets = read_env(team.server_env)
+    write_env(team.server_env, {**secrets, "TEAM_PG_PASSWORD": "wrong-password-0123456789"}, "test")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "pipeline.team", "up", "--dir", str(team.folder), "--mlflow-port", str(team.mlflow_port),
+             "--s3-port", str(team.s3_port), "--postgres-port", str(team.postgres_port)],
+            capture_output=True, text=True, timeout=120,
+        )
+    finally:
+        write_env(team.server_env, secrets, "test")
+    assert result.returncode == 1 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert 'password authentication failed for user "mlflow"' in result.stderr
+    assert "wrong-password-0123456789" not in result.stdout + result.stderr
+    assert secrets["TEAM_PG_PASSWORD"] not in result.stdout + result.stderr
