@@ -41,6 +41,9 @@ TRACKING_URI := http://$(HOST):$(PORT)
 TEAM_SERVERS := --dir $(TEAM_DIR) --mlflow-port $(TEAM_MLFLOW_PORT) --s3-port $(TEAM_S3_PORT) --postgres-port $(TEAM_POSTGRES_PORT)
 # Prefix of a command that runs with the team settings (env file, DVC remote `team`, checks first).
 TEAM_EXEC := $(if $(TEAM),$(BIN)/python -m pipeline.team exec --env $(TEAM_ENV) --)
+HASH := \#
+UI_PATH := /$(HASH)/experiments?workflowType=machine_learning
+UI_HINT := $(if $(TEAM),$(TEAM_EXEC) $(BIN)/python -c "import os; print('MLflow UI: ' + os.environ['MLFLOW_TRACKING_URI'] + '$(UI_PATH)')",echo "MLflow UI: $(TRACKING_URI)$(UI_PATH)  (experiment: the base.experiment_name of params.yaml)")
 # Stage commands call `python`: make it the project's interpreter.
 export PATH := $(BIN):$(PATH)
 export MLFLOW_TRACKING_URI ?= $(TRACKING_URI)
@@ -64,7 +67,7 @@ server: venv
 	$(BIN)/python -m pipeline.server start --host $(HOST) --port $(PORT) --store $(STORE)
 
 ui: $(if $(TEAM),venv,server)
-	@$(if $(TEAM),$(TEAM_EXEC) $(BIN)/python -c "import os; print('MLflow UI: ' + os.environ['MLFLOW_TRACKING_URI'] + '/#/experiments?workflowType=machine_learning')",echo "MLflow UI: $(TRACKING_URI)/#/experiments?workflowType=machine_learning  (experiment: the base.experiment_name of params.yaml)")
+	@$(UI_HINT)
 
 stop-server: venv
 	$(BIN)/python -m pipeline.server stop --store $(STORE)
@@ -81,7 +84,7 @@ run: $(if $(TEAM),venv,server)
 	@$(BIN)/python -m pipeline.evaluate
 	@echo
 	@echo "All metrics: dvc metrics show   report: reports/comparison.md   plots (offline): make plots"
-	@echo "MLflow UI: $(if $(TEAM),the team server in $(TEAM_ENV),$(TRACKING_URI))/#/experiments?workflowType=machine_learning  (experiment: base.experiment_name of params.yaml)"
+	@$(UI_HINT)
 
 test: venv
 	@$(MAKE) --no-print-directory $(PLOTS_TEMPLATE) >/dev/null 2>&1 || echo "note: no offline plots template (npm missing?): its browser test is skipped"

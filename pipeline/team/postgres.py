@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pwd
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -64,23 +65,39 @@ def _owner_uid() -> int:
     return pwd.getpwnam(UNPRIVILEGED_USER).pw_uid if os.geteuid() == 0 else os.geteuid()
 
 
+def _blocked_parent(path: Path) -> Path | None:
+    """The first parent of ``path`` that other users cannot traverse, if any."""
+    return next((parent for parent in path.resolve().parents if not os.stat(parent).st_mode & 0o001), None)
+
+
 def _check_reachable(folder: Path) -> None:
     """Under root, ``nobody`` must be able to traverse every parent of the data folder."""
     if os.geteuid() != 0:
         return
-    for parent in folder.resolve().parents:
-        if not os.stat(parent).st_mode & 0o001:
-            raise PipelineError(
-                f"PostgreSQL runs as '{UNPRIVILEGED_USER}' (it refuses root) and cannot traverse {parent}: "
-                "chmod o+x it, or put the team folder elsewhere (TEAM_DIR)"
-            )
+    blocked = _blocked_parent(folder)
+    if blocked is not None:
+        raise PipelineError(
+            f"PostgreSQL runs as '{UNPRIVILEGED_USER}' (it refuses root) and cannot traverse {blocked}: "
+            "chmod o+x it, or put the team folder elsewhere (TEAM_DIR)"
+        )
 
 
-def _pg(tool: str, *args: str, password_env: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def _tool(server: Postgres, name: str) -> str:
+    """A PostgreSQL binary the server's user can run: under root, when the environment's folder
+    is private (a virtual environment under /root), a copy of the wheel's installation (34 MB,
+    relocatable) next to the data folder."""
+    folder = binaries()
+    if os.geteuid() == 0 and _blocked_parent(folder / name) is not None:
+        copy = server.data_dir.parent / "pginstall"
+        if not (copy / "bin" / name).is_file():
+            shutil.copytree(folder.parent, copy, dirs_exist_ok=True)
+        folder = copy / "bin"
+    return str(folder / name)
+
+
+def _pg(server: Postgres, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {**os.environ, "LC_ALL": "C"}
-    if password_env is not None:
-        env["PGPASSWORD"] = password_env
-    return subprocess.run([str(binaries() / tool), *args], capture_output=True, text=True, env=env, timeout=timeout, **_run_as())
+    return subprocess.run([_tool(server, tool), *args], capture_output=True, text=True, env=env, timeout=timeout, **_run_as())
 
 
 def _fail(what: str, result: subprocess.CompletedProcess) -> PipelineError:
@@ -105,7 +122,7 @@ def init(server: Postgres, password: str) -> None:
         os.write(handle, password.encode())
         os.close(handle)
         os.chown(pwfile, _owner_uid(), -1)
-        result = _pg("initdb", "-D", str(server.data_dir), "-U", ROLE, f"--pwfile={pwfile}",
+        result = _pg(server, "initdb", "-D", str(server.data_dir), "-U", ROLE, f"--pwfile={pwfile}",
                      "--auth=scram-sha-256", "--encoding=UTF8", "--no-instructions")
     finally:
         os.unlink(pwfile)
@@ -114,14 +131,14 @@ def init(server: Postgres, password: str) -> None:
 
 
 def running(server: Postgres) -> bool:
-    return _pg("pg_ctl", "status", "-D", str(server.data_dir)).returncode == 0
+    return _pg(server, "pg_ctl", "status", "-D", str(server.data_dir)).returncode == 0
 
 
 def start(server: Postgres) -> None:
     """Start the server (TCP on ``host:port`` only, no Unix socket) and wait until it accepts."""
     if running(server):
         return
-    result = _pg("pg_ctl", "start", "-w", "-t", "60", "-D", str(server.data_dir), "-l", str(server.log),
+    result = _pg(server, "pg_ctl", "start", "-w", "-t", "60", "-D", str(server.data_dir), "-l", str(server.log),
                  "-o", f"-h {server.host} -p {server.port} -k ''")
     if result.returncode != 0:
         log = server.log.read_text(errors="replace").strip().splitlines() if server.log.is_file() else []
@@ -132,7 +149,7 @@ def stop(server: Postgres) -> bool:
     """Stop the server (fast shutdown); return whether it was running."""
     if not initialised(server) or not running(server):
         return False
-    result = _pg("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(server.data_dir))
+    result = _pg(server, "pg_ctl", "stop", "-w", "-m", "fast", "-D", str(server.data_dir))
     if result.returncode != 0:
         raise _fail("pg_ctl stop", result)
     return True

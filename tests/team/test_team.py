@@ -247,3 +247,26 @@ def test_a_wrong_database_password_stops_team_up_in_one_line(team):
     assert 'password authentication failed for user "mlflow"' in result.stderr
     assert "wrong-password-0123456789" not in result.stdout + result.stderr
     assert secrets["TEAM_PG_PASSWORD"] not in result.stdout + result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs PostgreSQL as another user")
+def test_postgres_runs_from_a_private_environment_under_root(monkeypatch):
+    """A virtual environment under /root is out of `nobody`'s reach: the binaries are copied."""
+    private = Path(tempfile.mkdtemp(prefix="venv-"))  # mode 0700
+    reachable = Path(tempfile.mkdtemp(prefix="team-"))
+    reachable.chmod(0o711)
+    try:
+        shutil.copytree(postgres.binaries().parent, private / "pginstall")
+        monkeypatch.setattr(postgres, "binaries", lambda: private / "pginstall" / "bin")
+        server = postgres.Postgres(reachable / "postgres", "127.0.0.1", free_port())
+        password = "p" * 32
+        postgres.init(server, password)
+        postgres.start(server)
+        try:
+            postgres.ensure_database(server, password)
+            assert (reachable / "pginstall" / "bin" / "postgres").is_file()
+        finally:
+            assert postgres.stop(server)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+        shutil.rmtree(reachable, ignore_errors=True)
