@@ -88,10 +88,14 @@ def _tool(server: Postgres, name: str) -> str:
     relocatable) next to the data folder."""
     folder = binaries()
     if os.geteuid() == 0 and _blocked_parent(folder / name) is not None:
-        copy = server.data_dir.parent / "pginstall"
-        if not (copy / "bin" / name).is_file():
-            shutil.copytree(folder.parent, copy, dirs_exist_ok=True)
-        folder = copy / "bin"
+        # The binaries find their libraries at $ORIGIN/../../../pgserver.libs: copy both.
+        site = folder.parents[2]
+        copy = server.data_dir.parent / "pgserver-binaries"
+        if not (copy / "pgserver" / "pginstall" / "bin" / name).is_file():
+            shutil.copytree(site / "pgserver" / "pginstall", copy / "pgserver" / "pginstall", dirs_exist_ok=True)
+            if (site / "pgserver.libs").is_dir():
+                shutil.copytree(site / "pgserver.libs", copy / "pgserver.libs", dirs_exist_ok=True)
+        folder = copy / "pgserver" / "pginstall" / "bin"
     return str(folder / name)
 
 

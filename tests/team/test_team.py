@@ -256,15 +256,17 @@ def test_postgres_runs_from_a_private_environment_under_root(monkeypatch):
     reachable = Path(tempfile.mkdtemp(prefix="team-"))
     reachable.chmod(0o711)
     try:
-        shutil.copytree(postgres.binaries().parent, private / "pginstall")
-        monkeypatch.setattr(postgres, "binaries", lambda: private / "pginstall" / "bin")
+        site = postgres.binaries().parents[2]
+        shutil.copytree(site / "pgserver" / "pginstall", private / "pgserver" / "pginstall")
+        shutil.copytree(site / "pgserver.libs", private / "pgserver.libs")
+        monkeypatch.setattr(postgres, "binaries", lambda: private / "pgserver" / "pginstall" / "bin")
         server = postgres.Postgres(reachable / "postgres", "127.0.0.1", free_port())
         password = "p" * 32
         postgres.init(server, password)
         postgres.start(server)
         try:
             postgres.ensure_database(server, password)
-            assert (reachable / "pginstall" / "bin" / "postgres").is_file()
+            assert (reachable / "pgserver-binaries" / "pgserver" / "pginstall" / "bin" / "postgres").is_file()
         finally:
             assert postgres.stop(server)
     finally:
