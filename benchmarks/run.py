@@ -286,7 +286,7 @@ def bench_gpu(repeats: int) -> dict:
     return results
 
 
-BENCHMARKS = ("ingest", "input_pipeline", "compute", "backends", "predict", "dvc", "gpu")
+BENCHMARKS = ("ingest", "input_pipeline", "compute", "backends", "predict", "dvc", "team", "gpu")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -316,6 +316,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 figures[name] = bench_predict(args.repeats, work, args.batch_size)
             elif name == "dvc":
                 figures[name] = bench_dvc()
+            elif name == "team":
+                from benchmarks.team import bench_team
+
+                figures[name] = bench_team(args.repeats, megabytes=256)
             else:
                 figures[name] = bench_gpu(args.repeats)
             print(json.dumps(figures[name], indent=2), f"({time.perf_counter() - started:.0f} s)", flush=True)

@@ -35,14 +35,27 @@ def up(config: TeamConfig) -> None:
     config.folder.mkdir(parents=True, exist_ok=True)
     secrets = _server_secrets(config)
     db = database(config)
-    fresh_database = not postgres.initialised(db)
-    if fresh_database:
+    fresh_database = _start_postgres(config, db, secrets)
+    mlflow_keys = _start_s3(config, secrets, fresh_database)
+    _start_mlflow(config, db, secrets["TEAM_PG_PASSWORD"], mlflow_keys)
+    print(f"Team settings for clients: {config.client_env} (TEAM_ENV); try `make run TEAM=1`")
+
+
+def _start_postgres(config: TeamConfig, db: postgres.Postgres, secrets: dict[str, str]) -> bool:
+    """Make the cluster if there is none (return True then), start it, make the database."""
+    fresh = not postgres.initialised(db)
+    if fresh:
         postgres.init(db, secrets["TEAM_PG_PASSWORD"])
         write_env(config.server_env, secrets, SERVER_ENV_HEADER)
     postgres.start(db)
     postgres.ensure_database(db, secrets["TEAM_PG_PASSWORD"])
     print(f"PostgreSQL on {config.host}:{config.postgres_port} (data {db.data_dir})")
+    return fresh
 
+
+def _start_s3(config: TeamConfig, secrets: dict[str, str], fresh_database: bool) -> s3.Credentials:
+    """Start S3 (new users, keys and buckets, written to the env files) or reuse it; return
+    the MLflow server's keys, checked against its bucket."""
     if s3.start(config.host, config.s3_port, config.folder, roles=2):
         keys = s3.bootstrap(config.s3_endpoint, {"dvc": config.dvc_bucket, "mlflow": config.artifacts_bucket})
         secrets.update({"TEAM_MLFLOW_S3_KEY_ID": keys["mlflow"].key_id, "TEAM_MLFLOW_S3_SECRET": keys["mlflow"].secret})
@@ -68,13 +81,18 @@ def up(config: TeamConfig) -> None:
                             "stop it or choose another TEAM_S3_PORT")
     else:
         print(f"S3 (moto) already running at {config.s3_endpoint}: reusing it")
-    mlflow_keys = s3.Credentials(secrets["TEAM_MLFLOW_S3_KEY_ID"], secrets["TEAM_MLFLOW_S3_SECRET"])
-    s3.check(config.s3_endpoint, config.artifacts_bucket, mlflow_keys)
+    keys = s3.Credentials(secrets["TEAM_MLFLOW_S3_KEY_ID"], secrets["TEAM_MLFLOW_S3_SECRET"])
+    s3.check(config.s3_endpoint, config.artifacts_bucket, keys)
+    return keys
 
+
+def _start_mlflow(config: TeamConfig, db: postgres.Postgres, password: str, keys: s3.Credentials) -> None:
+    """Migrate the schema, then start (or reuse) the tracking server; the secrets reach both
+    through their environment only."""
     environment = {
-        "PGPASSWORD": secrets["TEAM_PG_PASSWORD"],
-        "AWS_ACCESS_KEY_ID": mlflow_keys.key_id,
-        "AWS_SECRET_ACCESS_KEY": mlflow_keys.secret,
+        "PGPASSWORD": password,
+        "AWS_ACCESS_KEY_ID": keys.key_id,
+        "AWS_SECRET_ACCESS_KEY": keys.secret,
         "AWS_DEFAULT_REGION": s3.REGION,
         "MLFLOW_S3_ENDPOINT_URL": config.s3_endpoint,
     }
@@ -85,18 +103,13 @@ def up(config: TeamConfig) -> None:
     if problem:
         raise PipelineError(f"MLflow server at {config.tracking_uri} cannot use PostgreSQL: {problem}")
     print(f"MLflow on {config.tracking_uri}: backend {db.uri()}, artifacts s3://{config.artifacts_bucket}/artifacts (proxied)")
-    print(f"Team settings for clients: {config.client_env} (TEAM_ENV); try `make run TEAM=1`")
 
 
 def down(config: TeamConfig) -> None:
     """Stop the MLflow server, the S3 server and PostgreSQL (the database stays on disk)."""
-    print("MLflow server " + ("stopped" if _stop_mlflow(config) else "was not running"))
+    print("MLflow server " + ("stopped" if services.stop(server.SERVICE, config.folder.resolve()) else "was not running"))
     print("S3 server " + ("stopped (its objects are gone: moto keeps them in memory)" if s3.stop(config.folder) else "was not running"))
     print("PostgreSQL " + ("stopped" if postgres.stop(database(config)) else "was not running"))
-
-
-def _stop_mlflow(config: TeamConfig) -> bool:
-    return services.stop(server.SERVICE, config.folder.resolve())
 
 
 def status(config: TeamConfig) -> bool:
