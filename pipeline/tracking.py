@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import warnings
 from collections.abc import Iterator, Mapping
@@ -125,11 +126,13 @@ def fingerprint(*parts: Any, files: tuple[str | Path, ...] = ()) -> str:
 
 @contextmanager
 def run(run_name: str, tags: Mapping[str, str], resume_run_id: str | None = None) -> Iterator[Any]:
-    """Start (or resume) an MLflow run; a failed stage leaves the run marked FAILED."""
+    """Start (or resume) an MLflow run; a failed stage leaves the run marked FAILED. Every run is
+    tagged with the machine it ran on (``host``): runs of several machines share one team server."""
     import mlflow
 
     try:
-        active = mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else run_name, tags=dict(tags))
+        active = mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else run_name,
+                                  tags={"host": socket.gethostname(), **tags})
     except Exception as error:
         raise TrackingError(f"MLflow at {tracking_uri()}: cannot start run ({error})") from error
     with active:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -182,6 +183,7 @@ def test_training_logs_to_postgres_and_s3_and_loads_by_alias_elsewhere(team, tin
     run = _rest(team, "runs/get", run_id=summary["run_id"])["run"]
     assert run["info"]["status"] == "FINISHED"
     assert {"key": "train_cnn_focal.epochs", "value": "3"} in run["data"]["params"]
+    assert {"key": "host", "value": socket.gethostname()} in run["data"]["tags"]
     history = _rest(team, "metrics/get-history", run_id=summary["run_id"], metric_key="val_balanced_accuracy")["metrics"]
     assert [int(point["step"]) for point in history] == [0, 1, 2]  # one point per epoch
     alias = _rest(team, "registered-models/alias", name="tests-team-cnn", alias="champion")["model_version"]
