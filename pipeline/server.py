@@ -54,6 +54,19 @@ def backend_problem(url: str, timeout_s: float = 15.0) -> str | None:
         return f"no answer ({error})"
 
 
+#: What :func:`unavailable` says of a server that does not answer at all.
+NOT_REACHABLE = "is not reachable"
+
+
+def unavailable(url: str, timeout_s: float = 5.0) -> str | None:
+    """Why the MLflow server at ``url`` cannot take a run (:data:`NOT_REACHABLE`, or that its
+    backend store fails), or None when it can."""
+    if not is_up(url, timeout_s):
+        return NOT_REACHABLE
+    problem = backend_problem(url)
+    return f"answers but cannot use its backend store ({problem})" if problem else None
+
+
 def store_uris(store: Path) -> tuple[str, str]:
     """(backend store URI, artifacts destination) inside ``store``."""
     store = store.resolve()
@@ -104,9 +117,7 @@ def upgrade_schema(backend: str, env: Mapping[str, str] | None = None) -> None:
         capture_output=True, text=True, env={**os.environ, **(env or {})},
     )
     if result.returncode != 0:
-        lines = [line.strip() for line in (result.stderr + result.stdout).splitlines() if line.strip()]
-        cause = next((line for line in reversed(lines) if "Error" in line or "error" in line), lines[-1] if lines else "")
-        raise PipelineError(f"mlflow db upgrade failed: {cause}")
+        raise PipelineError(f"mlflow db upgrade failed: {services.cause(result.stderr + result.stdout, f'status {result.returncode}')}")
 
 
 def stop(store: Path) -> None:

@@ -61,6 +61,14 @@ def spawn(
     raise PipelineError(f"{name} did not answer within {wait_s:.0f} s; see {log_path}")
 
 
+def cause(text: str, fallback: str = "") -> str:
+    """The line of a tool's output or log that says what went wrong: the last one with
+    ``FATAL``, ``ERROR`` or ``Error:``, else the last line (else ``fallback``)."""
+    lines = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+    return next((line for line in reversed(lines) if any(mark in line for mark in ("FATAL", "ERROR", "Error:"))),
+                lines[-1] if lines else fallback)
+
+
 def log_tail(path: Path, lines: int = 5) -> list[str]:
     """The last non-empty lines of a log (to quote in a one-line error)."""
     try:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import TrackingError, redact
-from pipeline.server import backend_problem, is_up
+from pipeline.server import NOT_REACHABLE, unavailable
 
 DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
 #: Alias moved to every newly registered version, and to the best one by validation score.
@@ -46,15 +46,14 @@ def connect(experiment_name: str, timeout_s: float = 5.0) -> str:
     Raises :class:`TrackingError` with how to fix it when an HTTP server does not answer.
     """
     uri = connect_for_loading()
-    if uri.startswith(("http://", "https://")) and not is_up(uri, timeout_s):
+    problem = unavailable(uri, timeout_s) if uri.startswith(("http://", "https://")) else None
+    if problem == NOT_REACHABLE:
         raise TrackingError(
-            f"MLflow tracking server at {uri} is not reachable; "
+            f"MLflow tracking server at {uri} {problem}; "
             "start it with `make server` or point MLFLOW_TRACKING_URI at a running one"
         )
-    if uri.startswith(("http://", "https://")):
-        problem = backend_problem(uri)
-        if problem:
-            raise TrackingError(f"MLflow tracking server at {uri} answers but cannot use its backend store ({problem})")
+    if problem:
+        raise TrackingError(f"MLflow tracking server at {uri} {problem}")
     import mlflow
 
     try:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from pipeline import server
+from pipeline import server, services
 from pipeline.errors import PipelineError
 from pipeline.team import s3
 from pipeline.team.settings import REMOTE_NAME, bucket_of, client_values
@@ -24,7 +24,7 @@ def configure_remote(values: Mapping[str, str], repo: Path = Path(".")) -> None:
     def dvc(*args: str) -> None:
         result = subprocess.run([sys.executable, "-m", "dvc", "remote", *args], cwd=repo, capture_output=True, text=True)
         if result.returncode != 0:
-            raise PipelineError(f"dvc remote {args[0]}: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode}")
+            raise PipelineError(f"dvc remote {args[0]}: {services.cause(result.stderr, f'status {result.returncode}')}")
 
     dvc("add", "--local", "--force", "--default", REMOTE_NAME, values["TEAM_DVC_REMOTE_URL"])
     endpoint = values.get("TEAM_S3_ENDPOINT_URL")
@@ -39,22 +39,17 @@ def check(values: Mapping[str, str], need_tracking: bool = True) -> None:
     s3.check(endpoint, bucket_of(values["TEAM_DVC_REMOTE_URL"]), credentials)
     if need_tracking:
         uri = values["MLFLOW_TRACKING_URI"]
-        if not server.is_up(uri):
-            raise PipelineError(f"the team's MLflow server at {uri} is not reachable (`make team-status`)")
-        problem = server.backend_problem(uri)
+        problem = server.unavailable(uri)
         if problem:
-            raise PipelineError(f"the team's MLflow server at {uri} cannot use its backend store ({problem})")
+            hint = " (`make team-status`)" if problem == server.NOT_REACHABLE else ""
+            raise PipelineError(f"the team's MLflow server at {uri} {problem}{hint}")
 
 
 def run(env_file: Path, command: Sequence[str], need_tracking: bool = True) -> int:
     """Run ``command`` with the team settings of ``env_file``; return its exit status."""
     values = client_values(env_file)
-    environment = {**os.environ, **values}
-    if values.get("TEAM_S3_ENDPOINT_URL"):
-        # Read by boto3 itself: tools other than DVC (the MLflow client) reach the same endpoint.
-        environment["AWS_ENDPOINT_URL_S3"] = values["TEAM_S3_ENDPOINT_URL"]
     configure_remote(values)
     check(values, need_tracking)
     if not command:
         return 0
-    return subprocess.run(list(command), env=environment).returncode
+    return subprocess.run(list(command), env={**os.environ, **values}).returncode

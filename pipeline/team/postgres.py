@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import services
 from pipeline.errors import PipelineError
 
 ROLE = "mlflow"
@@ -105,8 +106,7 @@ def _pg(server: Postgres, tool: str, *args: str, timeout: float = 60) -> subproc
 
 
 def _fail(what: str, result: subprocess.CompletedProcess) -> PipelineError:
-    lines = [line.strip() for line in (result.stderr + result.stdout).splitlines() if line.strip()]
-    return PipelineError(f"PostgreSQL: {what} failed: {lines[-1] if lines else f'status {result.returncode}'}")
+    return PipelineError(f"PostgreSQL: {what} failed: {services.cause(result.stderr + result.stdout, f'status {result.returncode}')}")
 
 
 def initialised(server: Postgres) -> bool:
@@ -145,8 +145,8 @@ def start(server: Postgres) -> None:
     result = _pg(server, "pg_ctl", "start", "-w", "-t", "60", "-D", str(server.data_dir), "-l", str(server.log),
                  "-o", f"-h {server.host} -p {server.port} -k ''")
     if result.returncode != 0:
-        log = server.log.read_text(errors="replace").strip().splitlines() if server.log.is_file() else []
-        raise PipelineError(f"PostgreSQL did not start on {server.host}:{server.port}: {log[-1] if log else result.stderr.strip()}")
+        log = server.log.read_text(errors="replace") if server.log.is_file() else ""
+        raise PipelineError(f"PostgreSQL did not start on {server.host}:{server.port}: {services.cause(log, services.cause(result.stderr))}")
 
 
 def stop(server: Postgres) -> bool:
