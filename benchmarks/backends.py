@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import REPO_ROOT
+
 BACKENDS = ("tensorflow", "jax")
 IMAGES = 2048
 

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,14 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import REPO_ROOT, free_port
+
 EPOCHS = 30
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _logged_run(uri: str, model, images, round_: int) -> float:
@@ -118,11 +112,11 @@ def bench_team(repeats: int, megabytes: int) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="bench-team-"))
     work.chmod(0o711)  # PostgreSQL runs as `nobody` under root
-    config = TeamConfig(folder=work / ".team", mlflow_port=_free_port(), s3_port=_free_port(), postgres_port=_free_port())
+    config = TeamConfig(folder=work / ".team", mlflow_port=free_port(), s3_port=free_port(), postgres_port=free_port())
     store = work / "embedded"
     try:
         stack.up(config)
-        embedded = server.start("127.0.0.1", _free_port(), store)
+        embedded = server.start("127.0.0.1", free_port(), store)
         return {"tracking": bench_tracking(repeats, embedded, config.tracking_uri),
                 "dvc": bench_dvc(work, megabytes, config.client_env)}
     finally:
