@@ -89,19 +89,16 @@ class Tolerances:
     standard_errors: float = 0.0
     models: dict[str, dict[str, float]] = field(default_factory=dict)
 
-    def allowed(self, model: str, metric: str, reference: dict[str, Any]) -> float | None:
-        """The drift allowed for ``metric`` of ``model`` whose published metrics are ``reference``."""
-        group = metric.split(".", 1)[0]
+    def allowed(self, model: str, metric: str, published: float, support: dict[str, int]) -> float | None:
+        """The drift allowed for ``metric`` of ``model`` whose published value is ``published``
+        (``support``: the model's test images per class); None = not compared."""
+        group, _, dx = metric.partition(".")
         own = self.models.get(model, {})
         base = next((table[name] for table in (own, self.metrics) for name in (metric, group) if name in table), None)
-        if base is None:
-            return None
-        dx = CLASS_RECALLS.get(metric) or (metric.split(".", 1)[1] if group == "recall" and "." in metric else None)
-        support = (reference.get("support") or {}).get(dx) if dx else None
-        if not self.standard_errors or not support:
+        images = support.get(CLASS_RECALLS.get(metric, dx if group == "recall" else ""))
+        if base is None or not self.standard_errors or not images:
             return base
-        p = float(flatten(reference)[metric])
-        return max(base, self.standard_errors * math.sqrt(p * (1 - p) / support))
+        return max(base, self.standard_errors * math.sqrt(published * (1 - published) / images))
 
 
 def compare(published: dict[str, Any], fresh: dict[str, Any], tolerances: Tolerances) -> list[Comparison]:
@@ -112,7 +109,7 @@ def compare(published: dict[str, Any], fresh: dict[str, Any], tolerances: Tolera
             raise PipelineError(f"fresh metrics have no model '{model}' (have: {', '.join(fresh)})")
         fresh_flat = flatten(fresh[model])
         for metric, value in flatten(reference).items():
-            tolerance = tolerances.allowed(model, metric, reference)
+            tolerance = tolerances.allowed(model, metric, value, reference.get("support") or {})
             if tolerance is None:
                 continue
             if metric not in fresh_flat:
