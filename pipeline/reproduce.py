@@ -138,6 +138,8 @@ def load_tolerances(path: Path) -> Tolerances:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise PipelineError(f"{path}: cannot read tolerances ({error.strerror})") from error
+    except yaml.YAMLError as error:
+        raise PipelineError(f"{path}: not valid YAML ({error})".replace("\n", " ")) from error
 
     def numbers(table: Any, where: str) -> dict[str, float]:
         if not isinstance(table, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in table.values()):

@@ -78,6 +78,7 @@ def test_a_model_can_override_a_metric_tolerance():
 
 @pytest.mark.parametrize("text, message", [
     ("accuracy: 0.03\n", "expected the keys metrics, standard_errors, models"),
+    ("metrics: [1\n", "not valid YAML"),
     ("metrics: {accuracy: high}\n", "metrics must map metric names to numbers"),
     ("metrics: {accuracy: 0.03}\nstandard_errors: -1\n", "standard_errors must be a number >= 0"),
     ("metrics: {accuracy: 0.03}\nmodels: {ensemble: {ece: [1]}}\n", "models.ensemble must map metric names to numbers"),
