@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import yaml
-
 from pipeline.errors import ParamsError
+from pipeline.io import read_yaml
 
 #: The seven diagnostic categories of HAM10000, in the order used for every output.
 HAM10000_CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
@@ -253,14 +252,7 @@ def parse_section(raw: Any, cls: type[SectionT], where: str) -> SectionT:
 def read_params(path: str | Path) -> dict[str, Any]:
     """Read ``params.yaml`` as a mapping, with a clear error when it is missing or malformed."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ParamsError(f"{path}: cannot read params file ({error.strerror})") from error
-    try:
-        params = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ParamsError(f"{path}: not valid YAML ({error})".replace("\n", " ")) from error
+    params = read_yaml(path, "params file", ParamsError)
     if not isinstance(params, dict):
         raise ParamsError(f"{path}: must be a mapping of sections")
     return params

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import PipelineError
+
 
 def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented JSON, creating the parent folder."""
@@ -27,6 +29,21 @@ def sha256_of(path: str | Path) -> str:
 def read_json(path: str | Path) -> Any:
     """Read a JSON file."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_yaml(path: str | Path, what: str, error: type[PipelineError] = PipelineError) -> Any:
+    """Read a YAML file; a missing or malformed one raises ``error`` with one line naming ``what``."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as problem:
+        raise error(f"{path}: cannot read {what} ({problem.strerror})") from problem
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as problem:
+        raise error(f"{path}: not valid YAML ({problem})".replace("\n", " ")) from problem
 
 
 def pipeline_path(name: str, dvc_file: str | Path = "dvc.yaml") -> Path:

@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from pipeline.errors import PipelineError, run_cli
-from pipeline.io import pipeline_path, read_json
+from pipeline.io import pipeline_path, read_json, read_yaml
 
 TOLERANCE_FILE_NAME = "tolerance.yaml"
 
@@ -134,12 +133,7 @@ def format_table(rows: list[Comparison]) -> str:
 def load_tolerances(path: Path) -> Tolerances:
     """Read ``tolerance.yaml``: ``metrics`` (name -> allowed drift), ``standard_errors`` and
     ``models`` (model -> name -> allowed drift)."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise PipelineError(f"{path}: cannot read tolerances ({error.strerror})") from error
-    except yaml.YAMLError as error:
-        raise PipelineError(f"{path}: not valid YAML ({error})".replace("\n", " ")) from error
+    raw = read_yaml(path, "tolerances")
 
     def numbers(table: Any, where: str) -> dict[str, float]:
         if not isinstance(table, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in table.values()):
