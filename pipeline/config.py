@@ -91,6 +91,13 @@ class AugmentParams:
 class TrainParams:
     """Settings common to both training stages."""
 
+    # The training seed: weight initialisation, the per-epoch shuffling and flips, the subset of
+    # a smoke run. Separate from ``base.seed`` (the split and the augment stage), so that the
+    # training seed varies (``make seeds``) while the test images stay the same.
+    seed: int = _range(0, default=42)
+    # A smoke run proves that the stage runs (e.g. B7 at 64 px on a CPU); it is not a result:
+    # tagged so in MLflow, listed apart in the report, never a winner, no ensemble weight.
+    smoke_run: bool = False
     input_size: int = _range(16, 1024)
     epochs: int = _range(1, 10_000)
     batch_size: int = _range(1, 4096)

@@ -257,7 +257,7 @@ def load_training_data(paths: TrainPaths, base: BaseParams, params: TrainParams)
     else:
         train = load_split_images(paths.ingested, paths.split, "train", base.classes, params.input_size)
     val = load_split_images(paths.ingested, paths.split, "val", base.classes, params.input_size)
-    return subsample(train, params.max_train_images, base.seed), val
+    return subsample(train, params.max_train_images, params.seed), val
 
 
 @dataclass
@@ -345,7 +345,7 @@ def run_training(
     recorder = tracking.recorder()
     recorder.connect(base.experiment_name)  # fail fast, before any work, if MLflow is down
     deadline = time_limit_deadline()
-    devices = backend.configure(base.seed)
+    devices = backend.configure(params.seed)
     print(f"{stage}: keras {keras.__version__} on {devices.backend}, {devices.label}, {devices.policy}; tracking: {recorder.describe()}", flush=True)
     for note in devices.notes:
         print(note, flush=True)
@@ -356,7 +356,7 @@ def run_training(
     state = resume_state(stage, base, params, paths, recorder)
 
     train_dataset = make_dataset(
-        train.images, train.labels, num_classes, params.batch_size, training=True, seed=base.seed,
+        train.images, train.labels, num_classes, params.batch_size, training=True, seed=params.seed,
         random_flip=params.random_flip, random_rotate90=params.random_rotate90,
     )
     val_dataset = make_dataset(val.images, None, num_classes, params.batch_size)
@@ -369,6 +369,7 @@ def run_training(
         "device": devices.label,
         "keras_backend": devices.backend,
         "precision": devices.policy,
+        "smoke_run": str(params.smoke_run).lower(),
     }
     if deadline is not None:
         tags["time_limit_minutes"] = os.environ[TIME_LIMIT_ENV]

@@ -1,0 +1,256 @@
+"""The training-seed spread: how much a second training run moves each approach's numbers.
+
+A test split's interval says how sure one model's number is about that model; it says nothing
+about how much the *recipe* moves when it is trained again. This module measures that with
+DVC's own experiment queue: the split, the augmented images and the test images stay fixed
+(``base.seed``), while each queued experiment sets a different training seed
+(``<stage>.seed``) for the approaches under study::
+
+    python -m pipeline.seeds queue --data ../shared/ham10000 --seeds 42 43 44   # dvc exp run --queue -S ...
+    dvc queue start                                                              # or: --start
+    python -m pipeline.seeds report --data ../shared/ham10000                  # reports/seeds.md + .json
+
+``report`` reads ``dvc exp show --json`` (every experiment of the repository that ran on that
+data set with the approaches' seeds set) and writes the mean and standard deviation of every
+approach's test metrics over the seeds, the table ``make publish`` turns into reproduction
+tolerances.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import PipelineError, run_cli
+from pipeline.io import write_json
+
+#: The approaches whose training seed a seed run varies, with their training stage.
+SEEDED_STAGES = {"cnn_focal": "train_cnn_focal", "effnet_lite0": "train_effnet_lite0"}
+#: The metrics the seed table reports (in ``metrics/evaluate.json`` per model).
+SEED_METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "melanoma_recall", "roc_auc_macro", "ece")
+PARAMS_FILE = "params.yaml"
+
+
+def queue_commands(data_dir: str, seeds: Sequence[int], approaches: Sequence[str]) -> list[list[str]]:
+    """One ``dvc exp run --queue`` per seed, setting the data folder and each approach's seed."""
+    unknown = [name for name in approaches if name not in SEEDED_STAGES]
+    if unknown:
+        raise PipelineError(f"no training seed for approach '{unknown[0]}' (known: {', '.join(SEEDED_STAGES)})")
+    if len(set(seeds)) != len(seeds):
+        raise PipelineError(f"seeds must differ, got {list(seeds)}")
+    # Absolute: a queued experiment runs in a temporary copy of the repository (.dvc/tmp/exps).
+    data_dir = str(Path(data_dir).resolve())
+    commands = []
+    for seed in seeds:
+        command = ["dvc", "exp", "run", "--queue", "--set-param", f"ingest.data_dir={data_dir}"]
+        for name in approaches:
+            command += ["--set-param", f"{SEEDED_STAGES[name]}.seed={seed}"]
+        commands.append(command)
+    return commands
+
+
+def _dvc(args: list[str], capture: bool = False) -> str:
+    command = [sys.executable, "-m", *args]
+    print("+ " + " ".join(args), flush=True)
+    result = subprocess.run(command, capture_output=capture, text=True)
+    if result.returncode != 0:
+        detail = (result.stderr or "").strip().splitlines()[-1:] if capture else []
+        raise PipelineError(f"`{' '.join(args)}` failed" + (f": {detail[0]}" if detail else " (see its output above)"))
+    return result.stdout if capture else ""
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    """One finished experiment: its name, the training seed of each approach, its test metrics."""
+
+    name: str
+    data_dir: str
+    seeds: dict[str, int]
+    metrics: dict[str, dict[str, Any]]
+
+
+def _records(node: Any):
+    """Every experiment record in ``dvc exp show --json`` output (baselines and their experiments)."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _records(item)
+    elif isinstance(node, dict):
+        if "data" in node and isinstance(node["data"], dict) and "rev" in node["data"] or "rev" in node:
+            yield node
+        for key in ("experiments", "executor", "revs"):
+            child = node.get(key)
+            if isinstance(child, (list, dict)) and key != "executor":
+                yield from _records(child)
+
+
+def _data_of(record: dict[str, Any]) -> dict[str, Any]:
+    return record.get("data") if isinstance(record.get("data"), dict) else record
+
+
+def seed_runs(show: Any, data_name: str, metrics_file: str, approaches: Sequence[str]) -> list[SeedRun]:
+    """The finished experiments of ``dvc exp show --json`` that ran on ``data_name`` (the data
+    folder's name), one per distinct set of seeds (the newest wins when a seed ran twice)."""
+    from pipeline.config import data_name as name_of
+
+    runs: dict[tuple[int, ...], SeedRun] = {}
+    for record in _records(show):
+        data = _data_of(record)
+        if data.get("status", "Success") not in ("Success", None) or data.get("error"):
+            continue
+        params = ((data.get("params") or {}).get(PARAMS_FILE) or {}).get("data") or {}
+        metrics = ((data.get("metrics") or {}).get(metrics_file) or {}).get("data")
+        data_dir = str((params.get("ingest") or {}).get("data_dir", ""))
+        if not metrics or not data_dir or name_of(Path(data_dir)) != data_name:
+            continue
+        try:
+            seeds = {name: int(params[SEEDED_STAGES[name]]["seed"]) for name in approaches}
+        except (KeyError, TypeError, ValueError):
+            continue  # an experiment from before training seeds existed
+        if not all(name in metrics for name in approaches):
+            continue
+        key = tuple(seeds[name] for name in approaches)
+        name = str(record.get("name") or data.get("name") or data.get("rev") or record.get("rev"))
+        runs.setdefault(key, SeedRun(name, data_dir, seeds, metrics))  # exp show lists the newest first
+    return sorted(runs.values(), key=lambda run: tuple(run.seeds.values()))
+
+
+def spread(runs: Sequence[SeedRun], approaches: Sequence[str], keys: Sequence[str] = SEED_METRICS) -> dict[str, dict[str, dict[str, float]]]:
+    """``{approach: {metric: {"mean", "std", "min", "max", "n"}}}``; ``std`` is the sample
+    standard deviation (n - 1), the spread one more training run is expected to show."""
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for name in approaches:
+        table[name] = {}
+        metric_names = list(keys) + [f"recall.{dx}" for dx in sorted(runs[0].metrics[name].get("recall", {}))] if runs else list(keys)
+        for metric in metric_names:
+            values = [_value(run.metrics[name], metric) for run in runs]
+            values = [v for v in values if v is not None and math.isfinite(v)]
+            if not values:
+                continue
+            mean = sum(values) / len(values)
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else float("nan")
+            table[name][metric] = {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": len(values)}
+    return table
+
+
+def _value(metrics: dict[str, Any], metric: str) -> float | None:
+    node: Any = metrics
+    for part in metric.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+
+
+def seeds_markdown(table: dict[str, dict[str, dict[str, float]]], runs: Sequence[SeedRun], data_name: str) -> str:
+    """``reports/seeds.md``: mean ± standard deviation per approach and metric."""
+    approaches = list(table)
+    lines = [
+        f"# Training-seed spread on {data_name}",
+        "",
+        f"{len(runs)} training runs per approach, each with another training seed (`<stage>.seed`); the split, the",
+        "augmented images and the test images are the same in every run (`base.seed`). Test-split metrics:",
+        "mean ± sample standard deviation over the seeds [min, max]. Written by `python -m pipeline.seeds report`",
+        "from `dvc exp show --json`.",
+        "",
+        "| metric | " + " | ".join(approaches) + " |",
+        "|---|" + "---|" * len(approaches),
+    ]
+    metrics = list(dict.fromkeys(metric for name in approaches for metric in table[name]))
+    for metric in metrics:
+        cells = []
+        for name in approaches:
+            row = table[name].get(metric)
+            cells.append(f"{row['mean']:.3f} ± {row['std']:.3f} [{row['min']:.3f}, {row['max']:.3f}]" if row else "")
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    lines += ["", "| experiment | " + " | ".join(f"{name} seed" for name in approaches) + " | " +
+              " | ".join(f"{name} balanced accuracy" for name in approaches) + " |",
+              "|---|" + "---|" * (2 * len(approaches))]
+    for run in runs:
+        lines.append(f"| {run.name} | " + " | ".join(str(run.seeds[name]) for name in approaches) + " | " +
+                     " | ".join(f"{run.metrics[name]['balanced_accuracy']:.4f}" for name in approaches) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def report(data_dir: str, out_md: Path, out_json: Path, approaches: Sequence[str], minimum: int = 2) -> dict[str, Any]:
+    """Read every experiment (``dvc exp show --json --all-commits``) and write the seed table."""
+    from pipeline.config import data_name
+    from pipeline.io import pipeline_path
+
+    metrics_file = str(pipeline_path("test_metrics").relative_to(Path.cwd())) if pipeline_path("test_metrics").is_absolute() else str(pipeline_path("test_metrics"))
+    show = json.loads(_dvc(["dvc", "exp", "show", "--json", "--all-commits", "--force"], capture=True) or "[]")
+    name = data_name(Path(data_dir))
+    runs = seed_runs(show, name, metrics_file, approaches)
+    if len(runs) < minimum:
+        raise PipelineError(
+            f"{len(runs)} finished seed run(s) on {name}; at least {minimum} are needed "
+            f"(queue them: python -m pipeline.seeds queue --data {data_dir} --seeds 42 43 44 --start)"
+        )
+    table = spread(runs, approaches)
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text(seeds_markdown(table, runs, name), encoding="utf-8")
+    result = {"data": name, "runs": [{"name": run.name, "seeds": run.seeds} for run in runs], "spread": table}
+    write_json(out_json, result)
+    print(f"{len(runs)} seed runs on {name} -> {out_md}, {out_json}")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Queue training-seed experiments and summarise their spread.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    queue = commands.add_parser("queue", help="queue one DVC experiment per training seed")
+    queue.add_argument("--data", required=True, help="data folder (ingest.data_dir of the experiments)")
+    queue.add_argument("--seeds", type=int, nargs="+", required=True, help="training seeds, e.g. 42 43 44")
+    queue.add_argument("--approach", action="append", choices=sorted(SEEDED_STAGES), help="default: all of them")
+    queue.add_argument("--profile", help="a params profile copied to params.yaml first (profiles/cpu.yaml, ...)")
+    queue.add_argument("--start", action="store_true", help="then `dvc queue start` (one worker) and wait for the queue")
+    summary = commands.add_parser("report", help="write the seed table from dvc exp show")
+    summary.add_argument("--data", required=True, help="data folder the seed runs used")
+    summary.add_argument("--approach", action="append", choices=sorted(SEEDED_STAGES), help="default: all of them")
+    summary.add_argument("--out", default="reports/seeds.md", help="Markdown table (a .json with the numbers beside it)")
+    args = parser.parse_args(argv)
+    approaches = args.approach or list(SEEDED_STAGES)
+    if args.command == "queue":
+        if args.profile:
+            from pipeline.reproduce import use_profile
+
+            use_profile(Path(args.profile))
+        for command in queue_commands(args.data, args.seeds, approaches):
+            _dvc(command)
+        if args.start:
+            _dvc(["dvc", "queue", "start", "--jobs", "1"])
+            wait_for_queue()
+        return
+    out = Path(args.out)
+    report(args.data, out, out.with_suffix(".json"), approaches)
+
+
+def wait_for_queue(poll_seconds: float = 30.0) -> None:
+    """Block until no queued or running experiment is left; fail if one failed."""
+    import time
+
+    while True:
+        status = _dvc_quiet(["dvc", "queue", "status"])
+        states = [line.split()[-3] if len(line.split()) >= 3 else "" for line in status.splitlines()[1:]]
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        time.sleep(poll_seconds)
+    if "Failed" in status:
+        raise PipelineError("a queued seed run failed: `dvc queue status` lists it, `dvc queue logs <name>` shows why")
+    del states
+
+
+def _dvc_quiet(args: list[str]) -> str:
+    result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
+    return result.stdout
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
