@@ -189,6 +189,10 @@ class EvaluateParams:
     # on the validation split (a grid of this step on the simplex), never on the test split.
     ensemble: bool = True
     ensemble_grid_step: float = _range(0.01, 0.5, default=0.1)
+    # 95% intervals of every test number: a bootstrap over whole lesions (pipeline.uncertainty).
+    bootstrap_resamples: int = _range(100, 100_000, default=1000)
+    bootstrap_seed: int = _range(0, default=0)
+    confidence: float = _range(0.5, 0.999, default=0.95)
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
@@ -274,6 +278,23 @@ def load_params(path: str | Path, section: str, cls: type[SectionT]) -> tuple[Ba
             raise ParamsError(f"{name}: section '{required}' is missing")
     base = parse_section(params["base"], BaseParams, f"{name}: base")
     return base, parse_section(params[section], cls, f"{name}: {section}")
+
+
+def smoke_runs(path: str | Path, models: list[str]) -> frozenset[str]:
+    """The models whose training section (``train_<model>``) says ``smoke_run: true``: the
+    evaluate stage lists them apart and never compares them (dvc.yaml makes it depend on these
+    keys). A model without a training section in the file is not a smoke run."""
+    params = read_params(path)
+    name = Path(path).name
+    found = set()
+    for model in models:
+        section = params.get(f"train_{model}")
+        value = section.get("smoke_run", False) if isinstance(section, dict) else False
+        if not isinstance(value, bool):
+            raise ParamsError(f"{name}: train_{model}.smoke_run: must be true or false, got {value!r}")
+        if value:
+            found.add(model)
+    return frozenset(found)
 
 
 def data_source(path: str | Path) -> Path | None:

@@ -1,9 +1,12 @@
 """``evaluate``: score every trained model on the untouched test split and compare them.
 
 Outputs: one metrics JSON (``{"cnn_focal": {...}, "effnetb7": {...}, "effnet_lite0": {...},
-"ensemble": {...}}``) for ``dvc metrics``, plot data and PNGs for ``dvc plots`` and MLflow, and
-a Markdown comparison report. The test split is used here only; model selection and the
-ensemble's weights used the validation split.
+"ensemble": {...}}``, every headline number with its 95% interval, e.g.
+``"balanced_accuracy_ci": [0.62, 0.70]``) and the paired comparisons of the approaches
+(:mod:`pipeline.uncertainty`) for ``dvc metrics``, plot data and PNGs for ``dvc plots`` and
+MLflow, and a Markdown comparison report (:mod:`pipeline.report`). The test split is used here
+only; model selection and the ensemble's weights used the validation split. Smoke runs are
+scored and listed, never compared and never in the ensemble.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from sklearn.metrics import (
 from pipeline.config import EvaluateParams
 from pipeline.errors import PipelineError
 from pipeline.io import read_json, write_json
+from pipeline.report import comparison_report, summary_table
+from pipeline.uncertainty import Bootstrap, comparisons
 
 
 @dataclass(frozen=True)
@@ -138,39 +143,6 @@ def draw_figures(scored: Scored, classes: tuple[str, ...], out_dir: Path) -> lis
     return paths
 
 
-def comparison_report(metrics: dict[str, dict[str, Any]], classes: tuple[str, ...], title: str) -> str:
-    """A Markdown report with the models side by side, per class, and who wins where."""
-    names = list(metrics)
-    lines = [f"# {title}", "", "Test split (lesion-grouped, never used for model selection).", ""]
-    lines += ["| metric | " + " | ".join(names) + " | best |", "|---|" + "---|" * (len(names) + 1)]
-    for key, higher_is_better in (("balanced_accuracy", True), ("macro_f1", True), ("melanoma_recall", True),
-                                  ("roc_auc_macro", True), ("accuracy", True), ("ece", False)):
-        values = [metrics[n][key] for n in names]
-        if len(set(values)) == 1:
-            best = "tie"
-        else:
-            best = names[int(np.nanargmax(values) if higher_is_better else np.nanargmin(values))]
-        lines.append(f"| {key} | " + " | ".join(f"{v:.4f}" for v in values) + f" | {best} |")
-    lines += ["", "## Per class (recall / precision / F1, support)", ""]
-    lines += ["| dx | support | " + " | ".join(f"{n} recall | {n} precision | {n} F1" for n in names) + " | higher recall |",
-              "|---|---|" + "---|---|---|" * len(names) + "---|"]
-    for dx in classes:
-        cells = []
-        for n in names:
-            cells += [f"{metrics[n]['recall'][dx]:.3f}", f"{metrics[n]['precision'][dx]:.3f}", f"{metrics[n]['f1'][dx]:.3f}"]
-        recalls = [metrics[n]["recall"][dx] for n in names]
-        winner = "tie" if len(set(recalls)) == 1 else names[int(np.argmax(recalls))]
-        lines.append(f"| {dx}{' (melanoma)' if dx == 'mel' else ''} | {metrics[names[0]]['support'][dx]} | " + " | ".join(cells) + f" | {winner} |")
-    for name in names:
-        if "weights" in metrics[name]:
-            shares = ", ".join(f"{model} {weight:.2f}" for model, weight in metrics[name]["weights"].items())
-            lines += ["", f"`{name}`: the weighted mean of the models' probabilities, weights chosen on the validation "
-                      f"split (validation balanced accuracy {metrics[name]['val_balanced_accuracy']:.4f}): {shares}."]
-    lines += ["", "Balanced accuracy is the mean per-class recall, the ISIC 2018 challenge metric; accuracy alone",
-              "is dominated by `nv` (about two thirds of HAM10000). ECE: expected calibration error, lower is better.", ""]
-    return "\n".join(lines)
-
-
 def evaluate_models(models: dict[str, Any], images_by_size: Any, labels: np.ndarray, classes: tuple[str, ...], params: EvaluateParams) -> tuple[dict[str, dict[str, Any]], list[Scored]]:
     """Score each model; ``images_by_size(size)`` gives the test images at a model's input size."""
     from pipeline.inference import predict_probabilities
@@ -226,23 +198,40 @@ def load_isic2018_test(folder: Path, classes: tuple[str, ...], size: int) -> tup
     return images, labels
 
 
+def mlflow_metrics(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+    """The numbers of one model's metrics as MLflow metric names: ``test_balanced_accuracy``,
+    ``test_balanced_accuracy_ci_low`` / ``_high``, ``test_recall_mel`` (and its ``_ci_low``),
+    ``test_weight_<model>`` for the ensemble."""
+    flat = {f"{prefix}_{key}": value for key, value in metrics.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    for key, value in metrics.items():
+        if key.endswith("_ci") and isinstance(value, list):
+            flat[f"{prefix}_{key}_low"], flat[f"{prefix}_{key}_high"] = value
+    flat.update({f"{prefix}_recall_{dx}": value for dx, value in metrics["recall"].items()})
+    for dx, (low, high) in (metrics.get("recall_ci") or {}).items():
+        flat[f"{prefix}_recall_{dx}_ci_low"], flat[f"{prefix}_recall_{dx}_ci_high"] = low, high
+    flat.update({f"{prefix}_weight_{model}": value for model, value in metrics.get("weights", {}).items()})
+    return {key: value for key, value in flat.items() if np.isfinite(value)}
+
+
 def log_to_mlflow(name: str, model_dir: Path | None, metrics: dict[str, Any], artifacts: list[Path], prefix: str = "test", data: str = "unknown") -> str:
     """Log test metrics and plots to the model's training run (or a new run if it is gone or,
     like the ensemble's, there is none)."""
     from pipeline import tracking
     from pipeline.train import RUN_FILE
 
-    flat = {f"{prefix}_{key}": value for key, value in metrics.items() if isinstance(value, (int, float))}
-    flat.update({f"{prefix}_recall_{dx}": value for dx, value in metrics["recall"].items()})
-    flat.update({f"{prefix}_weight_{model}": value for model, value in metrics.get("weights", {}).items()})
+    flat = mlflow_metrics(metrics, prefix)
     record_file = model_dir / RUN_FILE if model_dir is not None else None
     run_id = read_json(record_file)["run_id"] if record_file is not None and record_file.is_file() else None
     if run_id and tracking.run_exists(run_id):
         tracking.log_metrics(flat, run_id=run_id)
         tracking.log_artifacts(artifacts, artifact_path="evaluation", run_id=run_id)
         return run_id
-    # The training run is not on this server (e.g. its store was reset): keep the numbers anyway.
-    with tracking.run(f"{name}-{data}", {"stage": "evaluate", "model": name, "approach": name, "git_commit": tracking.git_commit()}) as active:
+    # No training run on this server (the ensemble; or a store that was reset): one evaluation
+    # run per model, data set and commit, found again by its tag, so reruns do not pile up runs.
+    commit = tracking.git_commit()
+    key = f"{name}|{data}|{commit}"
+    tags = {"stage": "evaluate", "model": name, "approach": name, "git_commit": commit, "evaluation_key": key}
+    with tracking.run(f"{name}-{data}", tags, tracking.find_run_by_tag("evaluation_key", key)) as active:
         tracking.log_metrics(flat)
         tracking.log_artifacts(artifacts, artifact_path="evaluation")
         return active.info.run_id
@@ -261,11 +250,16 @@ def run_evaluation(
     external_metrics_file: Path | None = None,
     image_size: int | None = None,
     data: str = "unknown",
+    smoke_runs: frozenset[str] = frozenset(),
+    paired_file: Path | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """The evaluate stage: metrics JSON, plots, report, and MLflow logging for every model.
+    """The evaluate stage: metrics JSON with intervals, paired comparisons, plots, report, and
+    MLflow logging for every model.
 
-    With ``params.external_dir`` set, the models are also scored on that ISIC 2018 Task 3 test
-    folder, into ``external_metrics_file`` (``{"skipped": ...}`` is written when it is unset).
+    ``smoke_runs`` names the models trained as smoke runs: scored and listed, but never
+    compared and given no ensemble weight. With ``params.external_dir`` set, the models and the
+    ensemble (its validation weights) are also scored on that ISIC 2018 Task 3 test folder, into
+    ``external_metrics_file`` (``{"skipped": ...}`` is written when it is unset).
     """
     from pipeline import tracking
     from pipeline.datasets import label_indices, resize_images
@@ -280,23 +274,28 @@ def run_evaluation(
     labels = label_indices(test["dx"], classes)
     models = {name: load_model(directory) for name, directory in model_dirs.items()}
     results, scored = evaluate_models(models, lambda size: resize_images(test_images, size), labels, classes, params)
-    if params.ensemble and len(models) > 1:
+    members = {name: model for name, model in models.items() if name not in smoke_runs}
+    ensemble = None
+    if params.ensemble and len(members) > 1:
         val = read_split(split, "val")
         val_images = select_images(images, index, val["image_id"])
         _, val_scored = evaluate_models(
-            models, lambda size: resize_images(val_images, size), label_indices(val["dx"], classes), classes, params
+            members, lambda size: resize_images(val_images, size), label_indices(val["dx"], classes), classes, params
         )
-        ensemble = ensemble_of(scored, val_scored, params.ensemble_grid_step)
+        ensemble = ensemble_of([item for item in scored if item.name in members], val_scored, params.ensemble_grid_step, list(models))
         results[ensemble.name] = {
             **classification_metrics(labels, ensemble.probabilities, classes, params.ece_bins),
             "weights": ensemble.weights,
             "val_balanced_accuracy": ensemble.val_balanced_accuracy,
         }
         scored.append(Scored(ensemble.name, labels, ensemble.probabilities))
+    test_groups = test["lesion_id"].to_numpy() if "lesion_id" in test.columns else None
+    bootstrap, bootstrap_info = _bootstrap(labels, test_groups, params, classes)
+    paired = {"bootstrap": bootstrap_info, "test": _with_intervals(results, scored, bootstrap, classes, smoke_runs)}
 
     write_json(metrics_file, results)
     report_file.parent.mkdir(parents=True, exist_ok=True)
-    report_file.write_text(comparison_report(results, classes, REPORT_TITLE), encoding="utf-8")
+    report_file.write_text(comparison_report(results, classes, REPORT_TITLE, paired["test"], bootstrap_info), encoding="utf-8")
     for item in scored:
         model_plots = plots_dir / item.name
         write_plot_data(item, classes, model_plots)
@@ -308,13 +307,47 @@ def run_evaluation(
             if image_size is None:
                 raise ValueError("image_size is needed to preprocess the external test set")
             external_images, external_labels = load_isic2018_test(Path(params.external_dir), classes, image_size)
-            external, _ = evaluate_models(models, lambda size: resize_images(external_images, size), external_labels, classes, params)
+            external, external_scored = evaluate_models(
+                models, lambda size: resize_images(external_images, size), external_labels, classes, params
+            )
+            if ensemble is not None:
+                from pipeline.ensemble import combine
+
+                probabilities = combine([item.probabilities for item in external_scored], list(ensemble.weights.values()))
+                external[ensemble.name] = {**classification_metrics(external_labels, probabilities, classes, params.ece_bins),
+                                           "weights": ensemble.weights}
+                external_scored.append(Scored(ensemble.name, external_labels, probabilities))
+            # No lesion ids in the ISIC layout: the external bootstrap resamples images.
+            external_bootstrap, external_info = _bootstrap(external_labels, None, params, classes)
+            paired["external"] = _with_intervals(external, external_scored, external_bootstrap, classes, smoke_runs)
+            paired["external_bootstrap"] = external_info
             for name, model_metrics in external.items():
-                log_to_mlflow(name, model_dirs[name], model_metrics, [], prefix="external", data=data)
+                log_to_mlflow(name, model_dirs.get(name), model_metrics, [], prefix="external", data=data)
             write_json(external_metrics_file, {"source": params.external_dir, **external})
         else:
             write_json(external_metrics_file, {"skipped": "evaluate.external_dir is not set"})
+    if paired_file is not None:
+        write_json(paired_file, paired)
     return results
+
+
+def _bootstrap(labels: np.ndarray, groups: np.ndarray | None, params: EvaluateParams, classes: tuple[str, ...]) -> tuple[Bootstrap, dict[str, Any]]:
+    bootstrap = Bootstrap.of(labels, groups, params.bootstrap_resamples, params.bootstrap_seed, params.confidence, classes.index("mel"),
+                              params.ece_bins)
+    info = {"resamples": params.bootstrap_resamples, "seed": params.bootstrap_seed, "confidence": params.confidence,
+            "grouped_by": bootstrap.grouped_by}
+    return bootstrap, info
+
+
+def _with_intervals(results: dict[str, dict[str, Any]], scored: list[Scored], bootstrap: Bootstrap,
+                    classes: tuple[str, ...], smoke_runs: frozenset[str]) -> dict[str, dict[str, Any]]:
+    """Add every model's intervals (and its smoke-run mark) to ``results``; return the paired
+    comparisons of the models that are not smoke runs."""
+    for item in scored:
+        results[item.name].update(bootstrap.intervals(item.probabilities, classes))
+        if item.name in smoke_runs:
+            results[item.name]["smoke_run"] = True
+    return comparisons(bootstrap, {item.name: item.probabilities for item in scored if item.name not in smoke_runs})
 
 
 REPORT_TITLE = "HAM10000: focal-loss CNN vs EfficientNetB7 vs EfficientNet-Lite0 (ImageNet), and their ensemble"
@@ -330,26 +363,19 @@ class Ensemble:
     val_balanced_accuracy: float
 
 
-def ensemble_of(test: list[Scored], val: list[Scored], step: float) -> Ensemble:
-    """Weights chosen on the validation predictions, applied to the test predictions."""
+def ensemble_of(test: list[Scored], val: list[Scored], step: float, all_models: list[str] | None = None) -> Ensemble:
+    """Weights chosen on the validation predictions, applied to the test predictions. The
+    models of ``all_models`` that are not members (smoke runs) are listed with weight 0."""
     from pipeline.ensemble import choose_weights, combine
 
     weights, val_score = choose_weights([item.probabilities for item in val], val[0].labels, step)
+    chosen = {item.name: round(float(w), 6) for item, w in zip(test, weights)}
     return Ensemble(
         "ensemble",
         combine([item.probabilities for item in test], weights),
-        {item.name: round(float(w), 6) for item, w in zip(test, weights)},
+        {name: chosen.get(name, 0.0) for name in (all_models or list(chosen))},
         val_score,
     )
-
-
-def summary_table(metrics: dict[str, dict[str, Any]]) -> str:
-    """The headline test metrics of each model, one row per model."""
-    keys = ("balanced_accuracy", "accuracy", "macro_f1", "melanoma_recall", "roc_auc_macro", "ece")
-    lines = [f"{'model':<13} " + " ".join(f"{key:>17}" for key in keys)]
-    for name, values in metrics.items():
-        lines.append(f"{name:<13} " + " ".join(f"{values[key]:>17.4f}" for key in keys))
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

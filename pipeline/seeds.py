@@ -45,8 +45,10 @@ def queue_commands(data_dir: str, seeds: Sequence[int], approaches: Sequence[str
         raise PipelineError(f"no training seed for approach '{unknown[0]}' (known: {', '.join(SEEDED_STAGES)})")
     if len(set(seeds)) != len(seeds):
         raise PipelineError(f"seeds must differ, got {list(seeds)}")
-    # Absolute: a queued experiment runs in a temporary copy of the repository (.dvc/tmp/exps).
-    data_dir = str(Path(data_dir).resolve())
+    # A queued experiment runs in a temporary copy of the repository (.dvc/tmp/exps): a folder
+    # outside the repository is named by its absolute path, one inside it relative to the root.
+    resolved = Path(data_dir).resolve()
+    data_dir = str(resolved.relative_to(Path.cwd().resolve()) if resolved.is_relative_to(Path.cwd().resolve()) else resolved)
     commands = []
     for seed in seeds:
         command = ["dvc", "exp", "run", "--queue", "--set-param", f"ingest.data_dir={data_dir}"]

@@ -4,9 +4,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.config import EvaluateParams, data_name, data_source, load_params
+from pipeline.config import EvaluateParams, data_name, data_source, load_params, smoke_runs
 from pipeline.errors import PipelineError, run_cli
 from pipeline.evaluate import run_evaluation
+from pipeline.report import summary_table
 
 
 def main(argv=None):
@@ -19,6 +20,7 @@ def main(argv=None):
     parser.add_argument("--plots", required=True, help="folder for plot data and figures")
     parser.add_argument("--report", required=True, help="Markdown comparison report to write")
     parser.add_argument("--external-metrics", required=True, help="metrics JSON for the optional external test set")
+    parser.add_argument("--paired", required=True, help="JSON of the paired comparisons (test and external set)")
     args = parser.parse_args(argv)
     base, params = load_params(args.params, "evaluate", EvaluateParams)
     model_dirs = {}
@@ -31,11 +33,10 @@ def main(argv=None):
         model_dirs, Path(args.ingested), Path(args.split), base.classes, base.experiment_name, params,
         Path(args.metrics), Path(args.plots), Path(args.report),
         external_metrics_file=Path(args.external_metrics), image_size=base.image_size,
-        data=data_name(data_source(args.params)),
+        data=data_name(data_source(args.params)), smoke_runs=smoke_runs(args.params, list(model_dirs)),
+        paired_file=Path(args.paired),
     )
-    for name, metrics in results.items():
-        print(f"{name}: balanced accuracy {metrics['balanced_accuracy']:.4f}, accuracy {metrics['accuracy']:.4f}, "
-              f"macro-F1 {metrics['macro_f1']:.4f}, melanoma recall {metrics['melanoma_recall']:.4f}")
+    print(summary_table(results))
 
 
 if __name__ == "__main__":

@@ -20,15 +20,32 @@ def test_evaluate_writes_metrics_plots_report_and_logs_to_the_training_runs(tiny
     train_cnn_focal(base, tiny_cnn(epochs=2, input_size=24), second)
 
     metrics_file, plots, report = tmp_path / "metrics" / "evaluate.json", tmp_path / "plots", tmp_path / "comparison.md"
-    results = run_evaluation(
-        {"cnn_focal": first.out_dir, "effnetb7": second.out_dir}, root / "ingested", root / "split", base.classes,
-        base.experiment_name, EvaluateParams(ece_bins=10, tta=True), metrics_file, plots, report,
-    )
+    paired_file = tmp_path / "metrics" / "paired.json"
+    # effnetb7 is declared a smoke run: scored and listed, never compared, no ensemble weight.
+    models = {"cnn_focal": first.out_dir, "effnet_lite0": second.out_dir, "effnetb7": second.out_dir}
+
+    def evaluate():
+        return run_evaluation(
+            models, root / "ingested", root / "split", base.classes, base.experiment_name,
+            EvaluateParams(ece_bins=10, tta=True, bootstrap_resamples=200), metrics_file, plots, report,
+            smoke_runs=frozenset({"effnetb7"}), paired_file=paired_file,
+        )
+
+    results = evaluate()
     written = read_json(metrics_file)
-    assert set(written) == {"cnn_focal", "effnetb7", "ensemble"} and written == results
-    # The ensemble's weights were chosen on the validation split; they sum to 1.
-    assert set(written["ensemble"]["weights"]) == {"cnn_focal", "effnetb7"}
+    assert set(written) == {"cnn_focal", "effnetb7", "effnet_lite0", "ensemble"} and written == results
+    # The ensemble's weights were chosen on the validation split; they sum to 1; the smoke run has none.
+    assert written["ensemble"]["weights"]["effnetb7"] == 0.0
     assert sum(written["ensemble"]["weights"].values()) == pytest.approx(1.0)
+    assert written["effnetb7"]["smoke_run"] is True and "smoke_run" not in written["cnn_focal"]
+    for name in written:
+        low, high = written[name]["balanced_accuracy_ci"]
+        assert low <= written[name]["balanced_accuracy"] <= high
+        assert set(written[name]["recall_ci"]) == set(base.classes)
+    paired = read_json(paired_file)
+    assert paired["bootstrap"] == {"resamples": 200, "seed": 0, "confidence": 0.95, "grouped_by": "lesion"}
+    assert set(paired["test"]) == {"cnn_focal vs effnet_lite0", "cnn_focal vs ensemble", "effnet_lite0 vs ensemble"}
+    assert "Smoke runs: prove the stage runs; not a result" in report.read_text()
     assert 0.0 <= written["ensemble"]["val_balanced_accuracy"] <= 1.0
     for name in written:
         assert {"accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro", "ece"} <= set(written[name])
@@ -42,12 +59,17 @@ def test_evaluate_writes_metrics_plots_report_and_logs_to_the_training_runs(tiny
     run_id = read_json(first.out_dir / RUN_FILE)["run_id"]
     logged = client.get_run(run_id).data.metrics
     assert logged["test_balanced_accuracy"] == pytest.approx(written["cnn_focal"]["balanced_accuracy"])
-    assert "test_recall_mel" in logged
+    assert logged["test_balanced_accuracy_ci_low"] == pytest.approx(written["cnn_focal"]["balanced_accuracy_ci"][0])
+    assert "test_recall_mel" in logged and "test_recall_mel_ci_high" in logged
     artifacts = {item.path for item in client.list_artifacts(run_id, "evaluation")}
     assert "evaluation/roc.png" in artifacts and "evaluation/comparison.md" in artifacts
     ensemble_runs = mlflow.search_runs(experiment_names=[base.experiment_name], filter_string="tags.model = 'ensemble'")
     assert len(ensemble_runs) == 1
     assert ensemble_runs["metrics.test_weight_cnn_focal"][0] == pytest.approx(written["ensemble"]["weights"]["cnn_focal"])
+    # A second evaluation of the same data and commit logs into the same ensemble run.
+    evaluate()
+    again = mlflow.search_runs(experiment_names=[base.experiment_name], filter_string="tags.model = 'ensemble'")
+    assert list(again["run_id"]) == list(ensemble_runs["run_id"])
 
 
 def _isic2018_folder(root, ham, rows):
@@ -70,19 +92,28 @@ def _isic2018_folder(root, ham, rows):
 
 def test_external_isic2018_test_set_is_scored_separately(tiny_artifacts, mlflow_store, tmp_path):
     base, root = tiny_artifacts
-    paths = make_paths(root, "eval_external")
+    paths, other = make_paths(root, "eval_external"), make_paths(root, "eval_external_b")
     train_cnn_focal(base, tiny_cnn(epochs=1), paths)
+    train_cnn_focal(base, tiny_cnn(epochs=1, input_size=24), other)
     external = _isic2018_folder(tmp_path, root / "ham", rows=14)
     external_file = tmp_path / "external.json"
     run_evaluation(
-        {"cnn_focal": paths.out_dir}, root / "ingested", root / "split", base.classes, base.experiment_name,
-        EvaluateParams(external_dir=str(external)), tmp_path / "evaluate.json", tmp_path / "plots",
-        tmp_path / "report.md", external_metrics_file=external_file, image_size=base.image_size,
+        {"cnn_focal": paths.out_dir, "effnet_lite0": other.out_dir}, root / "ingested", root / "split", base.classes,
+        base.experiment_name, EvaluateParams(external_dir=str(external), bootstrap_resamples=200), tmp_path / "evaluate.json",
+        tmp_path / "plots", tmp_path / "report.md", external_metrics_file=external_file, image_size=base.image_size,
+        paired_file=tmp_path / "paired.json",
     )
     scored = read_json(external_file)
     assert scored["source"] == str(external)
     assert scored["cnn_focal"]["images"] == 14
     assert sum(scored["cnn_focal"]["support"].values()) == 14 and scored["cnn_focal"]["support"]["mel"] == 2
+    # The ensemble with the weights chosen on validation, and intervals (images resampled: no lesion ids).
+    assert scored["ensemble"]["weights"] == read_json(tmp_path / "evaluate.json")["ensemble"]["weights"]
+    for name in ("cnn_focal", "effnet_lite0", "ensemble"):
+        low, high = scored[name]["balanced_accuracy_ci"]
+        assert low <= scored[name]["balanced_accuracy"] <= high
+    paired = read_json(tmp_path / "paired.json")
+    assert paired["external_bootstrap"]["grouped_by"] == "image" and "cnn_focal vs ensemble" in paired["external"]
 
 
 def test_external_folder_errors_are_clear(tmp_path):

@@ -31,12 +31,25 @@ def test_metrics_of_a_known_confusion():
     assert set(metrics) >= {"accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro", "ece", "recall"}
 
 
-def test_report_names_the_winner_per_metric_and_class():
+def test_report_gives_intervals_and_names_a_winner_only_when_the_paired_interval_excludes_zero():
+    from pipeline.report import comparison_report
+    from pipeline.uncertainty import Bootstrap, comparisons
+
     classes = HAM10000_CLASSES
-    labels = np.repeat(np.arange(7), 3)
-    perfect = classification_metrics(labels, np.eye(7)[labels], classes, 10)
-    always_nv = classification_metrics(labels, np.eye(7)[np.full(21, 5)], classes, 10)
-    report = comparison_report({"good": perfect, "lazy": always_nv}, classes, "Title")
-    assert "| balanced_accuracy | 1.0000 | 0.1429 | good |" in report
-    assert "| nv | 3 |" in report and "| tie |" in report  # both have nv recall 1.0
-    assert "mel (melanoma)" in report
+    labels = np.repeat(np.arange(7), 12)
+    perfect = np.eye(7)[labels]
+    always_nv = np.eye(7)[np.full(len(labels), 5)]
+    nearly = perfect.copy()
+    nearly[0] = np.eye(7)[1]  # one image wrong
+    boot = Bootstrap.of(labels, np.arange(len(labels)) // 2, 1000, 0, 0.95, classes.index("mel"))
+    probabilities = {"good": perfect, "lazy": always_nv, "nearly": nearly, "smoke": always_nv}
+    metrics = {name: {**classification_metrics(labels, p, classes, 10), **boot.intervals(p, classes)} for name, p in probabilities.items()}
+    metrics["smoke"]["smoke_run"] = True
+    paired = comparisons(boot, {name: p for name, p in probabilities.items() if name != "smoke"})
+    report = comparison_report(metrics, classes, "Title", paired, {"confidence": 0.95, "resamples": 1000, "grouped_by": "lesion", "seed": 0})
+    assert "| balanced_accuracy | 1.000 [1.000, 1.000] | 0.143 [0.143, 0.143] | 0.988 [" in report
+    assert "| good vs lazy | +0.857 [" in report and "| **good** |" in report
+    assert "| good vs nearly | +0.012 [+0.000, +0.036] | not told apart |" in report
+    assert "## Smoke runs: prove the stage runs; not a result" in report
+    assert "smoke vs" not in report and "vs smoke" not in report  # never compared
+    assert "mel (melanoma)" in report and "| best |" not in report
