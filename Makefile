@@ -8,6 +8,7 @@
 #   make test                the test suite
 #   make ui / make server / make stop-server
 #   make serve [MODEL=models:/NAME@ALIAS]   serve a registered model on 127.0.0.1:5002
+#   make seeds [N=3 SEED0=42 DATA=…]   N training seeds through DVC's experiment queue -> reports/seeds.md
 #   make reproduce [DATA=…]  rerun from scratch and compare with the published metrics
 #   make publish [DATA=…]    rerun from scratch and store the metrics as the published ones
 #   make plots               dvc plots show, rendered offline (Vega from npm, inlined)
@@ -49,7 +50,7 @@ export PATH := $(BIN):$(PATH)
 export MLFLOW_TRACKING_URI ?= $(TRACKING_URI)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv run test server ui stop-server serve reproduce publish bench demo-data clean-env pack import-run plots \
+.PHONY: venv run test server ui stop-server serve seeds reproduce publish bench demo-data clean-env pack import-run plots \
 	team-up team-down team-status push pull
 
 venv: $(STAMP)
@@ -94,6 +95,15 @@ MODEL ?= models:/ham10000-cnn-focal@champion
 SERVE_PORT ?= 5002
 serve: $(if $(TEAM),venv,server)
 	$(TEAM_EXEC) $(BIN)/mlflow models serve -m $(MODEL) --env-manager local --host $(HOST) -p $(SERVE_PORT)
+
+# The training-seed spread: N experiments (training seeds SEED0..SEED0+N-1 of cnn_focal and
+# effnet_lite0; split and test images fixed) queued with `dvc exp run --queue`, run one at a time
+# by `dvc queue start`, then summarised from `dvc exp show --json` into reports/seeds.md / .json.
+N ?= 3
+SEED0 ?= 42
+seeds: server
+	$(BIN)/python -m pipeline.seeds queue --data $(DATA) --profile profiles/$(PROFILE).yaml --seeds $$(seq $(SEED0) $$(( $(SEED0) + $(N) - 1 ))) --start
+	$(BIN)/python -m pipeline.seeds report --data $(DATA)
 
 reproduce: server
 	$(BIN)/python -m pipeline.reproduce --data $(DATA) --profile profiles/$(PROFILE).yaml

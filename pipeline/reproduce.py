@@ -6,28 +6,32 @@
 
 The reference for a data folder is ``<published>/<folder name>.json`` (``demo.json`` for
 ``data/demo``, ``ham10000.json`` for a HAM10000 copy; ``<published>`` is ``vars.paths.published``
-of dvc.yaml, ``metrics/published``); the allowed drift per metric is in
-``<published>/tolerance.yaml``. A drift beyond tolerance prints a table of every
-compared number and exits 1.
+of dvc.yaml, ``metrics/published``). The allowed drift of every compared metric is in
+``<published>/<folder name>_tolerance.json``, which ``--publish`` derives from the measured
+training-seed spread and the bootstrap intervals by the rules of ``<published>/tolerance.yaml``
+(:mod:`pipeline.tolerances`). The comparison prints a table of every compared number with the
+rule that bound its allowance, and exits 1 on a drift beyond it.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 
 from pipeline.errors import PipelineError, run_cli
-from pipeline.io import pipeline_path, read_json, read_yaml
+from pipeline.io import pipeline_path, read_json, write_json
+from pipeline.tolerances import flatten
 
 TOLERANCE_FILE_NAME = "tolerance.yaml"
+#: The seed-spread table (``python -m pipeline.seeds report``), one entry per data set.
+SEEDS_FILE = "reports/seeds.json"
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Comparison:
     published: float
     fresh: float
     tolerance: float
+    rule: str = ""
 
     @property
     def drift(self) -> float:
@@ -56,100 +61,35 @@ def reference_name(data_dir: str | Path) -> str:
     return data_name(Path(data_dir))
 
 
-def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """``{"recall": {"mel": 0.5}}`` -> ``{"recall.mel": 0.5}`` (numbers only)."""
-    flat: dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[name] = float(value)
-    return flat
-
-
-#: Metrics that are the recall of one class: they get that class's standard-error allowance.
-CLASS_RECALLS = {"melanoma_recall": "mel"}
-
-
-@dataclass(frozen=True)
-class Tolerances:
-    """How far a fresh number may drift from the published one (``tolerance.yaml``).
-
-    ``metrics``: the absolute drift allowed per metric (exact name, else its group such as
-    ``recall``); a metric not named is not compared. ``standard_errors``: a recall may also
-    move by this many standard errors of its own test-set estimate, sqrt(p(1-p)/n) with n the
-    class's test images (20 ``vasc`` images at p=0.65: 0.107), because on a small class the
-    difference between two training runs is mostly which few images flip. ``models``: per-model
-    overrides of ``metrics``.
-    """
-
-    metrics: dict[str, float]
-    standard_errors: float = 0.0
-    models: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def allowed(self, model: str, metric: str, published: float, support: dict[str, int]) -> float | None:
-        """The drift allowed for ``metric`` of ``model`` whose published value is ``published``
-        (``support``: the model's test images per class); None = not compared."""
-        group, _, dx = metric.partition(".")
-        own = self.models.get(model, {})
-        base = next((table[name] for table in (own, self.metrics) for name in (metric, group) if name in table), None)
-        images = support.get(CLASS_RECALLS.get(metric, dx if group == "recall" else ""))
-        if base is None or not self.standard_errors or not images:
-            return base
-        return max(base, self.standard_errors * math.sqrt(published * (1 - published) / images))
-
-
-def compare(published: dict[str, Any], fresh: dict[str, Any], tolerances: Tolerances) -> list[Comparison]:
-    """Every toleranced metric of every published model, against the fresh run."""
+def compare(published: dict[str, Any], fresh: dict[str, Any], allowances: dict[str, dict[str, dict[str, Any]]]) -> list[Comparison]:
+    """Every compared metric of every published model (those ``allowances`` names), against the fresh run."""
     rows = []
     for model, reference in published.items():
         if model not in fresh:
             raise PipelineError(f"fresh metrics have no model '{model}' (have: {', '.join(fresh)})")
-        fresh_flat = flatten(fresh[model])
-        for metric, value in flatten(reference).items():
-            tolerance = tolerances.allowed(model, metric, value, reference.get("support") or {})
-            if tolerance is None:
-                continue
+        if model not in allowances:
+            raise PipelineError(f"the published tolerances have no model '{model}': publish again (make publish)")
+        fresh_flat, reference_flat = flatten(fresh[model]), flatten(reference)
+        for metric, allowance in allowances[model].items():
+            if metric not in reference_flat:
+                raise PipelineError(f"the published metrics of '{model}' have no '{metric}'")
             if metric not in fresh_flat:
                 raise PipelineError(f"fresh metrics of '{model}' have no '{metric}'")
-            rows.append(Comparison(model, metric, value, fresh_flat[metric], tolerance))
+            rows.append(Comparison(model, metric, reference_flat[metric], fresh_flat[metric], float(allowance["allowed"]), allowance["rule"]))
     return rows
 
 
 def format_table(rows: list[Comparison]) -> str:
-    """A fixed-width table of the comparison, drifting rows marked."""
-    header = f"{'model':<10} {'metric':<26} {'published':>10} {'fresh':>10} {'drift':>9} {'allowed':>8}  status"
+    """A fixed-width table of the comparison, drifting rows marked, with the rule that bound each allowance."""
+    header = f"{'model':<12} {'metric':<20} {'published':>9} {'fresh':>9} {'drift':>8} {'allowed':>8}  status  bound by"
     lines = [header, "-" * len(header)]
     for row in rows:
         status = "ok" if row.ok else "DRIFT"
         lines.append(
-            f"{row.model:<10} {row.metric:<26} {row.published:>10.4f} {row.fresh:>10.4f} "
-            f"{row.drift:>+9.4f} {row.tolerance:>8.4f}  {status}"
+            f"{row.model:<12} {row.metric:<20} {row.published:>9.4f} {row.fresh:>9.4f} "
+            f"{row.drift:>+8.4f} {row.tolerance:>8.4f}  {status:<6}  {row.rule}"
         )
     return "\n".join(lines)
-
-
-def load_tolerances(path: Path) -> Tolerances:
-    """Read ``tolerance.yaml``: ``metrics`` (name -> allowed drift), ``standard_errors`` and
-    ``models`` (model -> name -> allowed drift)."""
-    raw = read_yaml(path, "tolerances")
-
-    def numbers(table: Any, where: str) -> dict[str, float]:
-        if not isinstance(table, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in table.values()):
-            raise PipelineError(f"{path}: {where} must map metric names to numbers")
-        return {str(k): float(v) for k, v in table.items()}
-
-    if not isinstance(raw, dict) or set(raw) - {"metrics", "standard_errors", "models"}:
-        raise PipelineError(f"{path}: expected the keys metrics, standard_errors, models")
-    models = raw.get("models") or {}
-    if not isinstance(models, dict):
-        raise PipelineError(f"{path}: models must map model names to metric tolerances")
-    errors = raw.get("standard_errors", 0)
-    if not isinstance(errors, (int, float)) or isinstance(errors, bool) or errors < 0:
-        raise PipelineError(f"{path}: standard_errors must be a number >= 0")
-    return Tolerances(numbers(raw.get("metrics"), "metrics"), float(errors),
-                      {str(name): numbers(table, f"models.{name}") for name, table in models.items()})
 
 
 def use_profile(profile: Path, params_file: Path = Path("params.yaml")) -> None:
@@ -169,11 +109,34 @@ def rerun_pipeline(data_dir: str) -> None:
         raise PipelineError("the pipeline run failed (see the stage output above)")
 
 
+def publish(metrics_file: Path, reference: Path, rules_file: Path, seeds_file: Path, paired_file: Path | None) -> Path:
+    """Store the fresh metrics and report as the reference, and the allowances derived for them."""
+    from pipeline.tolerances import derive, load_rules, seed_spread_for
+
+    metrics = read_json(metrics_file)
+    confidence = read_json(paired_file)["bootstrap"]["confidence"] if paired_file is not None and paired_file.is_file() else 0.95
+    spread = seed_spread_for(seeds_file, reference.stem)
+    allowances = derive(metrics, spread, load_rules(rules_file), confidence)
+    reference.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(metrics_file, reference)
+    shutil.copyfile(pipeline_path("report"), reference.with_name(f"{reference.stem}_comparison.md"))
+    tolerance_file = tolerance_path(reference)
+    write_json(tolerance_file, {"rules": str(rules_file), "seeds": str(seeds_file) if spread else None, "models": allowances})
+    seeded = "the seed spread of " + str(seeds_file) if spread else f"no seed spread ({seeds_file} has no '{reference.stem}' table)"
+    print(f"published {metrics_file} as {reference}; allowances from {seeded} and the bootstrap intervals: {tolerance_file}")
+    return tolerance_file
+
+
+def tolerance_path(reference: Path) -> Path:
+    return reference.with_name(f"{reference.stem}_tolerance.json")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Rerun the pipeline and compare with the published metrics.")
     parser.add_argument("--data", required=True, help="data folder the pipeline runs on")
-    parser.add_argument("--no-run", action="store_true", help="compare the current metrics without rerunning")
-    parser.add_argument("--publish", action="store_true", help="store the fresh metrics as the new reference")
+    parser.add_argument("--no-run", action="store_true", help="compare (or publish) the current metrics without rerunning")
+    parser.add_argument("--publish", action="store_true", help="store the fresh metrics as the new reference, with derived tolerances")
+    parser.add_argument("--seeds", default=SEEDS_FILE, help=f"the seed-spread table for --publish (default {SEEDS_FILE})")
     parser.add_argument("--profile", help="a params profile copied to params.yaml before the run (profiles/demo.yaml, ...)")
     args = parser.parse_args(argv)
     if args.profile and not args.no_run:
@@ -183,21 +146,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.no_run:
         rerun_pipeline(args.data)
     if args.publish:
-        published_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(metrics_file, reference)
-        report = reference.with_name(f"{reference.stem}_comparison.md")
-        shutil.copyfile(pipeline_path("report"), report)
-        print(f"published {metrics_file} as {reference} (report: {report})")
+        publish(metrics_file, reference, published_dir / TOLERANCE_FILE_NAME, Path(args.seeds), pipeline_path("paired_metrics"))
         return
     if not reference.is_file():
         raise PipelineError(f"no published metrics for this data at {reference}; create them with --publish")
-    rows = compare(read_json(reference), read_json(metrics_file), load_tolerances(published_dir / TOLERANCE_FILE_NAME))
+    if not tolerance_path(reference).is_file():
+        raise PipelineError(f"no tolerances beside {reference} ({tolerance_path(reference).name}); publish again with --publish")
+    allowances = read_json(tolerance_path(reference))["models"]
+    rows = compare(read_json(reference), read_json(metrics_file), allowances)
     print(format_table(rows))
     drifted = [row for row in rows if not row.ok]
     if drifted:
         raise PipelineError(
             f"{len(drifted)} of {len(rows)} metrics drifted beyond tolerance from {reference} "
-            f"(e.g. {drifted[0].model} {drifted[0].metric}: {drifted[0].published:.4f} -> {drifted[0].fresh:.4f})"
+            f"(e.g. {drifted[0].model} {drifted[0].metric}: {drifted[0].published:.4f} -> {drifted[0].fresh:.4f}, "
+            f"allowed {drifted[0].tolerance:.4f} by {drifted[0].rule})"
         )
     print(f"reproduced: all {len(rows)} metrics within tolerance of {reference}")
 

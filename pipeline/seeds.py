@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import math
+import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -78,22 +80,19 @@ class SeedRun:
     metrics: dict[str, dict[str, Any]]
 
 
-def _records(node: Any):
-    """Every experiment record in ``dvc exp show --json`` output (baselines and their experiments)."""
-    if isinstance(node, list):
-        for item in node:
-            yield from _records(item)
-    elif isinstance(node, dict):
-        if "data" in node and isinstance(node["data"], dict) and "rev" in node["data"] or "rev" in node:
-            yield node
-        for key in ("experiments", "executor", "revs"):
-            child = node.get(key)
-            if isinstance(child, (list, dict)) and key != "executor":
-                yield from _records(child)
+def _records(show: Any):
+    """The experiment records of ``dvc exp show --json`` (a list of baseline commits, each with
+    ``experiments: [{"revs": [record, ...]}]``); the baselines themselves are not experiments:
+    their metrics are whatever was committed."""
+    for baseline in show if isinstance(show, list) else []:
+        for group in (baseline or {}).get("experiments") or []:
+            for record in (group or {}).get("revs") or []:
+                if isinstance(record, dict) and not record.get("error"):
+                    yield record
 
 
 def _data_of(record: dict[str, Any]) -> dict[str, Any]:
-    return record.get("data") if isinstance(record.get("data"), dict) else record
+    return record.get("data") if isinstance(record.get("data"), dict) else {}
 
 
 def seed_runs(show: Any, data_name: str, metrics_file: str, approaches: Sequence[str]) -> list[SeedRun]:
@@ -101,11 +100,9 @@ def seed_runs(show: Any, data_name: str, metrics_file: str, approaches: Sequence
     folder's name), one per distinct set of seeds (the newest wins when a seed ran twice)."""
     from pipeline.config import data_name as name_of
 
-    runs: dict[tuple[int, ...], SeedRun] = {}
+    runs: dict[tuple[int, ...], tuple[str, SeedRun]] = {}
     for record in _records(show):
         data = _data_of(record)
-        if data.get("status", "Success") not in ("Success", None) or data.get("error"):
-            continue
         params = ((data.get("params") or {}).get(PARAMS_FILE) or {}).get("data") or {}
         metrics = ((data.get("metrics") or {}).get(metrics_file) or {}).get("data")
         data_dir = str((params.get("ingest") or {}).get("data_dir", ""))
@@ -118,9 +115,11 @@ def seed_runs(show: Any, data_name: str, metrics_file: str, approaches: Sequence
         if not all(name in metrics for name in approaches):
             continue
         key = tuple(seeds[name] for name in approaches)
-        name = str(record.get("name") or data.get("name") or data.get("rev") or record.get("rev"))
-        runs.setdefault(key, SeedRun(name, data_dir, seeds, metrics))  # exp show lists the newest first
-    return sorted(runs.values(), key=lambda run: tuple(run.seeds.values()))
+        name = str(record.get("name") or record.get("rev"))
+        stamp = str(data.get("timestamp") or "")
+        if key not in runs or stamp > runs[key][0]:  # the newest run of these seeds wins
+            runs[key] = (stamp, SeedRun(name, data_dir, seeds, metrics))
+    return [run for _, run in sorted(runs.values(), key=lambda item: tuple(item[1].seeds.values()))]
 
 
 def spread(runs: Sequence[SeedRun], approaches: Sequence[str], keys: Sequence[str] = SEED_METRICS) -> dict[str, dict[str, dict[str, float]]]:
@@ -135,8 +134,8 @@ def spread(runs: Sequence[SeedRun], approaches: Sequence[str], keys: Sequence[st
             values = [v for v in values if v is not None and math.isfinite(v)]
             if not values:
                 continue
-            mean = sum(values) / len(values)
-            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else float("nan")
+            mean = statistics.fmean(values)
+            std = statistics.stdev(values) if len(values) > 1 else float("nan")
             table[name][metric] = {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": len(values)}
     return table
 
@@ -150,58 +149,61 @@ def _value(metrics: dict[str, Any], metric: str) -> float | None:
     return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
 
 
-def seeds_markdown(table: dict[str, dict[str, dict[str, float]]], runs: Sequence[SeedRun], data_name: str) -> str:
-    """``reports/seeds.md``: mean ± standard deviation per approach and metric."""
-    approaches = list(table)
+def seeds_markdown(tables: dict[str, dict[str, Any]]) -> str:
+    """``reports/seeds.md``: per data set, mean ± standard deviation per approach and metric."""
     lines = [
-        f"# Training-seed spread on {data_name}",
+        "# Training-seed spread",
         "",
-        f"{len(runs)} training runs per approach, each with another training seed (`<stage>.seed`); the split, the",
-        "augmented images and the test images are the same in every run (`base.seed`). Test-split metrics:",
-        "mean ± sample standard deviation over the seeds [min, max]. Written by `python -m pipeline.seeds report`",
-        "from `dvc exp show --json`.",
-        "",
-        "| metric | " + " | ".join(approaches) + " |",
-        "|---|" + "---|" * len(approaches),
+        "Each approach trained several times with another training seed (`<stage>.seed`); the split, the augmented",
+        "images and the test images are the same in every run (`base.seed`). Test-split metrics: mean ± sample standard",
+        "deviation over the seeds [min, max]. Written by `python -m pipeline.seeds report` from `dvc exp show --json`;",
+        "`make publish` derives the reproduction tolerances from these standard deviations (pipeline/tolerances.py).",
     ]
-    metrics = list(dict.fromkeys(metric for name in approaches for metric in table[name]))
-    for metric in metrics:
-        cells = []
-        for name in approaches:
-            row = table[name].get(metric)
-            cells.append(f"{row['mean']:.3f} ± {row['std']:.3f} [{row['min']:.3f}, {row['max']:.3f}]" if row else "")
-        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
-    lines += ["", "| experiment | " + " | ".join(f"{name} seed" for name in approaches) + " | " +
-              " | ".join(f"{name} balanced accuracy" for name in approaches) + " |",
-              "|---|" + "---|" * (2 * len(approaches))]
-    for run in runs:
-        lines.append(f"| {run.name} | " + " | ".join(str(run.seeds[name]) for name in approaches) + " | " +
-                     " | ".join(f"{run.metrics[name]['balanced_accuracy']:.4f}" for name in approaches) + " |")
+    for data, entry in tables.items():
+        table, runs = entry["spread"], entry["runs"]
+        approaches = list(table)
+        lines += ["", f"## {data}: {len(runs)} seeds", "", "| metric | " + " | ".join(approaches) + " |", "|---|" + "---|" * len(approaches)]
+        for metric in dict.fromkeys(metric for name in approaches for metric in table[name]):
+            cells = []
+            for name in approaches:
+                row = table[name].get(metric)
+                cells.append(f"{row['mean']:.3f} ± {row['std']:.3f} [{row['min']:.3f}, {row['max']:.3f}]" if row else "")
+            lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+        lines += ["", "| experiment | " + " | ".join(f"{name} seed" for name in approaches) + " | " +
+                  " | ".join(f"{name} balanced accuracy" for name in approaches) + " |",
+                  "|---|" + "---|" * (2 * len(approaches))]
+        for run in runs:
+            lines.append(f"| {run['name']} | " + " | ".join(str(run["seeds"][name]) for name in approaches) + " | " +
+                         " | ".join(f"{run['balanced_accuracy'][name]:.4f}" for name in approaches) + " |")
     lines.append("")
     return "\n".join(lines)
 
 
 def report(data_dir: str, out_md: Path, out_json: Path, approaches: Sequence[str], minimum: int = 2) -> dict[str, Any]:
-    """Read every experiment (``dvc exp show --json --all-commits``) and write the seed table."""
+    """Read every experiment (``dvc exp show --json --all-commits``) and write the seed table of
+    this data set into ``out_json`` (one entry per data set; the others are kept) and ``out_md``."""
     from pipeline.config import data_name
-    from pipeline.io import pipeline_path
+    from pipeline.io import pipeline_path, read_json
 
-    metrics_file = str(pipeline_path("test_metrics").relative_to(Path.cwd())) if pipeline_path("test_metrics").is_absolute() else str(pipeline_path("test_metrics"))
-    show = json.loads(_dvc(["dvc", "exp", "show", "--json", "--all-commits", "--force"], capture=True) or "[]")
+    show = json.loads(_dvc(["dvc", "exp", "show", "--json", "--all-commits"], capture=True) or "[]")
     name = data_name(Path(data_dir))
-    runs = seed_runs(show, name, metrics_file, approaches)
+    runs = seed_runs(show, name, str(pipeline_path("test_metrics")), approaches)
     if len(runs) < minimum:
         raise PipelineError(
             f"{len(runs)} finished seed run(s) on {name}; at least {minimum} are needed "
             f"(queue them: python -m pipeline.seeds queue --data {data_dir} --seeds 42 43 44 --start)"
         )
-    table = spread(runs, approaches)
+    tables = read_json(out_json) if out_json.is_file() else {}
+    tables[name] = {
+        "runs": [{"name": run.name, "seeds": run.seeds,
+                  "balanced_accuracy": {a: run.metrics[a]["balanced_accuracy"] for a in approaches}} for run in runs],
+        "spread": spread(runs, approaches),
+    }
+    write_json(out_json, tables)
     out_md.parent.mkdir(parents=True, exist_ok=True)
-    out_md.write_text(seeds_markdown(table, runs, name), encoding="utf-8")
-    result = {"data": name, "runs": [{"name": run.name, "seeds": run.seeds} for run in runs], "spread": table}
-    write_json(out_json, result)
+    out_md.write_text(seeds_markdown(tables), encoding="utf-8")
     print(f"{len(runs)} seed runs on {name} -> {out_md}, {out_json}")
-    return result
+    return tables[name]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -224,29 +226,43 @@ def main(argv: Sequence[str] | None = None) -> None:
             from pipeline.reproduce import use_profile
 
             use_profile(Path(args.profile))
+        names = []
         for command in queue_commands(args.data, args.seeds, approaches):
-            _dvc(command)
+            output = _dvc(command, capture=True)
+            names += re.findall(r"Queued experiment '([^']+)'", output)
+            print(output.strip(), flush=True)
         if args.start:
+            # One worker: two trainings at once on a small machine only slow each other down.
             _dvc(["dvc", "queue", "start", "--jobs", "1"])
-            wait_for_queue()
+            wait_for_queue(names)
         return
     out = Path(args.out)
     report(args.data, out, out.with_suffix(".json"), approaches)
 
 
-def wait_for_queue(poll_seconds: float = 30.0) -> None:
-    """Block until no queued or running experiment is left; fail if one failed."""
+def queue_states(status: str, names: Sequence[str]) -> dict[str, str]:
+    """The state (Queued, Running, Success, Failed) of each named experiment in ``dvc queue status``."""
+    states = {}
+    for line in status.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[1] in names:
+            states[words[1]] = words[-1]
+    return states
+
+
+def wait_for_queue(names: Sequence[str], poll_seconds: float = 30.0) -> None:
+    """Block until the named experiments have finished; fail if one failed."""
     import time
 
     while True:
-        status = _dvc_quiet(["dvc", "queue", "status"])
-        states = [line.split()[-3] if len(line.split()) >= 3 else "" for line in status.splitlines()[1:]]
-        if not any(word in status for word in ("Queued", "Running")):
+        states = queue_states(_dvc_quiet(["dvc", "queue", "status"]), names)
+        if all(states.get(name) in ("Success", "Failed") for name in names):
             break
         time.sleep(poll_seconds)
-    if "Failed" in status:
-        raise PipelineError("a queued seed run failed: `dvc queue status` lists it, `dvc queue logs <name>` shows why")
-    del states
+    failed = [name for name in names if states.get(name) == "Failed"]
+    if failed:
+        raise PipelineError(f"seed run {failed[0]} failed: `dvc queue logs {failed[0]}` shows why")
+    print(f"{len(names)} seed runs finished: " + ", ".join(names), flush=True)
 
 
 def _dvc_quiet(args: list[str]) -> str:
