@@ -271,7 +271,7 @@ def import_bundle(folder: str | Path, restore: bool = False) -> dict[str, Any]:
         if (bundle.folder / STAGE_METRICS).is_file():
             Path(outputs["metrics"]).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(bundle.folder / STAGE_METRICS, outputs["metrics"])
-        write_json(model_dir / RUN_FILE, {k: v for k, v in record.items() if k != "already_imported"} | {"offline_bundle_id": bundle.bundle_id})
+        write_json(model_dir / RUN_FILE, {k: v for k, v in record.items() if k != "already_imported"} | {"offline_bundle_id": bundle.bundle_id, "smoke_run": manifest["tags"].get("smoke_run") == "true"})
     return record
 
 

@@ -280,23 +280,6 @@ def load_params(path: str | Path, section: str, cls: type[SectionT]) -> tuple[Ba
     return base, parse_section(params[section], cls, f"{name}: {section}")
 
 
-def smoke_runs(path: str | Path, models: list[str]) -> frozenset[str]:
-    """The models whose training section (``train_<model>``) says ``smoke_run: true``: the
-    evaluate stage lists them apart and never compares them (dvc.yaml makes it depend on these
-    keys). A model without a training section in the file is not a smoke run."""
-    params = read_params(path)
-    name = Path(path).name
-    found = set()
-    for model in models:
-        section = params.get(f"train_{model}")
-        value = section.get("smoke_run", False) if isinstance(section, dict) else False
-        if not isinstance(value, bool):
-            raise ParamsError(f"{name}: train_{model}.smoke_run: must be true or false, got {value!r}")
-        if value:
-            found.add(model)
-    return frozenset(found)
-
-
 def data_source(path: str | Path) -> Path | None:
     """The raw data folder ``ingest.data_dir`` of the params file (for run names and MLflow
     dataset inputs; the stages read only the ingest stage's output), or None if unset."""

@@ -213,6 +213,15 @@ def mlflow_metrics(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     return {key: value for key, value in flat.items() if np.isfinite(value)}
 
 
+def is_smoke_run(model_dir: Path) -> bool:
+    """Whether the training stage that made ``model_dir`` was declared a smoke run (its
+    ``mlflow_run.json`` says so; older folders without the key are not)."""
+    from pipeline.train import RUN_FILE
+
+    record = model_dir / RUN_FILE
+    return bool(read_json(record).get("smoke_run", False)) if record.is_file() else False
+
+
 def log_to_mlflow(name: str, model_dir: Path | None, metrics: dict[str, Any], artifacts: list[Path], prefix: str = "test", data: str = "unknown") -> str:
     """Log test metrics and plots to the model's training run (or a new run if it is gone or,
     like the ensemble's, there is none)."""

@@ -416,7 +416,8 @@ def run_training(
             model, val.images[:4].astype(np.float32), params.registered_model_name, summary["best_val_balanced_accuracy"],
             paths.out_dir, paths.metrics,
         )
-        write_json(paths.out_dir / RUN_FILE, run_record)
+        # The model folder says whether it is a smoke run: evaluate lists it apart, wherever it came from.
+        write_json(paths.out_dir / RUN_FILE, {**run_record, "smoke_run": params.smoke_run})
     shutil.rmtree(state.checkpoint_dir, ignore_errors=True)
     return {**summary, **run_record}
 

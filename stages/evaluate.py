@@ -4,9 +4,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.config import EvaluateParams, data_name, data_source, load_params, smoke_runs
+from pipeline.config import EvaluateParams, data_name, data_source, load_params
 from pipeline.errors import PipelineError, run_cli
-from pipeline.evaluate import run_evaluation
+from pipeline.evaluate import is_smoke_run, run_evaluation
 from pipeline.report import summary_table
 
 
@@ -33,7 +33,8 @@ def main(argv=None):
         model_dirs, Path(args.ingested), Path(args.split), base.classes, base.experiment_name, params,
         Path(args.metrics), Path(args.plots), Path(args.report),
         external_metrics_file=Path(args.external_metrics), image_size=base.image_size,
-        data=data_name(data_source(args.params)), smoke_runs=smoke_runs(args.params, list(model_dirs)),
+        data=data_name(data_source(args.params)),
+        smoke_runs=frozenset(name for name, folder in model_dirs.items() if is_smoke_run(folder)),
         paired_file=Path(args.paired),
     )
     print(summary_table(results))

@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.config import EvaluateParams
-from pipeline.evaluate import run_evaluation
+from pipeline.evaluate import is_smoke_run, run_evaluation
 from pipeline.io import read_json
 from pipeline.train import RUN_FILE, train_cnn_focal
 from tests.model.conftest import make_paths, tiny_cnn
@@ -15,20 +15,23 @@ def test_evaluate_writes_metrics_plots_report_and_logs_to_the_training_runs(tiny
     import mlflow
 
     base, root = tiny_artifacts
-    first, second = make_paths(root, "eval_a"), make_paths(root, "eval_b")
+    first, second, smoke = make_paths(root, "eval_a"), make_paths(root, "eval_b"), make_paths(root, "eval_smoke")
     train_cnn_focal(base, tiny_cnn(epochs=2), first)
     train_cnn_focal(base, tiny_cnn(epochs=2, input_size=24), second)
+    train_cnn_focal(base, tiny_cnn(epochs=1, smoke_run=True), smoke)
 
     metrics_file, plots, report = tmp_path / "metrics" / "evaluate.json", tmp_path / "plots", tmp_path / "comparison.md"
     paired_file = tmp_path / "metrics" / "paired.json"
-    # effnetb7 is declared a smoke run: scored and listed, never compared, no ensemble weight.
-    models = {"cnn_focal": first.out_dir, "effnet_lite0": second.out_dir, "effnetb7": second.out_dir}
+    # effnetb7 was trained as a smoke run: scored and listed, never compared, no ensemble weight.
+    models = {"cnn_focal": first.out_dir, "effnet_lite0": second.out_dir, "effnetb7": smoke.out_dir}
+    smoke_runs = frozenset(name for name, folder in models.items() if is_smoke_run(folder))
+    assert smoke_runs == {"effnetb7"}
 
     def evaluate():
         return run_evaluation(
             models, root / "ingested", root / "split", base.classes, base.experiment_name,
             EvaluateParams(ece_bins=10, tta=True, bootstrap_resamples=200), metrics_file, plots, report,
-            smoke_runs=frozenset({"effnetb7"}), paired_file=paired_file,
+            smoke_runs=smoke_runs, paired_file=paired_file,
         )
 
     results = evaluate()
