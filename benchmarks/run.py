@@ -6,7 +6,8 @@
 Every figure is a median over ``--repeats`` runs, and every goal is a ratio of two things
 measured in the same run, because these machines are shared and noisy. The figures are also
 written to ``benchmarks/results/bench.json``. Each benchmark lives in its own module:
-``ingest``, ``training`` (input pipeline, compute, GPU), ``backends``, ``predict``, ``repro``
+``ingest``, ``training`` (input pipeline, compute, GPU), ``backends``, ``predict``, ``uncertainty``
+(the evaluate stage's intervals), ``repro``
 (DVC) and ``team``.
 """
 
@@ -61,6 +62,11 @@ def _team(args: argparse.Namespace, work: Path) -> dict:
     return bench_team(args.repeats, megabytes=256)
 
 
+def _intervals(args: argparse.Namespace, work: Path) -> dict:
+    from benchmarks.uncertainty import bench_intervals
+    return bench_intervals(args.repeats)
+
+
 def _gpu(args: argparse.Namespace, work: Path) -> dict:
     from benchmarks.training import bench_gpu
     return bench_gpu(args.repeats)
@@ -68,7 +74,7 @@ def _gpu(args: argparse.Namespace, work: Path) -> dict:
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace, Path], dict]] = {
     "ingest": _ingest, "input_pipeline": _input_pipeline, "compute": _compute, "backends": _backends,
-    "predict": _predict, "dvc": _dvc, "team": _team, "gpu": _gpu,
+    "predict": _predict, "intervals": _intervals, "dvc": _dvc, "team": _team, "gpu": _gpu,
 }
 
 

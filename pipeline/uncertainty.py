@@ -45,14 +45,16 @@ def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
         return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), np.nan)
 
 
-def weighted_metrics(labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray, melanoma: int, ece_bins: int = 15) -> dict[str, np.ndarray]:
+def weighted_metrics(labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray, melanoma: int, ece_bins: int = 15,
+                     ranking: bool = True) -> dict[str, np.ndarray]:
     """Each metric of ``INTERVAL_METRICS`` and each class's recall, one value per resample.
 
     Definitions match :func:`pipeline.evaluate.classification_metrics` on the unweighted set
     (weights all 1): balanced accuracy is the mean recall over the classes present, macro-F1
     averages all classes (0 where a class is neither present nor predicted), ROC AUC is the
     one-vs-rest mean over the classes present, ECE the top-label calibration error in
-    ``ece_bins`` equal-width confidence bins."""
+    ``ece_bins`` equal-width confidence bins. ``ranking=False`` leaves out ROC AUC and ECE,
+    the costly ones, where only the decisions matter (the paired differences)."""
     classes = probabilities.shape[1]
     predicted = probabilities.argmax(axis=1)
     truth = np.eye(classes)[labels]
@@ -66,18 +68,19 @@ def weighted_metrics(labels: np.ndarray, probabilities: np.ndarray, weights: np.
     f1 = np.where(f1_denominator > 0, _safe_divide(2 * hits, f1_denominator), 0.0)
     with np.errstate(invalid="ignore"):
         balanced = np.nanmean(np.where(support > 0, recall, np.nan), axis=1)
-    aucs = np.stack([_weighted_auc(labels == c, probabilities[:, c], weights) for c in range(classes)], axis=1)
-    with np.errstate(invalid="ignore"):
-        auc = np.nanmean(aucs, axis=1)
-    return {
-        "ece": _weighted_ece(probabilities.max(axis=1), correct, weights, ece_bins),
+    out = {
         "balanced_accuracy": balanced,
         "accuracy": _safe_divide(weights @ correct, weights.sum(axis=1)),
         "macro_f1": f1.mean(axis=1),
         "melanoma_recall": recall[:, melanoma],
-        "roc_auc_macro": auc,
         "recall": recall,
     }
+    if ranking:
+        aucs = np.stack([_weighted_auc(labels == c, probabilities[:, c], weights) for c in range(classes)], axis=1)
+        with np.errstate(invalid="ignore"):
+            out["roc_auc_macro"] = np.nanmean(aucs, axis=1)
+        out["ece"] = _weighted_ece(probabilities.max(axis=1), correct, weights, ece_bins)
+    return out
 
 
 def _weighted_ece(confidence: np.ndarray, correct: np.ndarray, weights: np.ndarray, bins: int) -> np.ndarray:
@@ -131,8 +134,8 @@ class Bootstrap:
         weights = resample_weights(groups, len(labels), resamples, seed)
         return cls(np.asarray(labels), weights, confidence, melanoma, "lesion" if groups is not None else "image", ece_bins)
 
-    def samples(self, probabilities: np.ndarray) -> dict[str, np.ndarray]:
-        return weighted_metrics(self.labels, probabilities, self.weights, self.melanoma, self.ece_bins)
+    def samples(self, probabilities: np.ndarray, ranking: bool = True) -> dict[str, np.ndarray]:
+        return weighted_metrics(self.labels, probabilities, self.weights, self.melanoma, self.ece_bins, ranking)
 
     def intervals(self, probabilities: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
         """``{"balanced_accuracy_ci": [low, high], ..., "recall_ci": {dx: [low, high]}}``."""
@@ -145,9 +148,9 @@ class Bootstrap:
         """For each of ``PAIRED_METRICS``: the observed difference (first - second), its
         interval over the same resamples, and whether the interval excludes 0."""
         ones = np.ones((1, len(self.labels)))
-        a, b = self.samples(first), self.samples(second)
-        point_a = weighted_metrics(self.labels, first, ones, self.melanoma)
-        point_b = weighted_metrics(self.labels, second, ones, self.melanoma)
+        a, b = self.samples(first, ranking=False), self.samples(second, ranking=False)
+        point_a = weighted_metrics(self.labels, first, ones, self.melanoma, ranking=False)
+        point_b = weighted_metrics(self.labels, second, ones, self.melanoma, ranking=False)
         result = {}
         for key in PAIRED_METRICS:
             low, high = interval(a[key] - b[key], self.confidence)
