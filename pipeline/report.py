@@ -35,6 +35,8 @@ def _results_table(metrics: dict[str, dict[str, Any]], names: list[str]) -> list
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key in HEADLINE:
         cells = [with_interval(metrics[name][key], metrics[name].get(f"{key}_ci")) for name in names]
+        if key == "ece":  # no interval (see pipeline.uncertainty.SE_METRICS): its standard error
+            cells = [f"{metrics[name][key]:.3f}" + (f" (se {metrics[name]['ece_se']:.3f})" if "ece_se" in metrics[name] else "") for name in names]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return lines
 
@@ -79,7 +81,8 @@ def comparison_report(metrics: dict[str, dict[str, Any]], classes: tuple[str, ..
         cells = [with_interval(metrics[name]["recall"][dx], (metrics[name].get("recall_ci") or {}).get(dx), 2) for name in names]
         label = f"{dx} (melanoma)" if dx == "mel" else dx
         lines.append(f"| {label} | {metrics[names[0]]['support'][dx] if names else ''} | " + " | ".join(cells) + " |")
-    lines += ["", "With 17-20 test images in a class, one image moves its recall by 0.05-0.06: read the intervals, not the digits."]
+    lines += ["", "One image changes a class's recall by 1 / its support (HAM10000's 17 `df` and 20 `vasc` test images: 0.05-0.06):",
+              "read the intervals, not the digits."]
     for name in names:
         if "weights" in metrics[name]:
             shares = ", ".join(f"{model} {weight:.2f}" for model, weight in metrics[name]["weights"].items())

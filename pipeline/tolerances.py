@@ -63,7 +63,10 @@ def _lookup(metrics: dict[str, Any], metric: str, suffix: str = "") -> Any:
 
 
 def bootstrap_se(metrics: dict[str, Any], metric: str, confidence: float) -> float | None:
-    """The standard error implied by the metric's published interval, or None without one."""
+    """The standard error implied by the metric's published interval (or stored as ``<metric>_se``), or None."""
+    se = _lookup(metrics, metric, "_se")
+    if isinstance(se, (int, float)) and math.isfinite(se):
+        return float(se)
     ci = _lookup(metrics, metric, "_ci")
     if not isinstance(ci, list) or len(ci) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in ci):
         return None
@@ -103,7 +106,7 @@ def derive(reference: dict[str, dict[str, Any]], spread: dict[str, dict[str, dic
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for model, metrics in reference.items():
         out[model] = {}
-        for metric in flatten({k: v for k, v in metrics.items() if not k.endswith("_ci")}):
+        for metric in flatten({k: v for k, v in metrics.items() if not k.endswith(("_ci", "_se"))}):
             if not rules.compares(metric):
                 continue
             sd, sd_source = seed_sd(spread, model, metrics, metric)

@@ -21,7 +21,10 @@ from typing import Any
 import numpy as np
 
 #: The metrics that get an interval (names as in ``classification_metrics``).
-INTERVAL_METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "melanoma_recall", "roc_auc_macro", "ece")
+INTERVAL_METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "melanoma_recall", "roc_auc_macro")
+#: The metrics that get only a bootstrap standard error: ECE is biased upwards on a resample
+#: (fewer distinct images per bin), so its percentile interval can miss the estimate itself.
+SE_METRICS = ("ece",)
 #: The metrics whose paired difference decides a winner.
 PAIRED_METRICS = ("balanced_accuracy", "melanoma_recall")
 
@@ -138,9 +141,10 @@ class Bootstrap:
         return weighted_metrics(self.labels, probabilities, self.weights, self.melanoma, self.ece_bins, ranking)
 
     def intervals(self, probabilities: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
-        """``{"balanced_accuracy_ci": [low, high], ..., "recall_ci": {dx: [low, high]}}``."""
+        """``{"balanced_accuracy_ci": [low, high], ..., "recall_ci": {dx: [low, high]}, "ece_se": s}``."""
         samples = self.samples(probabilities)
         out: dict[str, Any] = {f"{key}_ci": interval(samples[key], self.confidence) for key in INTERVAL_METRICS}
+        out.update({f"{key}_se": float(np.nanstd(samples[key], ddof=1)) for key in SE_METRICS})
         out["recall_ci"] = {dx: interval(samples["recall"][:, index], self.confidence) for index, dx in enumerate(classes)}
         return out
 

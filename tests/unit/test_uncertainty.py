@@ -51,6 +51,16 @@ def test_lesion_resampling_keeps_lesions_whole():
     assert (weights.sum(axis=1) != len(groups)).any(), "lesions of 3 images must change the image count"
 
 
+def test_intervals_hold_the_estimate_and_ece_gets_a_standard_error():
+    labels, probabilities = random_predictions(np.random.default_rng(6))
+    point = classification_metrics(labels, probabilities, CLASSES, 15)
+    out = Bootstrap.of(labels, None, 500, seed=0, confidence=0.95, melanoma=MEL).intervals(probabilities, CLASSES)
+    for key in ("balanced_accuracy", "accuracy", "macro_f1", "melanoma_recall", "roc_auc_macro"):
+        low, high = out[f"{key}_ci"]
+        assert low < point[key] < high, key
+    assert "ece_ci" not in out and 0 < out["ece_se"] < 0.05
+
+
 def test_resampling_is_seeded():
     assert (resample_weights(None, 50, 20, 7) == resample_weights(None, 50, 20, 7)).all()
     assert (resample_weights(None, 50, 20, 7) != resample_weights(None, 50, 20, 8)).any()
