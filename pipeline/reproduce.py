@@ -110,21 +110,37 @@ def rerun_pipeline(data_dir: str) -> None:
 
 
 def publish(metrics_file: Path, reference: Path, rules_file: Path, seeds_file: Path, paired_file: Path | None) -> Path:
-    """Store the fresh metrics and report as the reference, and the allowances derived for them."""
-    from pipeline.tolerances import derive, load_rules, seed_spread_for
-
-    metrics = read_json(metrics_file)
-    confidence = read_json(paired_file)["bootstrap"]["confidence"] if paired_file is not None and paired_file.is_file() else 0.95
-    spread = seed_spread_for(seeds_file, reference.stem)
-    allowances = derive(metrics, spread, load_rules(rules_file), confidence)
+    """Store the fresh metrics, report and paired comparisons as the reference, and the
+    allowances derived for them."""
     reference.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(metrics_file, reference)
     shutil.copyfile(pipeline_path("report"), reference.with_name(f"{reference.stem}_comparison.md"))
+    if paired_file is not None and paired_file.is_file():
+        shutil.copyfile(paired_file, paired_path(reference))
+    print(f"published {metrics_file} as {reference}")
+    return write_tolerances(reference, rules_file, seeds_file)
+
+
+def write_tolerances(reference: Path, rules_file: Path, seeds_file: Path) -> Path:
+    """Derive the allowances of the published ``reference`` from the seed spread and its
+    intervals (``<name>_tolerance.json``); rerun after ``make seeds`` adds seed runs."""
+    from pipeline.tolerances import derive, load_rules, seed_spread_for
+
+    if not reference.is_file():
+        raise PipelineError(f"no published metrics at {reference}; publish them first (make publish)")
+    paired = paired_path(reference)
+    confidence = read_json(paired)["bootstrap"]["confidence"] if paired.is_file() else 0.95
+    spread = seed_spread_for(seeds_file, reference.stem)
+    allowances = derive(read_json(reference), spread, load_rules(rules_file), confidence)
     tolerance_file = tolerance_path(reference)
     write_json(tolerance_file, {"rules": str(rules_file), "seeds": str(seeds_file) if spread else None, "models": allowances})
-    seeded = "the seed spread of " + str(seeds_file) if spread else f"no seed spread ({seeds_file} has no '{reference.stem}' table)"
-    print(f"published {metrics_file} as {reference}; allowances from {seeded} and the bootstrap intervals: {tolerance_file}")
+    source = f"the seed spread in {seeds_file}" if spread else f"no seed spread ({seeds_file} has no '{reference.stem}' table)"
+    print(f"allowed drifts from {source} and the bootstrap intervals: {tolerance_file}")
     return tolerance_file
+
+
+def paired_path(reference: Path) -> Path:
+    return reference.with_name(f"{reference.stem}_paired.json")
 
 
 def tolerance_path(reference: Path) -> Path:
@@ -136,13 +152,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data", required=True, help="data folder the pipeline runs on")
     parser.add_argument("--no-run", action="store_true", help="compare (or publish) the current metrics without rerunning")
     parser.add_argument("--publish", action="store_true", help="store the fresh metrics as the new reference, with derived tolerances")
+    parser.add_argument("--tolerances", action="store_true",
+                        help="only derive the published reference's tolerances again (after new seed runs)")
     parser.add_argument("--seeds", default=SEEDS_FILE, help=f"the seed-spread table for --publish (default {SEEDS_FILE})")
     parser.add_argument("--profile", help="a params profile copied to params.yaml before the run (profiles/demo.yaml, ...)")
     args = parser.parse_args(argv)
-    if args.profile and not args.no_run:
-        use_profile(Path(args.profile))
     metrics_file, published_dir = pipeline_path("test_metrics"), pipeline_path("published")
     reference = published_dir / f"{reference_name(args.data)}.json"
+    if args.tolerances:
+        write_tolerances(reference, published_dir / TOLERANCE_FILE_NAME, Path(args.seeds))
+        return
+    if args.profile and not args.no_run:
+        use_profile(Path(args.profile))
     if not args.no_run:
         rerun_pipeline(args.data)
     if args.publish:

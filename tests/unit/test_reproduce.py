@@ -115,6 +115,11 @@ def test_publish_writes_the_reference_and_its_allowances(tmp_path, monkeypatch, 
     assert allowances["balanced_accuracy"]["allowed"] == pytest.approx(2 * 0.08 / 3.919927969080108, abs=1e-6)
     assert json.loads((tmp_path / "published" / "demo.json").read_text()) == metrics
     assert (tmp_path / "published" / "demo_comparison.md").read_text() == "# report\n"
+    # More seed runs later: the allowances are derived again from the same reference.
+    seeds_file.write_text(json.dumps({"demo": {"spread": {"cnn_focal": {"accuracy": {"std": 0.02, "n": 5}}}}}))
+    reproduce.write_tolerances(tmp_path / "published" / "demo.json", rules, seeds_file)
+    again = json.loads(written.read_text())["models"]["cnn_focal"]["accuracy"]
+    assert again["allowed"] == pytest.approx(0.04) and "(5 seeds)" in again["rule"]
 
 
 def test_reference_name_and_repository_rules(repo_root):
