@@ -324,7 +324,8 @@ def fit_phases(model: keras.Model, phases: list[Phase], params: TrainParams, los
         if deadline is not None:
             callbacks.append(TimeLimit(deadline, epoch_offset))
         # shuffle=False: the input pipeline already reshuffles every epoch (seeded).
-        history = model.fit(train_dataset, epochs=phase.epochs, callbacks=callbacks, verbose=2, shuffle=False)
+        # verbose=0: the stage log has one line per epoch, ValidationMetrics' (with its timing).
+        history = model.fit(train_dataset, epochs=phase.epochs, callbacks=callbacks, verbose=0, shuffle=False)
         frame = pd.DataFrame(history.history)
         frame.insert(0, "epoch", np.asarray(history.epoch) + epoch_offset + 1)
         frame.insert(1, "phase", phase.name)

@@ -37,12 +37,15 @@ def test_a_tiny_training_run_lowers_the_loss(base_params):
     assert isinstance(model.optimizer, keras.optimizers.AdamW)
 
 
-def test_train_stage_saves_tracks_and_registers(tiny_artifacts, mlflow_store):
+def test_train_stage_saves_tracks_and_registers(tiny_artifacts, mlflow_store, capsys):
     import mlflow
 
     base, root = tiny_artifacts
     paths = dataclasses.replace(make_paths(root, "cnn_once"), source=root / "ham")
     summary = train_cnn_focal(base, tiny_cnn(), paths)
+    # One line per epoch in the stage log (the project's, with its timing); no Keras progress lines.
+    log = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in log if line.lower().startswith("epoch")] == ["epoch 1", "epoch 2", "epoch 3"]
 
     assert (paths.out_dir / MODEL_FILE).is_file()
     history = pd.read_csv(paths.out_dir / HISTORY_FILE)
@@ -66,6 +69,8 @@ def test_train_stage_saves_tracks_and_registers(tiny_artifacts, mlflow_store):
     champion = client.get_model_version_by_alias("tests-cnn", tracking.CHAMPION_ALIAS)
     assert str(champion.version) == summary["version"] == "1"
     assert read_json(paths.out_dir / RUN_FILE)["run_id"] == run.info.run_id
+    assert read_json(paths.out_dir / RUN_FILE)["smoke_run"] is False and run.data.tags["smoke_run"] == "false"
+    assert run.data.params["train_cnn_focal.seed"] == str(tiny_cnn().seed)
 
     reloaded = mlflow.keras.load_model("models:/tests-cnn@champion")
     images = np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3)).astype(np.float32)
@@ -94,6 +99,10 @@ def test_same_seed_same_weights_on_cpu(tiny_artifacts, mlflow_store):
         weights.append(load_model(paths.out_dir).get_weights())
     for first, second in zip(*weights):
         np.testing.assert_array_equal(first, second)
+    # Another training seed (the split and the data unchanged): another model.
+    other = make_paths(root, "cnn_determinism_other_seed")
+    train_cnn_focal(base, tiny_cnn(epochs=2, seed=tiny_cnn().seed + 1), other)
+    assert any((a != b).any() for a, b in zip(weights[0], load_model(other.out_dir).get_weights()))
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint(tiny_artifacts, mlflow_store, monkeypatch):
