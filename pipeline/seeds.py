@@ -86,6 +86,11 @@ def _records(show: Any):
     their metrics are whatever was committed."""
     for baseline in show if isinstance(show, list) else []:
         for group in (baseline or {}).get("experiments") or []:
+            # A queued or running experiment shows its baseline's committed metrics: not a result
+            # yet. Finished ones are "success" (queue) or have no executor (run in the workspace).
+            state = ((group or {}).get("executor") or {}).get("state", "success")
+            if state != "success":
+                continue
             for record in (group or {}).get("revs") or []:
                 if isinstance(record, dict) and not record.get("error"):
                     yield record

@@ -30,10 +30,13 @@ SHOW = [
      "experiments": [
         {"revs": [_record("a", 42, "/x/ham10000", 0.60, "2026-12-01T10:00:00")]},
         {"revs": [_record("b", 43, "/x/ham10000", 0.62, "2026-12-01T11:00:00")]},
-        {"revs": [_record("c", 44, "/x/ham10000", 0.64, "2026-12-01T12:00:00")]},
+        {"revs": [_record("c", 44, "/x/ham10000", 0.64, "2026-12-01T12:00:00")], "executor": {"state": "success"}},
         {"revs": [_record("a-old", 42, "/x/ham10000", 0.50, "2026-11-01T10:00:00")]},  # the same seed, older
         {"revs": [_record("d", 45, "data/demo", 0.9, "2026-12-01T12:00:00")]},          # another data set
         {"revs": [_record("e", 46, "/x/ham10000", 0.9, "2026-12-01T12:00:00", error={"msg": "failed"})]},
+        # still running: it shows the baseline's committed metrics
+        {"revs": [_record("f", 47, "/x/ham10000", 0.9, "2026-12-01T13:00:00")], "executor": {"state": "running"}},
+        {"revs": [_record("g", 48, "/x/ham10000", 0.9, "2026-12-01T13:00:00")], "executor": {"state": "queued"}},
     ]},
 ]
 
