@@ -184,6 +184,22 @@ def seeds_markdown(tables: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def merge_recorded(runs: list[SeedRun], recorded: list[dict[str, Any]], approaches: Sequence[str]) -> list[SeedRun]:
+    """``runs`` plus the runs an earlier report recorded (with their metrics) for seeds that
+    ``dvc exp show`` no longer lists: experiments are local git refs, so a fresh clone keeps
+    the earlier seeds only through ``reports/seeds.json``."""
+    seen = {tuple(run.seeds[a] for a in approaches) for run in runs}
+    merged = list(runs)
+    for entry in recorded:
+        seeds = {a: int(entry["seeds"][a]) for a in approaches if a in entry.get("seeds", {})}
+        metrics = entry.get("metrics") or {}
+        key = tuple(seeds.get(a) for a in approaches)
+        if len(seeds) == len(approaches) and all(a in metrics for a in approaches) and key not in seen:
+            merged.append(SeedRun(str(entry.get("name")), str(entry.get("data_dir", "")), seeds, metrics))
+            seen.add(key)
+    return sorted(merged, key=lambda run: tuple(run.seeds.values()))
+
+
 def report(data_dir: str, out_md: Path, out_json: Path, approaches: Sequence[str], minimum: int = 2) -> dict[str, Any]:
     """Read every experiment (``dvc exp show --json --all-commits``) and write the seed table of
     this data set into ``out_json`` (one entry per data set; the others are kept) and ``out_md``."""
@@ -193,15 +209,18 @@ def report(data_dir: str, out_md: Path, out_json: Path, approaches: Sequence[str
     show = json.loads(_dvc(["dvc", "exp", "show", "--json", "--all-commits"], capture=True) or "[]")
     name = data_name(Path(data_dir))
     runs = seed_runs(show, name, str(pipeline_path("test_metrics")), approaches)
-    if len(runs) < minimum:
+    recorded = ((read_json(out_json) if out_json.is_file() else {}).get(name) or {}).get("runs") or []
+    if len(merge_recorded(runs, recorded, approaches)) < minimum:
         raise PipelineError(
             f"{len(runs)} finished seed run(s) on {name}; at least {minimum} are needed "
             f"(queue them: python -m pipeline.seeds queue --data {data_dir} --seeds 42 43 44 --start)"
         )
     tables = read_json(out_json) if out_json.is_file() else {}
+    runs = merge_recorded(runs, (tables.get(name) or {}).get("runs") or [], approaches)
     tables[name] = {
-        "runs": [{"name": run.name, "seeds": run.seeds,
-                  "balanced_accuracy": {a: run.metrics[a]["balanced_accuracy"] for a in approaches}} for run in runs],
+        "runs": [{"name": run.name, "seeds": run.seeds, "data_dir": run.data_dir,
+                  "balanced_accuracy": {a: run.metrics[a]["balanced_accuracy"] for a in approaches},
+                  "metrics": {a: run.metrics[a] for a in approaches}} for run in runs],
         "spread": spread(runs, approaches),
     }
     write_json(out_json, tables)

@@ -93,3 +93,14 @@ dfa7a3b  gaunt-moit  11:04 PM   Queued
 0000000  old-one     10:00 AM   Failed
 """
     assert seeds.queue_states(status, ["oleic-boat", "gaunt-moit"]) == {"oleic-boat": "Running", "gaunt-moit": "Queued"}
+
+
+def test_runs_recorded_by_an_earlier_report_are_kept_when_their_experiments_are_gone():
+    runs = seeds.seed_runs(SHOW, "ham10000", "metrics/evaluate.json", ["cnn_focal", "effnet_lite0"])
+    recorded = [{"name": "old", "seeds": {"cnn_focal": 41, "effnet_lite0": 41}, "data_dir": "/x/ham10000",
+                 "metrics": {"cnn_focal": _metrics(0.58, 0.7), "effnet_lite0": _metrics(0.68, 0.8)}},
+                {"name": "a-again", "seeds": {"cnn_focal": 42, "effnet_lite0": 42}, "data_dir": "/x/ham10000",
+                 "metrics": {"cnn_focal": _metrics(0.1, 0.1), "effnet_lite0": _metrics(0.1, 0.1)}},  # exp show wins
+                {"name": "no-metrics", "seeds": {"cnn_focal": 40, "effnet_lite0": 40}}]
+    merged = seeds.merge_recorded(runs, recorded, ["cnn_focal", "effnet_lite0"])
+    assert [run.name for run in merged] == ["old", "a", "b", "c"]
