@@ -209,14 +209,13 @@ def report(data_dir: str, out_md: Path, out_json: Path, approaches: Sequence[str
     show = json.loads(_dvc(["dvc", "exp", "show", "--json", "--all-commits"], capture=True) or "[]")
     name = data_name(Path(data_dir))
     runs = seed_runs(show, name, str(pipeline_path("test_metrics")), approaches)
-    recorded = ((read_json(out_json) if out_json.is_file() else {}).get(name) or {}).get("runs") or []
-    if len(merge_recorded(runs, recorded, approaches)) < minimum:
+    tables = read_json(out_json) if out_json.is_file() else {}
+    runs = merge_recorded(runs, (tables.get(name) or {}).get("runs") or [], approaches)
+    if len(runs) < minimum:
         raise PipelineError(
             f"{len(runs)} finished seed run(s) on {name}; at least {minimum} are needed "
             f"(queue them: python -m pipeline.seeds queue --data {data_dir} --seeds 42 43 44 --start)"
         )
-    tables = read_json(out_json) if out_json.is_file() else {}
-    runs = merge_recorded(runs, (tables.get(name) or {}).get("runs") or [], approaches)
     tables[name] = {
         "runs": [{"name": run.name, "seeds": run.seeds, "data_dir": run.data_dir,
                   "balanced_accuracy": {a: run.metrics[a]["balanced_accuracy"] for a in approaches},
