@@ -65,13 +65,13 @@ $(STAMP): requirements.lock pyproject.toml
 	@touch $@
 
 server: venv
-	$(BIN)/python -m pipeline.server start --host $(HOST) --port $(PORT) --store $(STORE)
+	$(BIN)/python -m pipeline.services.mlflow_server start --host $(HOST) --port $(PORT) --store $(STORE)
 
 ui: $(if $(TEAM),venv,server)
 	@$(UI_HINT)
 
 stop-server: venv
-	$(BIN)/python -m pipeline.server stop --store $(STORE)
+	$(BIN)/python -m pipeline.services.mlflow_server stop --store $(STORE)
 
 # dvc exp run is dvc repro plus recording the run as an experiment; --set-param points ingest
 # at DATA, so `dvc exp show` compares demo and real-data runs.
@@ -82,7 +82,7 @@ run: $(if $(TEAM),venv,server)
 	$(TEAM_EXEC) $(BIN)/dvc exp run $(if $(TEAM),--pull) --set-param ingest.data_dir=$(DATA)
 	$(if $(TEAM),$(TEAM_EXEC) $(BIN)/dvc push)
 	@echo
-	@$(BIN)/python -m pipeline.evaluate
+	@$(BIN)/python -m pipeline.evaluation.evaluate
 	@echo
 	@echo "All metrics: dvc metrics show   report: reports/comparison.md   plots (offline): make plots"
 	@$(UI_HINT)
@@ -102,14 +102,14 @@ serve: $(if $(TEAM),venv,server)
 N ?= 3
 SEED0 ?= 42
 seeds: server
-	$(BIN)/python -m pipeline.seeds queue --data $(DATA) --profile profiles/$(PROFILE).yaml --seeds $$(seq $(SEED0) $$(( $(SEED0) + $(N) - 1 ))) --start
-	$(BIN)/python -m pipeline.seeds report --data $(DATA)
+	$(BIN)/python -m pipeline.reproduction.seeds queue --data $(DATA) --profile profiles/$(PROFILE).yaml --seeds $$(seq $(SEED0) $$(( $(SEED0) + $(N) - 1 ))) --start
+	$(BIN)/python -m pipeline.reproduction.seeds report --data $(DATA)
 
 reproduce: server
-	$(BIN)/python -m pipeline.reproduce --data $(DATA) --profile profiles/$(PROFILE).yaml
+	$(BIN)/python -m pipeline.reproduction.reproduce --data $(DATA) --profile profiles/$(PROFILE).yaml
 
 publish: server
-	$(BIN)/python -m pipeline.reproduce --data $(DATA) --profile profiles/$(PROFILE).yaml --publish
+	$(BIN)/python -m pipeline.reproduction.reproduce --data $(DATA) --profile profiles/$(PROFILE).yaml --publish
 
 # `dvc plots show` with the Vega scripts inlined from npm (vendor/vega): no CDN, works offline.
 VEGA := vendor/vega
@@ -117,20 +117,20 @@ PLOTS_TEMPLATE := $(VEGA)/offline.html
 $(VEGA)/node_modules/.package-lock.json: $(VEGA)/package.json $(VEGA)/package-lock.json
 	@command -v npm >/dev/null || { echo "error: npm (Node.js) is needed once to fetch the Vega scripts for offline plots" >&2; exit 1; }
 	cd $(VEGA) && npm ci --no-audit --no-fund --silent
-$(PLOTS_TEMPLATE): $(VEGA)/node_modules/.package-lock.json pipeline/plots.py | $(STAMP)
-	$(BIN)/python -m pipeline.plots --vendor $(VEGA)/node_modules --out $@
+$(PLOTS_TEMPLATE): $(VEGA)/node_modules/.package-lock.json pipeline/evaluation/plots.py | $(STAMP)
+	$(BIN)/python -m pipeline.evaluation.plots --vendor $(VEGA)/node_modules --out $@
 plots: $(PLOTS_TEMPLATE)
 	$(BIN)/dvc plots show --html-template $(abspath $(PLOTS_TEMPLATE))
 
 PACK ?= .device-data
 pack: venv
-	$(BIN)/python -m pipeline.pack --data $(DATA) --split $$($(BIN)/python -c "from pipeline.io import pipeline_path; print(pipeline_path('split'))") --out $(PACK)
+	$(BIN)/python -m pipeline.data.pack --data $(DATA) --split $$($(BIN)/python -c "from pipeline.io import pipeline_path; print(pipeline_path('split'))") --out $(PACK)
 
 import-run: venv
 	@test -n "$(BUNDLE)" || { echo "error: name the bundle: make import-run BUNDLE=<folder>" >&2; exit 2; }
-	$(BIN)/python -m pipeline.bundle check $(BUNDLE)
+	$(BIN)/python -m pipeline.tracking.bundle check $(BUNDLE)
 	@$(MAKE) --no-print-directory server
-	$(BIN)/python -m pipeline.bundle import $(if $(RESTORE),--restore) $(BUNDLE)
+	$(BIN)/python -m pipeline.tracking.bundle import $(if $(RESTORE),--restore) $(BUNDLE)
 
 team-up: venv
 	$(BIN)/python -m pipeline.team up $(TEAM_SERVERS)
@@ -151,7 +151,7 @@ bench: venv
 	$(BIN)/python -m benchmarks.run
 
 demo-data: venv
-	$(BIN)/python -m pipeline.demo_data data/demo
+	$(BIN)/python -m pipeline.data.demo_data data/demo
 
 clean-env:
 	rm -rf $(VENV)

@@ -29,11 +29,11 @@ def worker(params_path: Path, repeats: int, count: int) -> dict:
     """Runs inside a subprocess whose ``KERAS_BACKEND`` is set: the backend's figures."""
     import numpy as np
 
-    from pipeline.backend import configure
+    from pipeline.training.backend import configure
     from pipeline.config import CnnParams, load_params
-    from pipeline.datasets import make_dataset
-    from pipeline.models import build_cnn
-    from pipeline.train import build_loss, build_optimizer
+    from pipeline.data.datasets import make_dataset
+    from pipeline.models.builders import build_cnn
+    from pipeline.training.train import build_loss, build_optimizer
 
     base, params = load_params(params_path, "train_cnn_focal", CnnParams)
     devices = configure(base.seed)

@@ -13,14 +13,14 @@ from benchmarks.common import REAL_DATA, median_seconds
 
 def naive_decode(paths: list[Path], size: int) -> np.ndarray:
     """The baseline: one process, full-resolution decode, crop, resize."""
-    from pipeline.images import centre_crop_resize
+    from pipeline.data.images import centre_crop_resize
 
     return np.stack([centre_crop_resize(Image.open(path).convert("RGB"), size) for path in paths])
 
 
 def bench_ingest(repeats: int, work: Path) -> dict:
     """The ingest code path (parallel, JPEG draft) against a naive one-process PIL loop."""
-    from pipeline.ingest import decode_all
+    from pipeline.data.ingest import decode_all
 
     sets = {}
     if (REAL_DATA / "HAM10000_metadata.csv").is_file():

@@ -11,12 +11,12 @@ from benchmarks.common import REPO_ROOT, median_seconds
 
 
 def bench_predict(repeats: int, work: Path, batch_size: int) -> dict:
-    """images/s of pipeline.predict on a folder of 1,000 images, model loading excluded."""
+    """images/s of pipeline.serving.predict on a folder of 1,000 images, model loading excluded."""
     import keras
 
     from pipeline.config import CnnParams, load_params
-    from pipeline.models import build_cnn
-    from pipeline.predict import predict
+    from pipeline.models.builders import build_cnn
+    from pipeline.serving.predict import predict
 
     base, params = load_params(REPO_ROOT / "params.yaml", "train_cnn_focal", CnnParams)
     model_path = work / "model.keras"

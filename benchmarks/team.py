@@ -32,7 +32,7 @@ EPOCHS = 30
 
 def _logged_run(uri: str, model, images, round_: int) -> float:
     """Seconds of one training run's tracking traffic to ``uri``."""
-    from pipeline import tracking
+    from pipeline.tracking import mlflow_runs as tracking
 
     os.environ["MLFLOW_TRACKING_URI"] = uri
     recorder = tracking.MlflowRecorder()
@@ -51,9 +51,9 @@ def _logged_run(uri: str, model, images, round_: int) -> float:
 def bench_tracking(repeats: int, embedded: str, team: str) -> dict:
     import numpy as np
 
-    from pipeline.backend import configure
+    from pipeline.training.backend import configure
     from pipeline.config import CnnParams, load_params
-    from pipeline.models import build_cnn
+    from pipeline.models.builders import build_cnn
 
     base, params = load_params(REPO_ROOT / "profiles" / "demo.yaml", "train_cnn_focal", CnnParams)
     configure(base.seed)
@@ -106,7 +106,7 @@ def bench_dvc(work: Path, megabytes: int, client_env: Path) -> dict:
 
 
 def bench_team(repeats: int, megabytes: int) -> dict:
-    from pipeline import server
+    from pipeline.services import mlflow_server as server
     from pipeline.team import stack
     from pipeline.team.settings import TeamConfig
 

@@ -13,8 +13,8 @@ def bench_input_pipeline(repeats: int, params_path: Path) -> dict:
     import tensorflow as tf
 
     from pipeline.config import CnnParams, EffNetParams, load_params
-    from pipeline.datasets import make_dataset
-    from pipeline.models import build_cnn, build_effnetb7
+    from pipeline.data.datasets import make_dataset
+    from pipeline.models.builders import build_cnn, build_effnetb7
 
     results = {}
     base, cnn = load_params(params_path, "train_cnn_focal", CnnParams)
@@ -66,7 +66,7 @@ def bench_compute(repeats: int, params_path: Path) -> dict:
     import tensorflow as tf
 
     from pipeline.config import CnnParams, load_params
-    from pipeline.models import build_cnn
+    from pipeline.models.builders import build_cnn
 
     base, params = load_params(params_path, "train_cnn_focal", CnnParams)
     model = compiled(build_cnn(params, base.classes), params)

@@ -14,7 +14,7 @@ def bench_intervals(repeats: int, images: int = 1431, lesions: int = 1000, resam
     """Seconds for the intervals of four models (three and the ensemble) and their six paired
     comparisons on a test split the size of HAM10000's (1,431 images of about 1,000 lesions),
     plus the same on an external set of 1,512 images resampled one by one."""
-    from pipeline.uncertainty import Bootstrap, comparisons
+    from pipeline.evaluation.uncertainty import Bootstrap, comparisons
 
     classes = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
     rng = np.random.default_rng(0)

@@ -189,7 +189,7 @@ class EvaluateParams:
     # on the validation split (a grid of this step on the simplex), never on the test split.
     ensemble: bool = True
     ensemble_grid_step: float = _range(0.01, 0.5, default=0.1)
-    # 95% intervals of every test number: a bootstrap over whole lesions (pipeline.uncertainty).
+    # 95% intervals of every test number: a bootstrap over whole lesions (pipeline.evaluation.uncertainty).
     bootstrap_resamples: int = _range(100, 100_000, default=1000)
     bootstrap_seed: int = _range(0, default=0)
     confidence: float = _range(0.5, 0.999, default=0.95)

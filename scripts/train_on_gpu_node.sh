@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Train on a GPU node that has JAX (or PyTorch) but no TensorFlow, DVC or MLflow, and may
 # have no route to the tracking server. Runs dvc.yaml's stage commands with the GPU profile
-# (pipeline.stage_runner), records each training run as an offline bundle
-# (pipeline.bundle), and leaves the test split at home (pipeline.pack made PACK).
+# (pipeline.training.stage_runner), records each training run as an offline bundle
+# (pipeline.tracking.bundle), and leaves the test split at home (pipeline.data.pack made PACK).
 #
 #   PACK=.device-data RUNS=/tmp/runs scripts/train_on_gpu_node.sh train_cnn_focal train_effnet_lite0
 #
 # Stages named run side by side on the node's GPU (each gets a share of its memory), each
 # logging to RUNS/<stage>.log. Environment:
-#   PACK        what `python -m pipeline.pack` wrote (ham10000/ and split/)       [.device-data]
+#   PACK        what `python -m pipeline.data.pack` wrote (ham10000/ and split/)       [.device-data]
 #   RUNS        where bundles and logs go                                          [required]
 #   KERAS_BACKEND                                                                  [jax]
 #   PIPELINE_MAX_TRAIN_MINUTES   wall-clock budget per training stage (0: none)    [0]
@@ -26,15 +26,15 @@ PYTHON=${PYTHON:-python3}
 cp profiles/gpu.yaml params.yaml
 sets=(--set base.image_size=224 --set "ingest.data_dir=$PACK/ham10000")
 for item in ${SETS:-}; do sets+=(--set "$item"); done
-$PYTHON -m pipeline.stage_runner "${sets[@]}" ingest
+$PYTHON -m pipeline.training.stage_runner "${sets[@]}" ingest
 split_dir=$($PYTHON -c "from pipeline.io import pipeline_path; print(pipeline_path('split'))")
 mkdir -p "$split_dir" && cp "$PACK"/split/*.csv "$split_dir"/
-$PYTHON -m pipeline.stage_runner augment
+$PYTHON -m pipeline.training.stage_runner augment
 
 share=$(python3 -c "print(round(0.9 / $#, 2))")
 pids=()
 for stage in "$@"; do
-  XLA_PYTHON_CLIENT_MEM_FRACTION=$share $PYTHON -m pipeline.stage_runner "$stage" >"$RUNS/$stage.log" 2>&1 &
+  XLA_PYTHON_CLIENT_MEM_FRACTION=$share $PYTHON -m pipeline.training.stage_runner "$stage" >"$RUNS/$stage.log" 2>&1 &
   pids+=($!)
 done
 status=0

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from pipeline.config import EvaluateParams, data_name, data_source, load_params
 from pipeline.errors import PipelineError, run_cli
-from pipeline.evaluate import is_smoke_run, run_evaluation
-from pipeline.report import summary_table
+from pipeline.evaluation.evaluate import is_smoke_run, run_evaluation
+from pipeline.evaluation.report import summary_table
 
 
 def main(argv=None):

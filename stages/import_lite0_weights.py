@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from pipeline.errors import run_cli
-from pipeline.lite0 import WHEEL_SHA256, convert_weights, wheel_weights_path
+from pipeline.models.lite0 import WHEEL_SHA256, convert_weights, wheel_weights_path
 
 
 def main(argv=None):

@@ -5,7 +5,7 @@ import sys
 
 from pipeline.config import IngestParams, load_params
 from pipeline.errors import run_cli
-from pipeline.ingest import ingest
+from pipeline.data.ingest import ingest
 from pipeline.io import write_json
 
 

@@ -5,9 +5,9 @@ import sys
 
 from pipeline.config import SplitParams, load_params
 from pipeline.errors import run_cli
-from pipeline.ingest import load_ingested
+from pipeline.data.ingest import load_ingested
 from pipeline.io import write_json
-from pipeline.split import split_dataset, split_statistics, write_splits
+from pipeline.data.split import split_dataset, split_statistics, write_splits
 
 
 def main(argv=None):

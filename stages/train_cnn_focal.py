@@ -4,7 +4,7 @@ import sys
 
 from pipeline.config import CnnParams, load_params
 from pipeline.errors import run_cli
-from pipeline.train import outcome, train_cnn_focal, training_arguments
+from pipeline.training.train import outcome, train_cnn_focal, training_arguments
 
 
 def main(argv=None):

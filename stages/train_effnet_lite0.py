@@ -5,7 +5,7 @@ from pathlib import Path
 
 from pipeline.config import Lite0Params, load_params
 from pipeline.errors import run_cli
-from pipeline.train import outcome, train_effnet_lite0, training_arguments
+from pipeline.training.train import outcome, train_effnet_lite0, training_arguments
 
 
 def main(argv=None):

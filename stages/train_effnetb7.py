@@ -4,7 +4,7 @@ import sys
 
 from pipeline.config import EffNetParams, load_params
 from pipeline.errors import run_cli
-from pipeline.train import outcome, train_effnetb7, training_arguments
+from pipeline.training.train import outcome, train_effnetb7, training_arguments
 
 
 def main(argv=None):

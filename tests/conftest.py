@@ -33,7 +33,7 @@ def base_params() -> BaseParams:
 @pytest.fixture
 def tiny_ham(tmp_path: Path) -> Path:
     """A small synthetic data set in the official HAM10000 layout (all 7 classes)."""
-    from pipeline.demo_data import generate
+    from pipeline.data.demo_data import generate
 
     folder = tmp_path / "ham"
     generate(folder, total=150, minimum=12, width=40, height=30, seed=11)

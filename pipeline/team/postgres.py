@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import services
+from pipeline.services import detached as services
 from pipeline.errors import PipelineError
 
 ROLE = "mlflow"

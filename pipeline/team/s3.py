@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import services
+from pipeline.services import detached as services
 from pipeline.errors import PipelineError
 
 SERVICE = "s3"

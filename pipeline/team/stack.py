@@ -8,7 +8,8 @@ artifacts proxied so that clients need no bucket credentials. Everything on 127.
 
 from __future__ import annotations
 
-from pipeline import server, services
+from pipeline.services import mlflow_server as server
+from pipeline.services import detached as services
 from pipeline.errors import PipelineError
 from pipeline.team import postgres, s3
 from pipeline.team.settings import TeamConfig, new_password, read_env, write_env
@@ -68,7 +69,7 @@ def _start_s3(config: TeamConfig, secrets: dict[str, str], fresh_database: bool)
             "AWS_SECRET_ACCESS_KEY": keys["dvc"].secret,
             "AWS_DEFAULT_REGION": s3.REGION,
             # Artifacts through the server only, also for tools other than the pipeline's stages
-            # (which default to it, see pipeline.tracking): no presigned URLs to the bucket.
+            # (which default to it, see pipeline.tracking.mlflow_runs): no presigned URLs to the bucket.
             "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false",
             "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
         }, CLIENT_ENV_HEADER)

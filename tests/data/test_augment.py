@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.augment import augment_train, plan_copies
+from pipeline.data.augment import augment_train, plan_copies
 from pipeline.config import AugmentParams
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.datasets import make_dataset
+from pipeline.data.datasets import make_dataset
 from pipeline.errors import PipelineError
 
 

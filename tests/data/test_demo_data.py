@@ -5,8 +5,8 @@ import pandas as pd
 from PIL import Image
 
 from pipeline.config import HAM10000_CLASSES
-from pipeline.demo_data import class_counts, generate
-from pipeline.ingest import METADATA_FILE, locate_images, read_metadata
+from pipeline.data.demo_data import class_counts, generate
+from pipeline.data.ingest import METADATA_FILE, locate_images, read_metadata
 
 HAM_COLUMNS = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"]
 

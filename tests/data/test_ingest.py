@@ -12,7 +12,7 @@ from PIL import Image
 
 from pipeline.config import IngestParams
 from pipeline.errors import DataValidationError, PipelineError
-from pipeline.ingest import IMAGES_FILE, INDEX_FILE, METADATA_FILE, ingest, load_ingested
+from pipeline.data.ingest import IMAGES_FILE, INDEX_FILE, METADATA_FILE, ingest, load_ingested
 
 PARAMS = IngestParams(data_dir="unused", workers=2, jpeg_draft=True)
 

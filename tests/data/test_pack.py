@@ -7,9 +7,9 @@ import pytest
 
 from pipeline.config import BaseParams, HAM10000_CLASSES, IngestParams, SplitParams
 from pipeline.errors import PipelineError
-from pipeline.ingest import ingest, load_ingested
-from pipeline.pack import pack
-from pipeline.split import split_dataset, write_splits
+from pipeline.data.ingest import ingest, load_ingested
+from pipeline.data.pack import pack
+from pipeline.data.split import split_dataset, write_splits
 
 
 def test_pack_holds_train_and_val_and_ingests_to_the_same_images(tiny_ham, tmp_path):

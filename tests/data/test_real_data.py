@@ -3,8 +3,8 @@
 import pytest
 
 from pipeline.config import HAM10000_CLASSES, IngestParams, SplitParams
-from pipeline.ingest import ingest, load_ingested, locate_images, read_metadata
-from pipeline.split import SPLITS, split_dataset
+from pipeline.data.ingest import ingest, load_ingested, locate_images, read_metadata
+from pipeline.data.split import SPLITS, split_dataset
 
 pytestmark = pytest.mark.real_data
 

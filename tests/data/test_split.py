@@ -5,7 +5,7 @@ import pytest
 
 from pipeline.config import HAM10000_CLASSES, SplitParams
 from pipeline.errors import PipelineError
-from pipeline.split import SPLITS, split_dataset, split_statistics, verify_splits
+from pipeline.data.split import SPLITS, split_dataset, split_statistics, verify_splits
 
 PARAMS = SplitParams(test_fraction=0.2, val_fraction=0.2)
 

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from pipeline.config import AugmentParams, BaseParams, CnnParams, HAM10000_CLASSES, IngestParams, SplitParams
-from pipeline.train import TrainPaths
+from pipeline.training.train import TrainPaths
 
 TINY_CNN = CnnParams(
     input_size=32, epochs=3, batch_size=32, learning_rate=0.003, lr_schedule="cosine", warmup_epochs=1,
@@ -20,10 +20,10 @@ TINY_CNN = CnnParams(
 @pytest.fixture(scope="session")
 def tiny_artifacts(tmp_path_factory):
     """ingest + split + augment of a tiny synthetic HAM10000 folder, made once per session."""
-    from pipeline.augment import augment_train
-    from pipeline.demo_data import generate
-    from pipeline.ingest import ingest, load_ingested, select_images, write_atomically
-    from pipeline.split import split_dataset, write_splits
+    from pipeline.data.augment import augment_train
+    from pipeline.data.demo_data import generate
+    from pipeline.data.ingest import ingest, load_ingested, select_images, write_atomically
+    from pipeline.data.split import split_dataset, write_splits
 
     root = tmp_path_factory.mktemp("artifacts")
     generate(root / "ham", total=150, minimum=12, width=40, height=30, seed=11)

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.bundle import MANIFEST, MODEL, BundleError, import_bundle, read_bundle
+from pipeline.tracking.bundle import MANIFEST, MODEL, BundleError, import_bundle, read_bundle
 from pipeline.io import read_json
-from pipeline.train import RUN_FILE
+from pipeline.training.train import RUN_FILE
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -106,7 +106,7 @@ def test_jax_trains_the_stage_offline_without_tensorflow_or_mlflow(jax_offline_r
 def test_a_jax_trained_model_predicts_the_same_under_tensorflow(jax_offline_run, tiny_artifacts, repo_root):
     import keras
 
-    from pipeline.datasets import load_split_images
+    from pipeline.data.datasets import load_split_images
 
     base, root = tiny_artifacts
     out, bundle_dir, _ = jax_offline_run
@@ -134,7 +134,7 @@ def test_a_bundle_imports_into_a_real_server_with_its_whole_history(jax_offline_
     bundle_dir = tmp_path / original.name
     shutil.copytree(original, bundle_dir)
     port = free_port()
-    command = [sys.executable, "-m", "pipeline.server"]
+    command = [sys.executable, "-m", "pipeline.services.mlflow_server"]
     started = subprocess.run(command + ["start", "--port", str(port), "--store", str(tmp_path / "store")], capture_output=True, text=True, timeout=180)
     assert started.returncode == 0, started.stderr
     try:
@@ -211,7 +211,7 @@ def test_a_damaged_bundle_is_refused_in_one_line(jax_offline_run, tmp_path, dama
         read_bundle(bundle_dir)
     # The import command says it in one line, exit 1, before contacting any server.
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.bundle", "import", str(bundle_dir)], capture_output=True, text=True, cwd=repo_root,
+        [sys.executable, "-m", "pipeline.tracking.bundle", "import", str(bundle_dir)], capture_output=True, text=True, cwd=repo_root,
         env={**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}, timeout=300,
     )
     assert result.returncode == 1

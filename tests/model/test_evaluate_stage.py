@@ -3,9 +3,9 @@
 import pytest
 
 from pipeline.config import EvaluateParams
-from pipeline.evaluate import is_smoke_run, run_evaluation
+from pipeline.evaluation.evaluate import is_smoke_run, run_evaluation
 from pipeline.io import read_json
-from pipeline.train import RUN_FILE, train_cnn_focal
+from pipeline.training.train import RUN_FILE, train_cnn_focal
 from tests.model.conftest import make_paths, tiny_cnn
 
 pytestmark = pytest.mark.slow
@@ -121,7 +121,7 @@ def test_external_isic2018_test_set_is_scored_separately(tiny_artifacts, mlflow_
 
 def test_external_folder_errors_are_clear(tmp_path):
     from pipeline.errors import PipelineError
-    from pipeline.evaluate import load_isic2018_test
+    from pipeline.evaluation.evaluate import load_isic2018_test
 
     with pytest.raises(PipelineError, match="ground truth not found"):
         load_isic2018_test(tmp_path, ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"), 32)

@@ -10,9 +10,9 @@ import pytest
 
 from pipeline.config import Lite0Params
 from pipeline.io import read_json
-from pipeline.lite0 import KERAS_WEIGHTS_FILE, RECORD_FILE, WHEEL_SHA256, build_lite0, convert_weights, load_torch_weights, wheel_weights_path
-from pipeline.torch_weights import WeightsFileError, read_state_dict
-from pipeline.train import HISTORY_FILE, MODEL_FILE, train_effnet_lite0
+from pipeline.models.lite0 import KERAS_WEIGHTS_FILE, RECORD_FILE, WHEEL_SHA256, build_lite0, convert_weights, load_torch_weights, wheel_weights_path
+from pipeline.models.torch_weights import WeightsFileError, read_state_dict
+from pipeline.training.train import HISTORY_FILE, MODEL_FILE, train_effnet_lite0
 from tests.model.conftest import make_paths
 
 pytestmark = pytest.mark.slow
@@ -80,7 +80,7 @@ def test_the_stage_trains_head_then_whole_network_with_frozen_batch_norm(tiny_ar
     import mlflow
     import pandas as pd
 
-    from pipeline.inference import load_model
+    from pipeline.serving.inference import load_model
 
     base, root = tiny_artifacts
     folder, _ = converted_weights
@@ -105,7 +105,7 @@ def test_the_stage_trains_head_then_whole_network_with_frozen_batch_norm(tiny_ar
     assert summary["registered_model"] == "tests-lite0" and summary["champion"]
 
     # The predict CLI serves it like the other models, Grad-CAM through the nested backbone included.
-    from pipeline.predict import main as predict_main
+    from pipeline.serving.predict import main as predict_main
 
     photo = next((root / "ham" / "HAM10000_images_part_1").glob("*.jpg"))
     predict_main(["--model", str(paths.out_dir), "--explain", str(root / "lite0_gradcam"), str(photo)])

@@ -5,7 +5,7 @@ import pytest
 
 from pipeline.config import HAM10000_CLASSES, EffNetParams
 from pipeline.errors import PipelineError
-from pipeline.models import (
+from pipeline.models.builders import (
     EFFNETB7_WEIGHTS_FILE,
     build_cnn,
     build_effnetb7,
@@ -94,8 +94,8 @@ def test_effnetb7_stage_with_a_weights_file_in_keras_layout_runs_both_phases(tin
     import pandas as pd
     from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
 
-    from pipeline.inference import load_model
-    from pipeline.train import HISTORY_FILE, train_effnetb7
+    from pipeline.serving.inference import load_model
+    from pipeline.training.train import HISTORY_FILE, train_effnetb7
     from tests.model.conftest import make_paths
 
     source = keras.applications.EfficientNetB7(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.predict import main as predict_main
-from pipeline.train import MODEL_FILE, train_cnn_focal
+from pipeline.serving.predict import main as predict_main
+from pipeline.training.train import MODEL_FILE, train_cnn_focal
 from tests.model.conftest import make_paths, tiny_cnn
 
 pytestmark = pytest.mark.slow
@@ -115,7 +115,7 @@ def test_grad_cam_overlays_are_written(trained, images, tmp_path, capsys):
 
 def test_command_line_exit_status_and_one_line_error(trained, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.predict", "--model", str(tmp_path / "nope.keras"), str(tmp_path)],
+        [sys.executable, "-m", "pipeline.serving.predict", "--model", str(tmp_path / "nope.keras"), str(tmp_path)],
         capture_output=True, text=True,
     )
     assert result.returncode == 1

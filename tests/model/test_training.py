@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import tracking
-from pipeline.inference import load_model, predict_probabilities
+from pipeline.tracking import mlflow_runs as tracking
+from pipeline.serving.inference import load_model, predict_probabilities
 from pipeline.io import read_json
-from pipeline.models import build_cnn, model_class_names, model_input_size
-from pipeline.train import HISTORY_FILE, MODEL_FILE, RUN_FILE, EpochLogger, train_cnn_focal
+from pipeline.models.builders import build_cnn, model_class_names, model_input_size
+from pipeline.training.train import HISTORY_FILE, MODEL_FILE, RUN_FILE, EpochLogger, train_cnn_focal
 from tests.model.conftest import make_paths, tiny_cnn
 
 pytestmark = pytest.mark.slow
@@ -19,9 +19,9 @@ pytestmark = pytest.mark.slow
 def test_a_tiny_training_run_lowers_the_loss(base_params):
     import keras
 
-    from pipeline.datasets import make_dataset
-    from pipeline.backend import configure
-    from pipeline.train import build_loss, build_optimizer
+    from pipeline.data.datasets import make_dataset
+    from pipeline.training.backend import configure
+    from pipeline.training.train import build_loss, build_optimizer
 
     configure(base_params.seed)
     rng = np.random.default_rng(0)
@@ -146,7 +146,7 @@ def test_mlflow_down_fails_fast_before_training(tiny_artifacts, monkeypatch):
 def test_a_mixed_precision_model_is_saved_for_full_precision_inference(base_params, tmp_path):
     import keras
 
-    from pipeline.train import save_for_inference
+    from pipeline.training.train import save_for_inference
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
@@ -165,7 +165,7 @@ def test_a_diverged_run_fails_in_one_line_and_keeps_no_model(tiny_artifacts, mlf
     import keras
     import mlflow
 
-    from pipeline import train
+    from pipeline.training import train
     from pipeline.errors import PipelineError
 
     base, root = tiny_artifacts
@@ -179,7 +179,7 @@ def test_a_diverged_run_fails_in_one_line_and_keeps_no_model(tiny_artifacts, mlf
 
 
 def test_an_unknown_precision_is_refused(monkeypatch):
-    from pipeline.backend import configure
+    from pipeline.training.backend import configure
     from pipeline.errors import PipelineError
 
     monkeypatch.setenv("PIPELINE_PRECISION", "half")

@@ -170,7 +170,7 @@ def _rest(config: TeamConfig, path: str, **query: str) -> dict:
 def test_training_logs_to_postgres_and_s3_and_loads_by_alias_elsewhere(team, tiny_artifacts, monkeypatch):  # noqa: F811
     import mlflow
 
-    from pipeline.train import train_cnn_focal
+    from pipeline.training.train import train_cnn_focal
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", team.tracking_uri)
     monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")

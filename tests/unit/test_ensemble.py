@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.ensemble import choose_weights, combine, simplex_grid
+from pipeline.evaluation.ensemble import choose_weights, combine, simplex_grid
 from pipeline.errors import PipelineError
 
 

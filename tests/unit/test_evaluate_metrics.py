@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import HAM10000_CLASSES
-from pipeline.evaluate import classification_metrics, comparison_report, expected_calibration_error
+from pipeline.evaluation.evaluate import classification_metrics, comparison_report, expected_calibration_error
 
 
 def test_ece_on_a_hand_computed_example():
@@ -32,8 +32,8 @@ def test_metrics_of_a_known_confusion():
 
 
 def test_report_gives_intervals_and_names_a_winner_only_when_the_paired_interval_excludes_zero():
-    from pipeline.report import comparison_report
-    from pipeline.uncertainty import Bootstrap, comparisons
+    from pipeline.evaluation.report import comparison_report
+    from pipeline.evaluation.uncertainty import Bootstrap, comparisons
 
     classes = HAM10000_CLASSES
     labels = np.repeat(np.arange(7), 12)

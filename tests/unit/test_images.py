@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.images import ImageDecodeError, find_image_files, load_square_image
+from pipeline.data.images import ImageDecodeError, find_image_files, load_square_image
 
 
 def _save(path, mode, size, colour, fmt="JPEG"):

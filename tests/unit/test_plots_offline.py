@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.plots import build_template
+from pipeline.evaluation.plots import build_template
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from pipeline import seeds
+from pipeline.reproduction import seeds
 from pipeline.errors import PipelineError
 
 

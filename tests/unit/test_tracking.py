@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from pipeline import server, tracking
+from pipeline.services import mlflow_server as server
+from pipeline.tracking import mlflow_runs as tracking
 from pipeline.errors import TrackingError
 from tests.conftest import free_port
 
@@ -33,7 +34,7 @@ def test_fingerprint_depends_on_content(tmp_path):
 def test_server_starts_is_reused_and_stops(tmp_path):
     port = free_port()
     store = tmp_path / "store"
-    command = [sys.executable, "-m", "pipeline.server"]
+    command = [sys.executable, "-m", "pipeline.services.mlflow_server"]
     started = subprocess.run(command + ["start", "--port", str(port), "--store", str(store)], capture_output=True, text=True, timeout=180)
     try:
         assert started.returncode == 0, started.stderr

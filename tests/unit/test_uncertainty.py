@@ -1,10 +1,10 @@
-"""Bootstrap intervals, paired differences and McNemar's test (pipeline.uncertainty)."""
+"""Bootstrap intervals, paired differences and McNemar's test (pipeline.evaluation.uncertainty)."""
 
 import numpy as np
 import pytest
 
-from pipeline.evaluate import classification_metrics
-from pipeline.uncertainty import Bootstrap, comparisons, interval, mcnemar_exact, resample_weights, weighted_metrics
+from pipeline.evaluation.evaluate import classification_metrics
+from pipeline.evaluation.uncertainty import Bootstrap, comparisons, interval, mcnemar_exact, resample_weights, weighted_metrics
 
 CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 MEL = CLASSES.index("mel")

@@ -5,9 +5,9 @@ queue often has only Python and a deep-learning framework: there this runs the s
 commands, with the same paths (``vars`` of ``dvc.yaml``, written once) and ``params.yaml``
 values, in the order given. ``--set KEY=VALUE`` edits ``params.yaml`` first, like
 ``dvc exp run --set-param``. Nothing is cached or locked: bring the outputs (or the offline
-run bundles, see :mod:`pipeline.bundle`) back to a machine with DVC and MLflow.
+run bundles, see :mod:`pipeline.tracking.bundle`) back to a machine with DVC and MLflow.
 
-    python -m pipeline.stage_runner --set ingest.data_dir=/data/ham10000 ingest split augment train_cnn_focal
+    python -m pipeline.training.stage_runner --set ingest.data_dir=/data/ham10000 ingest split augment train_cnn_focal
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def set_params(params_file: Path, assignments: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.stage_runner", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.training.stage_runner", description=__doc__.split("\n\n")[0])
     parser.add_argument("stages", nargs="+", help="stage names of dvc.yaml, run in this order")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE", help="edit params.yaml first")
     parser.add_argument("--dvc-file", default="dvc.yaml")

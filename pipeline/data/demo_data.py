@@ -7,7 +7,7 @@ images per lesion (so a split must group by lesion_id), the metadata columns of
 border and texture, with noise, so a model can learn it but not trivially.
 Its metrics mean nothing medically.
 
-Regenerate with ``python -m pipeline.demo_data data/demo`` (the committed copy was made so).
+Regenerate with ``python -m pipeline.data.demo_data data/demo`` (the committed copy was made so).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pandas as pd
 from PIL import Image
 
 from pipeline.config import HAM10000_CLASSES
-from pipeline.ingest import METADATA_FILE
+from pipeline.data.ingest import METADATA_FILE
 
 #: Image counts per class in the real HAM10000 (10,015 images).
 HAM10000_COUNTS = {"nv": 6705, "mel": 1113, "bkl": 1099, "bcc": 514, "akiec": 327, "vasc": 142, "df": 115}

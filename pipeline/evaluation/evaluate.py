@@ -3,8 +3,8 @@
 Outputs: one metrics JSON (``{"cnn_focal": {...}, "effnetb7": {...}, "effnet_lite0": {...},
 "ensemble": {...}}``, every headline number with its 95% interval, e.g.
 ``"balanced_accuracy_ci": [0.62, 0.70]``) and the paired comparisons of the approaches
-(:mod:`pipeline.uncertainty`) for ``dvc metrics``, plot data and PNGs for ``dvc plots`` and
-MLflow, and a Markdown comparison report (:mod:`pipeline.report`). The test split is used here
+(:mod:`pipeline.evaluation.uncertainty`) for ``dvc metrics``, plot data and PNGs for ``dvc plots`` and
+MLflow, and a Markdown comparison report (:mod:`pipeline.evaluation.report`). The test split is used here
 only; model selection and the ensemble's weights used the validation split. Smoke runs are
 scored and listed, never compared and never in the ensemble.
 """
@@ -30,8 +30,8 @@ from sklearn.metrics import (
 from pipeline.config import EvaluateParams
 from pipeline.errors import PipelineError
 from pipeline.io import read_json, write_json
-from pipeline.report import comparison_report, summary_table
-from pipeline.uncertainty import Bootstrap, comparisons
+from pipeline.evaluation.report import comparison_report, summary_table
+from pipeline.evaluation.uncertainty import Bootstrap, comparisons
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,8 @@ def draw_figures(scored: Scored, classes: tuple[str, ...], out_dir: Path) -> lis
 
 def evaluate_models(models: dict[str, Any], images_by_size: Any, labels: np.ndarray, classes: tuple[str, ...], params: EvaluateParams) -> tuple[dict[str, dict[str, Any]], list[Scored]]:
     """Score each model; ``images_by_size(size)`` gives the test images at a model's input size."""
-    from pipeline.inference import predict_probabilities
-    from pipeline.models import model_class_names, model_input_size
+    from pipeline.serving.inference import predict_probabilities
+    from pipeline.models.builders import model_class_names, model_input_size
 
     results, scored_models = {}, []
     for name, model in models.items():
@@ -173,7 +173,7 @@ def load_isic2018_test(folder: Path, classes: tuple[str, ...], size: int) -> tup
     import os
 
     from pipeline.errors import DataValidationError
-    from pipeline.ingest import decode_all
+    from pipeline.data.ingest import decode_all
 
     truth_path = folder / ISIC2018_TRUTH
     if not truth_path.is_file():
@@ -216,7 +216,7 @@ def mlflow_metrics(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
 def is_smoke_run(model_dir: Path) -> bool:
     """Whether the training stage that made ``model_dir`` was declared a smoke run (its
     ``mlflow_run.json`` says so; older folders without the key are not)."""
-    from pipeline.train import RUN_FILE
+    from pipeline.training.train import RUN_FILE
 
     record = model_dir / RUN_FILE
     return bool(read_json(record).get("smoke_run", False)) if record.is_file() else False
@@ -225,8 +225,8 @@ def is_smoke_run(model_dir: Path) -> bool:
 def log_to_mlflow(name: str, model_dir: Path | None, metrics: dict[str, Any], artifacts: list[Path], prefix: str = "test", data: str = "unknown") -> str:
     """Log test metrics and plots to the model's training run (or a new run if it is gone or,
     like the ensemble's, there is none)."""
-    from pipeline import tracking
-    from pipeline.train import RUN_FILE
+    from pipeline.tracking import mlflow_runs as tracking
+    from pipeline.training.train import RUN_FILE
 
     flat = mlflow_metrics(metrics, prefix)
     record_file = model_dir / RUN_FILE if model_dir is not None else None
@@ -270,11 +270,11 @@ def run_evaluation(
     ensemble (its validation weights) are also scored on that ISIC 2018 Task 3 test folder, into
     ``external_metrics_file`` (``{"skipped": ...}`` is written when it is unset).
     """
-    from pipeline import tracking
-    from pipeline.datasets import label_indices, resize_images
-    from pipeline.inference import load_model
-    from pipeline.ingest import load_ingested, select_images
-    from pipeline.split import read_split
+    from pipeline.tracking import mlflow_runs as tracking
+    from pipeline.data.datasets import label_indices, resize_images
+    from pipeline.serving.inference import load_model
+    from pipeline.data.ingest import load_ingested, select_images
+    from pipeline.data.split import read_split
 
     tracking.connect(experiment)
     images, index = load_ingested(ingested)
@@ -320,7 +320,7 @@ def run_evaluation(
                 models, lambda size: resize_images(external_images, size), external_labels, classes, params
             )
             if ensemble is not None:
-                from pipeline.ensemble import combine
+                from pipeline.evaluation.ensemble import combine
 
                 probabilities = combine([item.probabilities for item in external_scored], list(ensemble.weights.values()))
                 external[ensemble.name] = {**classification_metrics(external_labels, probabilities, classes, params.ece_bins),
@@ -375,7 +375,7 @@ class Ensemble:
 def ensemble_of(test: list[Scored], val: list[Scored], step: float, all_models: list[str] | None = None) -> Ensemble:
     """Weights chosen on the validation predictions, applied to the test predictions. The
     models of ``all_models`` that are not members (smoke runs) are listed with weight 0."""
-    from pipeline.ensemble import choose_weights, combine
+    from pipeline.evaluation.ensemble import choose_weights, combine
 
     weights, val_score = choose_weights([item.probabilities for item in val], val[0].labels, step)
     chosen = {item.name: round(float(w), 6) for item, w in zip(test, weights)}

@@ -35,7 +35,7 @@ def _results_table(metrics: dict[str, dict[str, Any]], names: list[str]) -> list
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key in HEADLINE:
         cells = [with_interval(metrics[name][key], metrics[name].get(f"{key}_ci")) for name in names]
-        if key == "ece":  # no interval (see pipeline.uncertainty.SE_METRICS): its standard error
+        if key == "ece":  # no interval (see pipeline.evaluation.uncertainty.SE_METRICS): its standard error
             cells = [f"{metrics[name][key]:.3f}" + (f" (se {metrics[name]['ece_se']:.3f})" if "ece_se" in metrics[name] else "") for name in names]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return lines

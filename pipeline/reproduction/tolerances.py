@@ -4,7 +4,7 @@ Two things move a number when the pipeline is run again: the training itself (an
 or another CPU whose kernels round differently, grows into a different model over the epochs)
 and, for any claim about the population, the test set's own sampling noise. Both are
 measured here: the first as the standard deviation over training seeds (``reports/seeds.json``,
-written by :mod:`pipeline.seeds`), the second as the bootstrap standard error of the published
+written by :mod:`pipeline.reproduction.seeds`), the second as the bootstrap standard error of the published
 number (its 95% interval's width / (2 x 1.96)). The allowed drift of each compared metric is
 
     allowed = factor x max(seed standard deviation, bootstrap standard error), at least floor

@@ -3,7 +3,7 @@
 A GPU node often has no route to the tracking server (and no mlflow installed). With
 ``PIPELINE_OFFLINE_RUNS=<folder>`` a training stage records its run there instead of to
 MLflow, without importing mlflow: params, tags, every metric with its step and time, the
-model file, the history and the stage's metrics JSON. ``python -m pipeline.bundle import
+model file, the history and the stage's metrics JSON. ``python -m pipeline.tracking.bundle import
 <bundle>`` (``make import-run BUNDLE=...``) later logs it to the server as a normal run of the
 same experiment: same per-epoch history, model registered with the usual aliases, tags
 saying where and on what device it trained. This is MLflow's counterpart of other trackers'
@@ -244,9 +244,9 @@ def import_bundle(folder: str | Path, restore: bool = False) -> dict[str, Any]:
 
     import keras
 
-    from pipeline import tracking
+    from pipeline.tracking import mlflow_runs as tracking
     from pipeline.io import write_json
-    from pipeline.train import HISTORY_FILE, MODEL_FILE, RUN_FILE
+    from pipeline.training.train import HISTORY_FILE, MODEL_FILE, RUN_FILE
 
     manifest = bundle.manifest
     tracking.connect(manifest["experiment_name"])
@@ -276,7 +276,7 @@ def import_bundle(folder: str | Path, restore: bool = False) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.bundle", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tracking.bundle", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="validate bundles without logging them")
     check.add_argument("bundles", nargs="+")

@@ -1,12 +1,12 @@
 """Training shared by ``train_cnn_focal``, ``train_effnetb7`` and ``train_effnet_lite0``.
 
 One stage is one MLflow run (or, with ``PIPELINE_OFFLINE_RUNS`` set, one offline bundle that
-``python -m pipeline.bundle import`` logs later): params, per-epoch metrics (loss, accuracy, and the validation
+``python -m pipeline.tracking.bundle import`` logs later): params, per-epoch metrics (loss, accuracy, and the validation
 balanced accuracy / macro-F1 / melanoma recall that model selection uses), the model with a
 signature, registered with aliases. The best epoch by ``monitor`` (never plain accuracy) is
 what gets saved. Every epoch leaves a checkpoint, so an interrupted stage resumes where it
 stopped when rerun with the same params and data. Any Keras 3 backend trains
-(``KERAS_BACKEND``; see :mod:`pipeline.backend`).
+(``KERAS_BACKEND``; see :mod:`pipeline.training.backend`).
 """
 
 from __future__ import annotations
@@ -26,14 +26,15 @@ import pandas as pd
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 from sklearn.utils.class_weight import compute_class_weight
 
-from pipeline import backend, tracking
+from pipeline.training import backend
+from pipeline.tracking import mlflow_runs as tracking
 from pipeline.config import (
     BaseParams, CnnParams, EffNetParams, Lite0Params, TrainParams, TransferParams, as_flat_dict, data_name, data_source,
 )
-from pipeline.datasets import LabelledImages, load_augmented_images, load_split_images, make_dataset, subsample
+from pipeline.data.datasets import LabelledImages, load_augmented_images, load_split_images, make_dataset, subsample
 from pipeline.errors import PipelineError, TrackingError
 from pipeline.io import read_json, write_json
-from pipeline.models import build_cnn, build_effnet_lite0, build_effnetb7, unfreeze_top_layers
+from pipeline.models.builders import build_cnn, build_effnet_lite0, build_effnetb7, unfreeze_top_layers
 
 MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.csv"
@@ -426,7 +427,7 @@ def run_training(
 def outcome(summary: dict[str, Any]) -> str:
     """Where the run went, for the stage's last line."""
     if summary.get("offline_bundle"):
-        return f"recorded offline in {summary['offline_bundle']} (log it: python -m pipeline.bundle import <that folder>)"
+        return f"recorded offline in {summary['offline_bundle']} (log it: python -m pipeline.tracking.bundle import <that folder>)"
     return f"registered {summary['registered_model']} v{summary['version']}"
 
 

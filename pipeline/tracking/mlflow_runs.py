@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import TrackingError, redact
-from pipeline.server import NOT_REACHABLE, unavailable
+from pipeline.services.mlflow_server import NOT_REACHABLE, unavailable
 
 DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
 #: Alias moved to every newly registered version, and to the best one by validation score.
@@ -223,7 +223,7 @@ def find_run_by_tag(key: str, value: str) -> str | None:
 
 
 def import_run(manifest: Mapping[str, Any], history: list[Any], tags: Mapping[str, str], model: Any) -> dict[str, Any]:
-    """Log an offline bundle's run (see :mod:`pipeline.bundle`) as a normal run: its params,
+    """Log an offline bundle's run (see :mod:`pipeline.tracking.bundle`) as a normal run: its params,
     its whole metric history with the original steps and times, the model (registered, aliases
     moved as for any run), then ``offline_bundle_id``, set last so that an import that fails
     half-way is retried rather than taken as done."""
@@ -263,7 +263,7 @@ def import_run(manifest: Mapping[str, Any], history: list[Any], tags: Mapping[st
 
 class MlflowRecorder:
     """Records a training run to the MLflow tracking server (the default; see
-    :class:`pipeline.bundle.OfflineRecorder` for the offline counterpart)."""
+    :class:`pipeline.tracking.bundle.OfflineRecorder` for the offline counterpart)."""
 
     def describe(self) -> str:
         return f"MLflow at {tracking_uri()}"
@@ -298,7 +298,7 @@ class MlflowRecorder:
 def recorder() -> Any:
     """Where a training stage records its run: MLflow, or an offline bundle folder when
     ``PIPELINE_OFFLINE_RUNS`` is set (then mlflow is never imported)."""
-    from pipeline.bundle import OfflineRecorder, offline_dir
+    from pipeline.tracking.bundle import OfflineRecorder, offline_dir
 
     folder = offline_dir()
     return OfflineRecorder(folder) if folder is not None else MlflowRecorder()

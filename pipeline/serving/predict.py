@@ -1,7 +1,7 @@
 """Classify images with a trained or registered model, outside the pipeline.
 
-    python -m pipeline.predict --model models/cnn_focal/model.keras photo.jpg folder/
-    python -m pipeline.predict --model models:/ham10000-cnn-focal@champion folder/ --output out.csv
+    python -m pipeline.serving.predict --model models/cnn_focal/model.keras photo.jpg folder/
+    python -m pipeline.serving.predict --model models:/ham10000-cnn-focal@champion folder/ --output out.csv
     ham10000-predict --model models/cnn_focal --tta --explain gradcam/ folder/
 
 Images of any size get exactly the training preprocessing: the largest centred square,
@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.errors import PipelineError, run_cli
-from pipeline.images import ImageDecodeError, find_image_files, load_square_image
+from pipeline.data.images import ImageDecodeError, find_image_files, load_square_image
 
 
 def _decode(path: Path, source_size: int) -> np.ndarray | str:
@@ -126,9 +126,9 @@ def predict(
     explain_dir: Path | None = None,
 ) -> Iterator[dict | str]:
     """Yield one result dict per image, or an error string per unreadable file."""
-    from pipeline.datasets import resize_images
-    from pipeline.inference import load_model, predict_probabilities
-    from pipeline.models import model_class_names, model_input_size, model_source_size
+    from pipeline.data.datasets import resize_images
+    from pipeline.serving.inference import load_model, predict_probabilities
+    from pipeline.models.builders import model_class_names, model_input_size, model_source_size
 
     model = load_model(model_reference)
     classes = model_class_names(model)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from pipeline.config import BaseParams, IngestParams
 from pipeline.errors import DataValidationError, PipelineError
-from pipeline.images import IMAGE_SUFFIXES, ImageDecodeError, load_square_image
+from pipeline.data.images import IMAGE_SUFFIXES, ImageDecodeError, load_square_image
 
 METADATA_FILE = "HAM10000_metadata.csv"
 IMAGE_FOLDERS = ("HAM10000_images_part_1", "HAM10000_images_part_2", "images", ".")

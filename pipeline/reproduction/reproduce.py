@@ -1,15 +1,15 @@
 """Reproduce the published metrics: rerun the pipeline from scratch and compare.
 
-    python -m pipeline.reproduce --data ../shared/ham10000            # rerun + compare
-    python -m pipeline.reproduce --data ../shared/ham10000 --no-run   # compare only
-    python -m pipeline.reproduce --data ../shared/ham10000 --publish  # rerun + store as reference
+    python -m pipeline.reproduction.reproduce --data ../shared/ham10000            # rerun + compare
+    python -m pipeline.reproduction.reproduce --data ../shared/ham10000 --no-run   # compare only
+    python -m pipeline.reproduction.reproduce --data ../shared/ham10000 --publish  # rerun + store as reference
 
 The reference for a data folder is ``<published>/<folder name>.json`` (``demo.json`` for
 ``data/demo``, ``ham10000.json`` for a HAM10000 copy; ``<published>`` is ``vars.paths.published``
 of dvc.yaml, ``metrics/published``). The allowed drift of every compared metric is in
 ``<published>/<folder name>_tolerance.json``, which ``--publish`` derives from the measured
 training-seed spread and the bootstrap intervals by the rules of ``<published>/tolerance.yaml``
-(:mod:`pipeline.tolerances`). The comparison prints a table of every compared number with the
+(:mod:`pipeline.reproduction.tolerances`). The comparison prints a table of every compared number with the
 rule that bound its allowance, and exits 1 on a drift beyond it.
 """
 
@@ -27,10 +27,10 @@ from typing import Any
 
 from pipeline.errors import PipelineError, run_cli
 from pipeline.io import pipeline_path, read_json, write_json
-from pipeline.tolerances import flatten
+from pipeline.reproduction.tolerances import flatten
 
 TOLERANCE_FILE_NAME = "tolerance.yaml"
-#: The seed-spread table (``python -m pipeline.seeds report``), one entry per data set.
+#: The seed-spread table (``python -m pipeline.reproduction.seeds report``), one entry per data set.
 SEEDS_FILE = "reports/seeds.json"
 
 
@@ -124,7 +124,7 @@ def publish(metrics_file: Path, reference: Path, rules_file: Path, seeds_file: P
 def write_tolerances(reference: Path, rules_file: Path, seeds_file: Path) -> Path:
     """Derive the allowances of the published ``reference`` from the seed spread and its
     intervals (``<name>_tolerance.json``); rerun after ``make seeds`` adds seed runs."""
-    from pipeline.tolerances import derive, load_rules, seed_spread_for
+    from pipeline.reproduction.tolerances import derive, load_rules, seed_spread_for
 
     if not reference.is_file():
         raise PipelineError(f"no published metrics at {reference}; publish them first (make publish)")

@@ -168,7 +168,7 @@ def build_effnet_lite0(
     params: Lite0Params, classes: tuple[str, ...], source_size: int | None = None, weights_dir: Path | None = None
 ) -> tuple[keras.Model, keras.Model]:
     """EfficientNet-Lite0 backbone (ImageNet weights from the import stage's ``weights_dir``) plus a new head."""
-    from pipeline.lite0 import build_lite0_backbone
+    from pipeline.models.lite0 import build_lite0_backbone
 
     pretrained = params.weights == "imagenet"
     if pretrained and weights_dir is None:

@@ -6,9 +6,9 @@ DVC's own experiment queue: the split, the augmented images and the test images 
 (``base.seed``), while each queued experiment sets a different training seed
 (``<stage>.seed``) for the approaches under study::
 
-    python -m pipeline.seeds queue --data ../shared/ham10000 --seeds 42 43 44   # dvc exp run --queue -S ...
+    python -m pipeline.reproduction.seeds queue --data ../shared/ham10000 --seeds 42 43 44   # dvc exp run --queue -S ...
     dvc queue start                                                              # or: --start
-    python -m pipeline.seeds report --data ../shared/ham10000                  # reports/seeds.md + .json
+    python -m pipeline.reproduction.seeds report --data ../shared/ham10000                  # reports/seeds.md + .json
 
 ``report`` reads ``dvc exp show --json`` (every experiment of the repository that ran on that
 data set with the approaches' seeds set) and writes the mean and standard deviation of every
@@ -161,8 +161,8 @@ def seeds_markdown(tables: dict[str, dict[str, Any]]) -> str:
         "",
         "Each approach trained several times with another training seed (`<stage>.seed`); the split, the augmented",
         "images and the test images are the same in every run (`base.seed`). Test-split metrics: mean ± sample standard",
-        "deviation over the seeds [min, max]. Written by `python -m pipeline.seeds report` from `dvc exp show --json`;",
-        "`make publish` derives the reproduction tolerances from these standard deviations (pipeline/tolerances.py).",
+        "deviation over the seeds [min, max]. Written by `python -m pipeline.reproduction.seeds report` from `dvc exp show --json`;",
+        "`make publish` derives the reproduction tolerances from these standard deviations (pipeline/reproduction/tolerances.py).",
     ]
     for data, entry in tables.items():
         table, runs = entry["spread"], entry["runs"]
@@ -214,7 +214,7 @@ def report(data_dir: str, out_md: Path, out_json: Path, approaches: Sequence[str
     if len(runs) < minimum:
         raise PipelineError(
             f"{len(runs)} finished seed run(s) on {name}; at least {minimum} are needed "
-            f"(queue them: python -m pipeline.seeds queue --data {data_dir} --seeds 42 43 44 --start)"
+            f"(queue them: python -m pipeline.reproduction.seeds queue --data {data_dir} --seeds 42 43 44 --start)"
         )
     tables[name] = {
         "runs": [{"name": run.name, "seeds": run.seeds, "data_dir": run.data_dir,
@@ -246,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     approaches = args.approach or list(SEEDED_STAGES)
     if args.command == "queue":
         if args.profile:
-            from pipeline.reproduce import use_profile
+            from pipeline.reproduction.reproduce import use_profile
 
             use_profile(Path(args.profile))
         names = []

@@ -6,7 +6,7 @@ at the versions pinned in ``vendor/vega/package.json`` / ``package-lock.json`` (
 as minified blobs) and this module inlines them into a template for DVC's ``--html-template``:
 the page then needs no network at all.
 
-    python -m pipeline.plots --vendor vendor/vega/node_modules --out vendor/vega/offline.html
+    python -m pipeline.evaluation.plots --vendor vendor/vega/node_modules --out vendor/vega/offline.html
     dvc plots show --html-template vendor/vega/offline.html
 """
 
@@ -48,7 +48,7 @@ def build_template(node_modules: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.plots", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluation.plots", description=__doc__.split("\n\n")[0])
     parser.add_argument("--vendor", required=True, help="node_modules with vega, vega-lite and vega-embed")
     parser.add_argument("--out", required=True, help="template file to write")
     args = parser.parse_args(argv)

@@ -10,7 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipeline.datasets import make_dataset
+from pipeline.data.datasets import make_dataset
 from pipeline.errors import PipelineError
 
 MODEL_FILE = "model.keras"
@@ -23,7 +23,7 @@ def load_model(reference: str | Path) -> keras.Model:
     """
     reference = str(reference)
     if reference.startswith(("models:/", "runs:/")):
-        from pipeline import tracking
+        from pipeline.tracking import mlflow_runs as tracking
 
         tracking.connect_for_loading()
         try:

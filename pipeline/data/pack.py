@@ -5,7 +5,7 @@ uploads) needs the training and validation images, their metadata rows and the s
 that the ``split`` stage made here. The test images stay on this machine: the model is
 evaluated here, by the usual ``evaluate`` stage, on the split it never saw.
 
-    python -m pipeline.pack --data ../shared/ham10000 --split data/split --out .device-data
+    python -m pipeline.data.pack --data ../shared/ham10000 --split data/split --out .device-data
 
 writes ``<out>/ham10000/`` (official layout: ``HAM10000_metadata.csv`` with the train and
 val rows, the JPEGs in their original part folders) and ``<out>/split/{train,val}.csv``.
@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.errors import PipelineError, run_cli
-from pipeline.ingest import METADATA_FILE, locate_images
+from pipeline.data.ingest import METADATA_FILE, locate_images
 
 SPLITS = ("train", "val")
 
@@ -56,7 +56,7 @@ def pack(data_dir: Path, split_dir: Path, out_dir: Path) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.pack", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.data.pack", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="the HAM10000 folder the split was made from")
     parser.add_argument("--split", required=True, help="the split stage's output folder")
     parser.add_argument("--out", required=True, help="folder to write (replaced if it exists)")
