@@ -216,7 +216,7 @@ def mlflow_metrics(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
 def is_smoke_run(model_dir: Path) -> bool:
     """Whether the training stage that made ``model_dir`` was declared a smoke run (its
     ``mlflow_run.json`` says so; older folders without the key are not)."""
-    from pipeline.training.train import RUN_FILE
+    from pipeline.tracking.recorder import RUN_FILE
 
     record = model_dir / RUN_FILE
     return bool(read_json(record).get("smoke_run", False)) if record.is_file() else False
@@ -226,7 +226,8 @@ def log_to_mlflow(name: str, model_dir: Path | None, metrics: dict[str, Any], ar
     """Log test metrics and plots to the model's training run (or a new run if it is gone or,
     like the ensemble's, there is none)."""
     from pipeline.tracking import mlflow_runs as tracking
-    from pipeline.training.train import RUN_FILE
+    from pipeline.tracking.provenance import git_commit
+    from pipeline.tracking.recorder import RUN_FILE
 
     flat = mlflow_metrics(metrics, prefix)
     record_file = model_dir / RUN_FILE if model_dir is not None else None
@@ -237,7 +238,7 @@ def log_to_mlflow(name: str, model_dir: Path | None, metrics: dict[str, Any], ar
         return run_id
     # No training run on this server (the ensemble; or a store that was reset): one evaluation
     # run per model, data set and commit, found again by its tag, so reruns do not pile up runs.
-    commit = tracking.git_commit()
+    commit = git_commit()
     key = f"{name}|{data}|{commit}"
     tags = {"stage": "evaluate", "model": name, "approach": name, "git_commit": commit, "evaluation_key": key}
     with tracking.run(f"{name}-{data}", tags, tracking.find_run_by_tag("evaluation_key", key)) as active:

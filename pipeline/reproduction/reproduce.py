@@ -8,7 +8,7 @@ The reference for a data folder is ``<published>/<folder name>.json`` (``demo.js
 ``data/demo``, ``ham10000.json`` for a HAM10000 copy; ``<published>`` is ``vars.paths.published``
 of dvc.yaml, ``metrics/published``). The allowed drift of every compared metric is in
 ``<published>/<folder name>_tolerance.json``, which ``--publish`` derives from the measured
-training-seed spread and the bootstrap intervals by the rules of ``<published>/tolerance.yaml``
+training-seed spread, the bootstrap intervals and the binomial standard errors by the rules of ``<published>/tolerance.yaml``
 (:mod:`pipeline.reproduction.tolerances`). The comparison prints a table of every compared number with the
 rule that bound its allowance, and exits 1 on a drift beyond it.
 """
@@ -135,7 +135,7 @@ def write_tolerances(reference: Path, rules_file: Path, seeds_file: Path) -> Pat
     tolerance_file = tolerance_path(reference)
     write_json(tolerance_file, {"rules": str(rules_file), "seeds": str(seeds_file) if spread else None, "models": allowances})
     source = f"the seed spread in {seeds_file}" if spread else f"no seed spread ({seeds_file} has no '{reference.stem}' table)"
-    print(f"allowed drifts from {source} and the bootstrap intervals: {tolerance_file}")
+    print(f"allowed drifts from {source}, the bootstrap intervals and the binomial standard errors: {tolerance_file}")
     return tolerance_file
 
 

@@ -5,9 +5,14 @@ or another CPU whose kernels round differently, grows into a different model ove
 and, for any claim about the population, the test set's own sampling noise. Both are
 measured here: the first as the standard deviation over training seeds (``reports/seeds.json``,
 written by :mod:`pipeline.reproduction.seeds`), the second as the bootstrap standard error of the published
-number (its 95% interval's width / (2 x 1.96)). The allowed drift of each compared metric is
+number (its 95% interval's width / (2 x 1.96)). A bootstrap cannot see the noise of a
+proportion that sits at 0 or 1 (a class whose 2 test images are both right resamples to 1.0
+every time: standard error 0, yet one image flipping on another CPU moves it by 0.5), so a
+proportion over a known count (a class recall over its support, accuracy over the images) also
+gets its Agresti-Coull binomial standard error, which adds two successes and two failures and
+never collapses to zero. The allowed drift of each compared metric is
 
-    allowed = factor x max(seed standard deviation, bootstrap standard error), at least floor
+    allowed = factor x max(seed sd, bootstrap se, binomial se), at least floor
 
 with ``factor``, ``floor`` and the compared metrics in ``metrics/published/tolerance.yaml``,
 the one place that scales them all. ``make publish`` writes the result beside the reference
@@ -73,6 +78,22 @@ def bootstrap_se(metrics: dict[str, Any], metric: str, confidence: float) -> flo
     return (ci[1] - ci[0]) / (2 * NormalDist().inv_cdf(0.5 + confidence / 2))
 
 
+def binomial_se(metrics: dict[str, Any], metric: str) -> tuple[float, int] | None:
+    """The Agresti-Coull standard error of a proportion metric and its count, or None for a
+    metric that is no proportion over a known count (macro-F1, ROC AUC, ECE, balanced accuracy).
+
+    ``recall.<class>`` counts that class's support, ``melanoma_recall`` the melanomas',
+    ``accuracy`` the images; a proportion p of n is taken as (p n + 2) / (n + 4) over n + 4."""
+    group, _, dx = metric.partition(".")
+    support = metrics.get("support") or {}
+    count = {"recall": support.get(dx), "melanoma_recall": support.get("mel"), "accuracy": metrics.get("images")}.get(group)
+    value = _lookup(metrics, metric)
+    if not isinstance(count, (int, float)) or count <= 0 or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    shrunk = (value * count + 2) / (count + 4)
+    return math.sqrt(shrunk * (1 - shrunk) / (count + 4)), int(count)
+
+
 def seed_sd(spread: dict[str, dict[str, dict[str, float]]], model: str, metrics: dict[str, Any], metric: str) -> tuple[float | None, str]:
     """The training-seed standard deviation of ``metric`` for ``model`` and where it came from.
     An ensemble has none of its own: it takes the largest of its weighted members'."""
@@ -101,8 +122,8 @@ def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
 
 def derive(reference: dict[str, dict[str, Any]], spread: dict[str, dict[str, dict[str, float]]], rules: Rules,
            confidence: float = 0.95) -> dict[str, dict[str, dict[str, Any]]]:
-    """``{model: {metric: {"allowed", "rule", "seed_sd", "bootstrap_se"}}}`` for every compared
-    number of every published model."""
+    """``{model: {metric: {"allowed", "rule", "seed_sd", "bootstrap_se", "binomial_se"}}}`` for
+    every compared number of every published model."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for model, metrics in reference.items():
         out[model] = {}
@@ -114,10 +135,14 @@ def derive(reference: dict[str, dict[str, Any]], spread: dict[str, dict[str, dic
             candidates = [(rules.factor * sd, f"{rules.factor:g} x {sd_source} {sd:.4f}")] if sd is not None else []
             if se is not None:
                 candidates.append((rules.factor * se, f"{rules.factor:g} x bootstrap se {se:.4f}"))
+            binomial = binomial_se(metrics, metric)
+            if binomial is not None:
+                candidates.append((rules.factor * binomial[0], f"{rules.factor:g} x binomial se {binomial[0]:.4f} (n={binomial[1]})"))
             allowed, rule = max(candidates) if candidates else (rules.floor, "floor (nothing measured)")
             if allowed < rules.floor:
                 allowed, rule = rules.floor, f"floor {rules.floor:g}"
-            out[model][metric] = {"allowed": round(allowed, 6), "rule": rule, "seed_sd": sd, "bootstrap_se": se}
+            out[model][metric] = {"allowed": round(allowed, 6), "rule": rule, "seed_sd": sd, "bootstrap_se": se,
+                                   "binomial_se": binomial[0] if binomial else None}
     return out
 
 

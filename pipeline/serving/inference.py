@@ -12,8 +12,7 @@ import numpy as np
 
 from pipeline.data.datasets import make_dataset
 from pipeline.errors import PipelineError
-
-MODEL_FILE = "model.keras"
+from pipeline.tracking.recorder import MODEL_FILE
 
 
 def load_model(reference: str | Path) -> keras.Model:

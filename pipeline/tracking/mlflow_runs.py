@@ -8,11 +8,8 @@ not a training run. Request retries and timeouts are bounded so nothing hangs.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import socket
-import subprocess
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -96,31 +93,6 @@ def connect_for_loading() -> str:
 
     mlflow.set_tracking_uri(uri)
     return uri
-
-
-def git_commit() -> str:
-    """The current git commit (with ``-dirty`` when the tree has changes), or ``unknown``.
-
-    ``$PIPELINE_GIT_COMMIT`` gives it where the code runs from a copy without ``.git`` (a GPU node).
-    """
-    if os.environ.get("PIPELINE_GIT_COMMIT"):
-        return os.environ["PIPELINE_GIT_COMMIT"]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty.strip() else "")
-
-
-def fingerprint(*parts: Any, files: tuple[str | Path, ...] = ()) -> str:
-    """A short sha256 of JSON-serialisable ``parts`` and the bytes of ``files``."""
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
-    for path in files:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 @contextmanager
@@ -261,9 +233,9 @@ def import_run(manifest: Mapping[str, Any], history: list[Any], tags: Mapping[st
     return {"run_id": run_id, **registered}
 
 
-class MlflowRecorder:
+class MlflowRecorder:  # implements pipeline.tracking.recorder.Recorder
     """Records a training run to the MLflow tracking server (the default; see
-    :class:`pipeline.tracking.bundle.OfflineRecorder` for the offline counterpart)."""
+    :class:`pipeline.tracking.offline.OfflineRecorder` for the offline counterpart)."""
 
     def describe(self) -> str:
         return f"MLflow at {tracking_uri()}"
@@ -293,15 +265,6 @@ class MlflowRecorder:
 
         run_id = mlflow.active_run().info.run_id
         return {"run_id": run_id, "tracking_uri": tracking_uri(), **log_and_register_model(model, sample_images, registered_name, score)}
-
-
-def recorder() -> Any:
-    """Where a training stage records its run: MLflow, or an offline bundle folder when
-    ``PIPELINE_OFFLINE_RUNS`` is set (then mlflow is never imported)."""
-    from pipeline.tracking.bundle import OfflineRecorder, offline_dir
-
-    folder = offline_dir()
-    return OfflineRecorder(folder) if folder is not None else MlflowRecorder()
 
 
 def _is_better_than_champion(client: Any, name: str, score: float) -> bool:

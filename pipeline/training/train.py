@@ -27,7 +27,9 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 from sklearn.utils.class_weight import compute_class_weight
 
 from pipeline.training import backend
-from pipeline.tracking import mlflow_runs as tracking
+from pipeline.tracking.choose import open_recorder
+from pipeline.tracking.provenance import fingerprint, git_commit
+from pipeline.tracking.recorder import HISTORY_FILE, MODEL_FILE, RUN_FILE, Recorder
 from pipeline.config import (
     BaseParams, CnnParams, EffNetParams, Lite0Params, TrainParams, TransferParams, as_flat_dict, data_name, data_source,
 )
@@ -36,9 +38,6 @@ from pipeline.errors import PipelineError, TrackingError
 from pipeline.io import read_json, write_json
 from pipeline.models.builders import build_cnn, build_effnet_lite0, build_effnetb7, unfreeze_top_layers
 
-MODEL_FILE = "model.keras"
-HISTORY_FILE = "history.csv"
-RUN_FILE = "mlflow_run.json"
 #: Optional wall-clock budget of a training stage, in minutes (e.g. a GPU job's time slot).
 TIME_LIMIT_ENV = "PIPELINE_MAX_TRAIN_MINUTES"
 
@@ -235,7 +234,7 @@ class EpochLogger(keras.callbacks.Callback):
     logging raises, after the model file is saved.
     """
 
-    def __init__(self, recorder: Any, epoch_offset: int):
+    def __init__(self, recorder: Recorder, epoch_offset: int):
         super().__init__()
         self.recorder = recorder
         self.epoch_offset = epoch_offset
@@ -271,13 +270,13 @@ class RunState:
     params_hash: str
 
 
-def resume_state(stage: str, base: BaseParams, params: TrainParams, paths: TrainPaths, recorder: Any) -> RunState:
+def resume_state(stage: str, base: BaseParams, params: TrainParams, paths: TrainPaths, recorder: Recorder) -> RunState:
     """The checkpoint folder of these params and data, and the run to resume if it still exists."""
     input_files = [paths.split / "train.csv", paths.split / "val.csv"]
     if params.use_augmented:
         input_files.append(paths.augmented / "index.csv")
-    data_hash = tracking.fingerprint(files=tuple(input_files))
-    params_hash = tracking.fingerprint(as_flat_dict(base, "base"), as_flat_dict(params, stage))
+    data_hash = fingerprint(files=tuple(input_files))
+    params_hash = fingerprint(as_flat_dict(base, "base"), as_flat_dict(params, stage))
     checkpoint_dir = paths.checkpoints / f"{stage}-{params_hash}-{data_hash}"
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     resume_file = checkpoint_dir / RUN_FILE
@@ -291,7 +290,7 @@ def resume_state(stage: str, base: BaseParams, params: TrainParams, paths: Train
 
 def fit_phases(model: keras.Model, phases: list[Phase], params: TrainParams, loss: keras.losses.Loss, devices: backend.Devices,
                train_dataset: Any, val: LabelledImages, val_dataset: Any, classes: tuple[str, ...], state_dir: Path,
-               recorder: Any, train_images: int, deadline: float | None = None) -> list[pd.DataFrame]:
+               recorder: Recorder, train_images: int, deadline: float | None = None) -> list[pd.DataFrame]:
     """Run each phase's ``fit``; a phase finished before an interruption is not redone, and
     none starts after the ``deadline``."""
     steps_per_epoch = int(np.ceil(train_images / params.batch_size))
@@ -344,7 +343,7 @@ def run_training(
     build: Callable[[], tuple[keras.Model, list[Phase]]],
 ) -> dict[str, Any]:
     """Train, select the best epoch, save the model locally, then log and register it."""
-    recorder = tracking.recorder()
+    recorder = open_recorder()
     recorder.connect(base.experiment_name)  # fail fast, before any work, if MLflow is down
     deadline = time_limit_deadline()
     devices = backend.configure(params.seed)
@@ -365,7 +364,7 @@ def run_training(
     tags = {
         "stage": stage,
         "approach": stage.removeprefix("train_"),
-        "git_commit": tracking.git_commit(),
+        "git_commit": git_commit(),
         "data_hash": state.data_hash,
         "params_hash": state.params_hash,
         "device": devices.label,

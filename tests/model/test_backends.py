@@ -20,7 +20,7 @@ import pytest
 
 from pipeline.tracking.bundle import MANIFEST, MODEL, BundleError, import_bundle, read_bundle
 from pipeline.io import read_json
-from pipeline.training.train import RUN_FILE
+from pipeline.tracking.recorder import RUN_FILE
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow

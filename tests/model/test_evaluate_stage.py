@@ -5,7 +5,8 @@ import pytest
 from pipeline.config import EvaluateParams
 from pipeline.evaluation.evaluate import is_smoke_run, run_evaluation
 from pipeline.io import read_json
-from pipeline.training.train import RUN_FILE, train_cnn_focal
+from pipeline.tracking.recorder import RUN_FILE
+from pipeline.training.train import train_cnn_focal
 from tests.model.conftest import make_paths, tiny_cnn
 
 pytestmark = pytest.mark.slow

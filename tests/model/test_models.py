@@ -95,7 +95,8 @@ def test_effnetb7_stage_with_a_weights_file_in_keras_layout_runs_both_phases(tin
     from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
 
     from pipeline.serving.inference import load_model
-    from pipeline.training.train import HISTORY_FILE, train_effnetb7
+    from pipeline.tracking.recorder import HISTORY_FILE
+    from pipeline.training.train import train_effnetb7
     from tests.model.conftest import make_paths
 
     source = keras.applications.EfficientNetB7(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")

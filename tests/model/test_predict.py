@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from pipeline.serving.predict import main as predict_main
-from pipeline.training.train import MODEL_FILE, train_cnn_focal
+from pipeline.tracking.recorder import MODEL_FILE
+from pipeline.training.train import train_cnn_focal
 from tests.model.conftest import make_paths, tiny_cnn
 
 pytestmark = pytest.mark.slow

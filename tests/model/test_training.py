@@ -10,7 +10,8 @@ from pipeline.tracking import mlflow_runs as tracking
 from pipeline.serving.inference import load_model, predict_probabilities
 from pipeline.io import read_json
 from pipeline.models.builders import build_cnn, model_class_names, model_input_size
-from pipeline.training.train import HISTORY_FILE, MODEL_FILE, RUN_FILE, EpochLogger, train_cnn_focal
+from pipeline.tracking.recorder import HISTORY_FILE, MODEL_FILE, RUN_FILE
+from pipeline.training.train import EpochLogger, train_cnn_focal
 from tests.model.conftest import make_paths, tiny_cnn
 
 pytestmark = pytest.mark.slow

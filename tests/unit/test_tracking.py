@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.services import mlflow_server as server
 from pipeline.tracking import mlflow_runs as tracking
+from pipeline.tracking import provenance
 from pipeline.errors import TrackingError
 from tests.conftest import free_port
 
@@ -23,11 +24,11 @@ def test_connect_fails_fast_with_a_fix_when_nothing_listens(monkeypatch):
 def test_fingerprint_depends_on_content(tmp_path):
     path = tmp_path / "a.csv"
     path.write_text("x")
-    first = tracking.fingerprint({"a": 1}, files=(path,))
-    assert first == tracking.fingerprint({"a": 1}, files=(path,)) and len(first) == 16
+    first = provenance.fingerprint({"a": 1}, files=(path,))
+    assert first == provenance.fingerprint({"a": 1}, files=(path,)) and len(first) == 16
     path.write_text("y")
-    assert tracking.fingerprint({"a": 1}, files=(path,)) != first
-    assert tracking.fingerprint({"a": 2}) != tracking.fingerprint({"a": 1})
+    assert provenance.fingerprint({"a": 1}, files=(path,)) != first
+    assert provenance.fingerprint({"a": 2}) != provenance.fingerprint({"a": 1})
 
 
 @pytest.mark.slow
