@@ -100,6 +100,7 @@ def make_dataset(
     seed: int = 0,
     random_flip: bool = False,
     random_rotate90: bool = False,
+    multiple_of: int = 1,
 ):
     """Batches of float32 0..255 images (+ one-hot labels) for ``fit`` / ``predict``.
 
@@ -107,26 +108,41 @@ def make_dataset(
     both axes and rotated by 90 degrees: dermoscopy has no canonical orientation, so the
     eight symmetries of the square are free extra data. A ``tf.data`` pipeline on the
     TensorFlow backend, an :class:`ArrayBatches` elsewhere.
+
+    ``multiple_of`` is the number of devices a batch is split across (JAX's data parallelism
+    needs every batch divisible by it; TensorFlow's strategy splits uneven batches itself):
+    see :class:`ArrayBatches`.
     """
     if random_rotate90 and images.shape[1] != images.shape[2]:
         raise PipelineError(f"random_rotate90 needs square images, got {images.shape[1]}x{images.shape[2]}")
     if keras.backend.backend() == "tensorflow":
         return _tf_dataset(images, labels, num_classes, batch_size, training, seed, random_flip, random_rotate90)
-    return ArrayBatches(images, labels, num_classes, batch_size, training, seed, random_flip, random_rotate90)
+    return ArrayBatches(images, labels, num_classes, batch_size, training, seed, random_flip, random_rotate90, multiple_of)
 
 
 class ArrayBatches(keras.utils.PyDataset):
     """In-memory batches for every backend: a seeded permutation per epoch, then per-image
     flips / transposes drawn from a generator seeded by (seed, epoch, batch), so a batch's
-    content depends on neither thread timing nor ``workers``."""
+    content depends on neither thread timing nor ``workers``.
 
-    def __init__(self, images, labels, num_classes, batch_size, training=False, seed=0, random_flip=False, random_rotate90=False):
+    Split across ``multiple_of`` devices, every batch must divide evenly: an epoch's last,
+    partial training batch is cut down to a multiple (at most ``multiple_of - 1`` images sit
+    out that epoch, other ones each epoch as the order is reshuffled), and a prediction batch is
+    padded by repeating its last image (the caller keeps the first ``len(images)`` outputs).
+    """
+
+    def __init__(self, images, labels, num_classes, batch_size, training=False, seed=0, random_flip=False, random_rotate90=False,
+                 multiple_of=1):
+        if multiple_of < 1 or batch_size % multiple_of:
+            raise PipelineError(f"batch_size {batch_size} cannot be split evenly across {multiple_of} devices: "
+                                f"make it a multiple of {multiple_of}")
         # Threads (numpy copies release the GIL): enough to feed a GPU from in-memory arrays.
         super().__init__(workers=min(8, os.cpu_count() or 1), use_multiprocessing=False, max_queue_size=16)
         self.images, self.labels = images, labels
         self.num_classes, self.batch_size = num_classes, batch_size
         self.training, self.seed = training, seed
         self.random_flip, self.random_rotate90 = random_flip, random_rotate90
+        self.multiple_of = multiple_of
         self.epoch = 0
         self.order = self._order()
 
@@ -136,10 +152,18 @@ class ArrayBatches(keras.utils.PyDataset):
         return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.images))
 
     def __len__(self) -> int:
-        return int(np.ceil(len(self.images) / self.batch_size))
+        if not self.training:
+            return int(np.ceil(len(self.images) / self.batch_size))
+        full, rest = divmod(len(self.images), self.batch_size)
+        return full + (rest >= self.multiple_of)
 
     def __getitem__(self, index: int):
         chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        uneven = len(chosen) % self.multiple_of
+        if uneven and self.training:
+            chosen = chosen[: len(chosen) - uneven]
+        elif uneven:
+            chosen = np.concatenate([chosen, np.repeat(chosen[-1:], self.multiple_of - uneven)])
         batch = self.images[chosen].astype(np.float32)
         if self.training and (self.random_flip or self.random_rotate90):
             draws = np.random.default_rng([self.seed, self.epoch, index]).random((3, len(chosen))) < 0.5

@@ -173,7 +173,8 @@ class ValidationMetrics(keras.callbacks.Callback):
                 f"(precision {keras.mixed_precision.global_policy().name}); no model is kept. "
                 "Try PIPELINE_PRECISION=float32 or a lower learning rate"
             )
-        probabilities = self.model.predict(self.dataset, verbose=0)
+        # (On several devices the last batch may be padded: keep one output per image.)
+        probabilities = self.model.predict(self.dataset, verbose=0)[: len(self.labels)]
         predicted = probabilities.argmax(axis=1)
         labels = np.arange(self.one_hot.shape[1])
         metrics = {
@@ -358,9 +359,9 @@ def run_training(
 
     train_dataset = make_dataset(
         train.images, train.labels, num_classes, params.batch_size, training=True, seed=params.seed,
-        random_flip=params.random_flip, random_rotate90=params.random_rotate90,
+        random_flip=params.random_flip, random_rotate90=params.random_rotate90, multiple_of=devices.replicas,
     )
-    val_dataset = make_dataset(val.images, None, num_classes, params.batch_size)
+    val_dataset = make_dataset(val.images, None, num_classes, params.batch_size, multiple_of=devices.replicas)
     tags = {
         "stage": stage,
         "approach": stage.removeprefix("train_"),
@@ -393,6 +394,7 @@ def run_training(
             )
         with devices.scope():
             model, phases = build()
+            devices.adapt(model)
         loss = build_loss(params, alpha)
         history_frames = fit_phases(model, phases, params, loss, devices, train_dataset, val, val_dataset, base.classes,
                                     state.checkpoint_dir, recorder, len(train), deadline)
@@ -434,20 +436,23 @@ def save_for_inference(model: keras.Model, path: Path) -> None:
     """Save the architecture and weights only (the optimizer state would triple the file), in
     float32: a model trained in mixed precision on a GPU must predict in full precision on a
     CPU (its variables are float32 already; only the layers' compute policy changes)."""
-    clean = keras.Model.from_config(_full_precision(model.get_config()))
+    clean = keras.Model.from_config(_portable(model.get_config()))
     clean.set_weights(model.get_weights())
     clean.save(path)
 
 
-def _full_precision(config: Any) -> Any:
-    """``config`` with every mixed-precision dtype policy replaced by float32."""
+def _portable(config: Any) -> Any:
+    """``config`` with every mixed-precision dtype policy replaced by float32 and BatchNorm's
+    TensorFlow-only ``synchronized`` (set for several devices) switched off."""
     if isinstance(config, list):
-        return [_full_precision(item) for item in config]
+        return [_portable(item) for item in config]
     if not isinstance(config, dict):
         return config
     if config.get("class_name") == "DTypePolicy" and str(config.get("config", {}).get("name", "")).startswith("mixed_"):
         return {**config, "config": {**config["config"], "name": "float32"}}
-    return {key: _full_precision(value) for key, value in config.items()}
+    if config.get("class_name") == "BatchNormalization" and config.get("config", {}).get("synchronized"):
+        return {**config, "config": {**config["config"], "synchronized": False}}
+    return {key: _portable(value) for key, value in config.items()}
 
 
 def train_cnn_focal(base: BaseParams, params: CnnParams, paths: TrainPaths) -> dict[str, Any]:
