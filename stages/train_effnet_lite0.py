@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import Lite0Params, load_params
-from pipeline.errors import run_cli
+from pipeline.training.cluster import run_stage
 from pipeline.training.train import outcome, train_effnet_lite0, training_arguments
 
 
@@ -17,4 +17,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(run_stage(main))

@@ -3,7 +3,7 @@
 import sys
 
 from pipeline.config import EffNetParams, load_params
-from pipeline.errors import run_cli
+from pipeline.training.cluster import run_stage
 from pipeline.training.train import outcome, train_effnetb7, training_arguments
 
 
@@ -16,4 +16,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(run_stage(main))

@@ -101,6 +101,7 @@ def make_dataset(
     random_flip: bool = False,
     random_rotate90: bool = False,
     multiple_of: int = 1,
+    shard: tuple[int, int] = (0, 1),
 ):
     """Batches of float32 0..255 images (+ one-hot labels) for ``fit`` / ``predict``.
 
@@ -110,14 +111,17 @@ def make_dataset(
     TensorFlow backend, an :class:`ArrayBatches` elsewhere.
 
     ``multiple_of`` is the number of devices a batch is split across (JAX's data parallelism
-    needs every batch divisible by it; TensorFlow's strategy splits uneven batches itself):
-    see :class:`ArrayBatches`.
+    needs every batch divisible by it; TensorFlow's strategy splits uneven batches itself),
+    ``shard`` (rank, process count) the part of every batch a process of a training group
+    feeds: see :class:`ArrayBatches`.
     """
     if random_rotate90 and images.shape[1] != images.shape[2]:
         raise PipelineError(f"random_rotate90 needs square images, got {images.shape[1]}x{images.shape[2]}")
     if keras.backend.backend() == "tensorflow":
         return _tf_dataset(images, labels, num_classes, batch_size, training, seed, random_flip, random_rotate90)
-    return ArrayBatches(images, labels, num_classes, batch_size, training, seed, random_flip, random_rotate90, multiple_of)
+    if shard[1] > 1 and keras.backend.backend() == "tensorflow":
+        raise PipelineError("a training group of several processes runs on the JAX backend only")
+    return ArrayBatches(images, labels, num_classes, batch_size, training, seed, random_flip, random_rotate90, multiple_of, shard)
 
 
 class ArrayBatches(keras.utils.PyDataset):
@@ -129,13 +133,21 @@ class ArrayBatches(keras.utils.PyDataset):
     partial training batch is cut down to a multiple (at most ``multiple_of - 1`` images sit
     out that epoch, other ones each epoch as the order is reshuffled), and a prediction batch is
     padded by repeating its last image (the caller keeps the first ``len(images)`` outputs).
+
+    In a training group of ``shard = (rank, count)`` processes each process feeds its own
+    contiguous part of every global batch (Keras assembles the parts in rank order): the batch
+    and its augmentation draws are those of a single process, then cut, so a group trains on
+    exactly the batches one process would.
     """
 
     def __init__(self, images, labels, num_classes, batch_size, training=False, seed=0, random_flip=False, random_rotate90=False,
-                 multiple_of=1):
+                 multiple_of=1, shard=(0, 1)):
         if multiple_of < 1 or batch_size % multiple_of:
             raise PipelineError(f"batch_size {batch_size} cannot be split evenly across {multiple_of} devices: "
                                 f"make it a multiple of {multiple_of}")
+        if multiple_of % shard[1]:
+            raise PipelineError(f"{multiple_of} devices cannot be shared evenly by {shard[1]} processes")
+        self.shard = shard
         # Threads (numpy copies release the GIL): enough to feed a GPU from in-memory arrays.
         super().__init__(workers=min(8, os.cpu_count() or 1), use_multiprocessing=False, max_queue_size=16)
         self.images, self.labels = images, labels
@@ -164,9 +176,13 @@ class ArrayBatches(keras.utils.PyDataset):
             chosen = chosen[: len(chosen) - uneven]
         elif uneven:
             chosen = np.concatenate([chosen, np.repeat(chosen[-1:], self.multiple_of - uneven)])
+        draws = np.random.default_rng([self.seed, self.epoch, index]).random((3, len(chosen))) < 0.5
+        rank, count = self.shard
+        if count > 1:
+            part = slice(rank * len(chosen) // count, (rank + 1) * len(chosen) // count)
+            chosen, draws = chosen[part], draws[:, part]
         batch = self.images[chosen].astype(np.float32)
         if self.training and (self.random_flip or self.random_rotate90):
-            draws = np.random.default_rng([self.seed, self.epoch, index]).random((3, len(chosen))) < 0.5
             if self.random_flip:
                 batch[draws[0]] = batch[draws[0], :, ::-1]
                 batch[draws[1]] = batch[draws[1], ::-1]

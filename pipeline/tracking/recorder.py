@@ -13,8 +13,9 @@ them, the bundle import restores them, evaluation and serving read them.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,3 +56,37 @@ def offline_dir() -> Path | None:
     """The folder offline runs go to (``$PIPELINE_OFFLINE_RUNS``), or None to log to MLflow."""
     value = os.environ.get(OFFLINE_ENV, "").strip()
     return Path(value) if value else None
+
+
+class NullRecorder:
+    """Records nothing: the recorder of a training group's other processes (only process 0
+    logs the run), which must not need the tracking server's address or credentials."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+    def describe(self) -> str:
+        return f"none ({self.why})"
+
+    def connect(self, experiment_name: str) -> None:
+        pass
+
+    def run_exists(self, run_id: str) -> bool:
+        return False
+
+    @contextlib.contextmanager
+    def run(self, run_name: str, tags: Mapping[str, str], resume_run_id: str | None = None) -> Iterator[str]:
+        yield ""
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def log_input(self, name: str, digest: str, source: Path | None) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_model(self, model: Any, sample_images: Any, registered_name: str, score: float, out_dir: Path,
+                  metrics_file: Path) -> dict[str, Any]:
+        return {}

@@ -34,6 +34,7 @@ from typing import Any
 import keras
 
 from pipeline.errors import PipelineError
+from pipeline.training.cluster import Group, join
 
 #: Mixed precision used on GPUs: float16 on TensorFlow (as before), bfloat16 on JAX / torch
 #: (measured on an H100 with JAX: B7 107 vs 96 img/s in float32; no loss scaling needed).
@@ -87,13 +88,46 @@ class Devices:
     policy: str
     notes: list[str] = field(default_factory=list)
     strategy: Any = None  # a tf.distribute.Strategy on TensorFlow, else None
-    replicas: int = 1  # devices each global batch is split across
+    replicas: int = 1  # devices each global batch is split across (of all processes)
+    group: Group | None = None  # the training group of several processes, if any
+
+    @property
+    def chief(self) -> bool:
+        """Whether this process writes the outputs and logs the run (the only one, or rank 0)."""
+        return self.group is None or self.group.chief
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        """(this process's rank, process count): which part of every global batch it feeds."""
+        return (self.group.rank, self.group.count) if self.group else (0, 1)
+
+    @contextlib.contextmanager
+    def local(self):
+        """Outside the data-parallel distribution, for a model on this process alone (a group's
+        validation and saving use a local copy of the weights: each process can read the
+        replicated weights, but a distributed model saved by one process alone deadlocks)."""
+        distribution = keras.distribution.distribution() if self.backend == "jax" else None
+        if distribution is not None:
+            keras.distribution.set_distribution(None)
+        try:
+            yield
+        finally:
+            if distribution is not None:
+                keras.distribution.set_distribution(distribution)
+
+    def local_copy(self, model: keras.Model) -> keras.Model:
+        """A copy of ``model`` on this process alone, with its current weights."""
+        with self.local():
+            copy = keras.models.clone_model(model)
+            copy.set_weights(model.get_weights())
+        return copy
 
     @property
     def label(self) -> str:
-        """``cpu`` or ``gpu:<name>`` (`` x N`` for several), for tags and logs."""
+        """``cpu`` or ``gpu:<name>`` (`` x N`` for several; ``, K processes`` for a group), for tags and logs."""
         count = f" x {self.replicas}" if self.replicas > 1 else ""
-        return f"gpu:{self.accelerators[0]}{count}" if self.accelerators else f"cpu{count}"
+        processes = f", {self.group.count} processes" if self.group else ""
+        return (f"gpu:{self.accelerators[0]}" if self.accelerators else "cpu") + count + processes
 
     def scope(self) -> contextlib.AbstractContextManager:
         """The context models and optimizers are created in (a TF strategy's scope, or none)."""
@@ -116,8 +150,9 @@ class Devices:
         return model
 
 
-def configure(seed: int) -> Devices:
+def configure(seed: int, group: Group | None = None) -> Devices:
     """Seed everything once; on GPUs use mixed precision and all of them, else a deterministic CPU.
+    In a training ``group`` (JAX only) join it first: the devices are then all processes'.
 
     ``$PIPELINE_PRECISION`` overrides the precision (``float32`` / ``mixed``; the default
     ``auto`` is mixed on GPUs only).
@@ -126,8 +161,12 @@ def configure(seed: int) -> Devices:
     rather than silently skipped.
     """
     choice = precision_choice()
-    keras.utils.set_random_seed(seed)
     backend = name()
+    if group is not None:
+        if backend != "jax":
+            raise PipelineError(f"training as a group of processes runs on the JAX backend (KERAS_BACKEND=jax), not {backend}")
+        join(group)  # before anything touches a JAX device
+    keras.utils.set_random_seed(seed)
     found = accelerators()
     mixed = choice == "mixed" or (choice == "auto" and bool(found))
     policy = GPU_POLICY.get(backend, "float32") if mixed else "float32"
@@ -151,13 +190,21 @@ def configure(seed: int) -> Devices:
     elif backend == "jax":
         import jax
 
-        every = jax.devices()  # the default platform's: the GPUs on a GPU machine, else the CPU(s)
+        # The default platform's devices (the GPUs on a GPU machine, else the CPU(s)), of every
+        # process of the group.
+        every = jax.devices()
         if len(every) > 1:
-            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=every))
+            distribution = keras.distribution.DataParallel(devices=every)
+            # A group's processes each feed their own part of every global batch (ArrayBatches'
+            # shard), which Keras then assembles; its auto-sharding is for tf.data only.
+            distribution.auto_shard_dataset = group is None
+            keras.distribution.set_distribution(distribution)
             devices.replicas = len(every)
-            devices.notes.append(f"jax: data-parallel over {len(every)} devices (keras.distribution.DataParallel)")
+            where = f", {group.count} processes; this is {group.describe()}" if group else ""
+            devices.notes.append(f"jax: data-parallel over {len(every)} devices{where} (keras.distribution.DataParallel)")
     elif backend == "torch":
         devices.notes.append("torch: no op-determinism switch is set; reruns may differ in the last digits")
         if len(found) > 1:
             devices.notes.append(f"torch: {len(found)} GPUs found, training uses the first only")
+    devices.group = group
     return devices

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,10 @@ import pandas as pd
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 from sklearn.utils.class_weight import compute_class_weight
 
-from pipeline.training import backend
+from pipeline.training import backend, cluster
 from pipeline.tracking.choose import open_recorder
 from pipeline.tracking.provenance import fingerprint, git_commit
-from pipeline.tracking.recorder import HISTORY_FILE, MODEL_FILE, RUN_FILE, Recorder
+from pipeline.tracking.recorder import HISTORY_FILE, MODEL_FILE, RUN_FILE, NullRecorder, Recorder
 from pipeline.config import (
     BaseParams, CnnParams, EffNetParams, Lite0Params, TrainParams, TransferParams, as_flat_dict, data_name, data_source,
 )
@@ -144,10 +146,16 @@ class ValidationMetrics(keras.callbacks.Callback):
     It also keeps the best weights by ``monitor`` in the checkpoint folder, with the best
     score in ``best.json`` so a resumed run still knows what it has to beat. It must come
     before callbacks that read these keys (EarlyStopping, the MLflow logger).
+
+    In a training group each process predicts the validation images with a local copy of the
+    weights (``local``), and all take process 0's numbers, so they agree on the best epoch
+    and on when to stop.
     """
 
-    def __init__(self, data: LabelledImages, dataset: Any, loss: keras.losses.Loss, classes: tuple[str, ...], monitor: str, state_dir: Path, epoch_offset: int, train_images: int):
+    def __init__(self, data: LabelledImages, dataset: Any, loss: keras.losses.Loss, classes: tuple[str, ...], monitor: str, state_dir: Path,
+                 epoch_offset: int, train_images: int, devices: backend.Devices | None = None, local: keras.Model | None = None):
         super().__init__()
+        self.devices, self.local = devices, local
         self.labels = data.labels
         self.one_hot = np.eye(len(classes), dtype=np.float32)[data.labels]
         self.dataset = dataset
@@ -164,6 +172,24 @@ class ValidationMetrics(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._started = time.perf_counter()
 
+    def _scores(self) -> dict[str, float]:
+        if self.local is not None:
+            self.local.set_weights(self.model.get_weights())
+            with self.devices.local():
+                probabilities = self.local.predict(self.dataset, verbose=0)
+        else:
+            # (On several devices the last batch may be padded: keep one output per image.)
+            probabilities = self.model.predict(self.dataset, verbose=0)[: len(self.labels)]
+        predicted = probabilities.argmax(axis=1)
+        labels = np.arange(self.one_hot.shape[1])
+        return {
+            "val_loss": float(self.loss(self.one_hot, probabilities)),
+            "val_accuracy": float(np.mean(predicted == self.labels)),
+            "val_balanced_accuracy": float(balanced_accuracy_score(self.labels, predicted)),
+            "val_macro_f1": float(f1_score(self.labels, predicted, labels=labels, average="macro", zero_division=0)),
+            "val_melanoma_recall": float(recall_score(self.labels, predicted, labels=[self.melanoma], average="macro", zero_division=0)),
+        }
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         train_seconds = time.perf_counter() - self._started
@@ -173,19 +199,10 @@ class ValidationMetrics(keras.callbacks.Callback):
                 f"(precision {keras.mixed_precision.global_policy().name}); no model is kept. "
                 "Try PIPELINE_PRECISION=float32 or a lower learning rate"
             )
-        # (On several devices the last batch may be padded: keep one output per image.)
-        probabilities = self.model.predict(self.dataset, verbose=0)[: len(self.labels)]
-        predicted = probabilities.argmax(axis=1)
-        labels = np.arange(self.one_hot.shape[1])
-        metrics = {
-            "val_loss": float(self.loss(self.one_hot, probabilities)),
-            "val_accuracy": float(np.mean(predicted == self.labels)),
-            "val_balanced_accuracy": float(balanced_accuracy_score(self.labels, predicted)),
-            "val_macro_f1": float(f1_score(self.labels, predicted, labels=labels, average="macro", zero_division=0)),
-            "val_melanoma_recall": float(recall_score(self.labels, predicted, labels=[self.melanoma], average="macro", zero_division=0)),
-            "epoch_seconds": train_seconds,
-            "train_images_per_second": self.images_per_epoch / train_seconds if train_seconds else 0.0,
-        }
+        metrics = {**self._scores(), "epoch_seconds": train_seconds,
+                   "train_images_per_second": self.images_per_epoch / train_seconds if train_seconds else 0.0}
+        if self.devices is not None and self.devices.group is not None:
+            metrics = dict(zip(metrics, cluster.broadcast(list(metrics.values()))))
         logs.update(metrics)
         global_epoch = epoch + self.epoch_offset
         if metrics[self.monitor] > self.best["value"]:
@@ -204,13 +221,17 @@ class TimeLimit(keras.callbacks.Callback):
     """Ends training after the epoch during which the wall-clock ``deadline`` passed (the
     best epoch so far is kept as usual): a job on a shared GPU node ends on time with its model."""
 
-    def __init__(self, deadline: float, epoch_offset: int):
+    def __init__(self, deadline: float, epoch_offset: int, group: cluster.Group | None = None):
         super().__init__()
         self.deadline = deadline
         self.epoch_offset = epoch_offset
+        self.group = group
 
     def on_epoch_end(self, epoch, logs=None):
-        if time.time() >= self.deadline:
+        passed = time.time() >= self.deadline
+        if self.group is not None:  # process 0's clock decides for the whole group
+            passed = bool(cluster.broadcast([float(passed)])[0])
+        if passed:
             self.model.stop_training = True
             print(f"time limit reached after epoch {epoch + self.epoch_offset + 1}: training stops, the best epoch so far is kept", flush=True)
 
@@ -297,6 +318,8 @@ def fit_phases(model: keras.Model, phases: list[Phase], params: TrainParams, los
     steps_per_epoch = int(np.ceil(train_images / params.batch_size))
     history_frames = []
     epoch_offset = 0
+    # A group validates on a local copy of the weights (see ValidationMetrics).
+    local = devices.local_copy(model) if devices.group is not None else None
     for phase in phases:
         done_weights = state_dir / f"{phase.name}.done.weights.h5"
         with devices.scope():
@@ -316,14 +339,14 @@ def fit_phases(model: keras.Model, phases: list[Phase], params: TrainParams, los
             print(f"time limit reached: phase '{phase.name}' skipped", flush=True)
             break
         callbacks: list[keras.callbacks.Callback] = [
-            ValidationMetrics(val, val_dataset, loss, classes, params.monitor, state_dir, epoch_offset, train_images),
+            ValidationMetrics(val, val_dataset, loss, classes, params.monitor, state_dir, epoch_offset, train_images, devices, local),
             EpochLogger(recorder, epoch_offset),
             keras.callbacks.BackupAndRestore(str(state_dir / f"{phase.name}-backup")),
         ]
         if params.early_stopping_patience:
             callbacks.append(keras.callbacks.EarlyStopping(monitor=params.monitor, mode="max", patience=params.early_stopping_patience))
         if deadline is not None:
-            callbacks.append(TimeLimit(deadline, epoch_offset))
+            callbacks.append(TimeLimit(deadline, epoch_offset, devices.group))
         # shuffle=False: the input pipeline already reshuffles every epoch (seeded).
         # verbose=0: the stage log has one line per epoch, ValidationMetrics' (with its timing).
         history = model.fit(train_dataset, epochs=phase.epochs, callbacks=callbacks, verbose=0, shuffle=False)
@@ -343,11 +366,18 @@ def run_training(
     paths: TrainPaths,
     build: Callable[[], tuple[keras.Model, list[Phase]]],
 ) -> dict[str, Any]:
-    """Train, select the best epoch, save the model locally, then log and register it."""
-    recorder = open_recorder()
+    """Train, select the best epoch, save the model locally, then log and register it.
+
+    In a training group (:mod:`pipeline.training.cluster`) every process trains; only process
+    0 logs and writes the outputs, the others keep their checkpoints in a temporary folder."""
+    group = cluster.from_env()
+    recorder = open_recorder() if group is None or group.chief else NullRecorder(f"{group.describe()}: process 0 logs the run")
     recorder.connect(base.experiment_name)  # fail fast, before any work, if MLflow is down
     deadline = time_limit_deadline()
-    devices = backend.configure(params.seed)
+    devices = backend.configure(params.seed, group)
+    if not devices.chief:
+        scratch = Path(tempfile.mkdtemp(prefix=f"{stage}-process{group.rank}-"))
+        paths = dataclasses.replace(paths, checkpoints=scratch / "checkpoints", out_dir=scratch / "out", metrics=scratch / "metrics.json")
     print(f"{stage}: keras {keras.__version__} on {devices.backend}, {devices.label}, {devices.policy}; tracking: {recorder.describe()}", flush=True)
     for note in devices.notes:
         print(note, flush=True)
@@ -359,9 +389,10 @@ def run_training(
 
     train_dataset = make_dataset(
         train.images, train.labels, num_classes, params.batch_size, training=True, seed=params.seed,
-        random_flip=params.random_flip, random_rotate90=params.random_rotate90, multiple_of=devices.replicas,
+        random_flip=params.random_flip, random_rotate90=params.random_rotate90, multiple_of=devices.replicas, shard=devices.shard,
     )
-    val_dataset = make_dataset(val.images, None, num_classes, params.batch_size, multiple_of=devices.replicas)
+    # A group validates with a local copy of the model: whole batches, on this process alone.
+    val_dataset = make_dataset(val.images, None, num_classes, params.batch_size, multiple_of=1 if group else devices.replicas)
     tags = {
         "stage": stage,
         "approach": stage.removeprefix("train_"),
@@ -400,6 +431,9 @@ def run_training(
                                     state.checkpoint_dir, recorder, len(train), deadline)
         best = read_json(state.checkpoint_dir / "best.json")
         model.load_weights(state.checkpoint_dir / "best.weights.h5")
+        if group is not None:  # from here on one process alone saves and logs: a local model
+            keras.distribution.set_distribution(None)
+            model = devices.local_copy(model)
         seconds = time.perf_counter() - started
         summary = {
             "best_epoch": best["epoch"] + 1,
@@ -408,6 +442,9 @@ def run_training(
             "train_seconds": round(seconds, 1),
             "train_images": len(train),
         }
+        if not devices.chief:
+            shutil.rmtree(paths.checkpoints.parent, ignore_errors=True)
+            return {**summary, "group_process": group.describe()}
         # Save locally first: nothing after this point can lose the trained model.
         paths.out_dir.mkdir(parents=True, exist_ok=True)
         save_for_inference(model, paths.out_dir / MODEL_FILE)
@@ -427,6 +464,8 @@ def run_training(
 
 def outcome(summary: dict[str, Any]) -> str:
     """Where the run went, for the stage's last line."""
+    if summary.get("group_process"):
+        return f"{summary['group_process']}: done, process 0 writes the outputs and logs the run"
     if summary.get("offline_bundle"):
         return f"recorded offline in {summary['offline_bundle']} (log it: python -m pipeline.tracking.bundle import <that folder>)"
     return f"registered {summary['registered_model']} v{summary['version']}"
