@@ -49,3 +49,12 @@ def make_paths(root, out_name: str) -> TrainPaths:
 
 def tiny_cnn(**changes) -> CnnParams:
     return dataclasses.replace(TINY_CNN, **changes)
+
+
+def train_stage_command(repo_root, root, out, params) -> list[str]:
+    """The CNN stage script's arguments on the tiny artifacts, writing under ``out``."""
+    return [
+        str(repo_root / "stages" / "train_cnn_focal.py"), "--params", str(params),
+        "--ingested", str(root / "ingested"), "--split", str(root / "split"), "--augmented", str(root / "augmented"),
+        "--out", str(out / "model"), "--metrics", str(out / "train.json"), "--checkpoints", str(out / "ckpt"),
+    ]

@@ -22,6 +22,7 @@ from pipeline.tracking.bundle import MANIFEST, MODEL, BundleError, import_bundle
 from pipeline.io import read_json
 from pipeline.tracking.recorder import RUN_FILE
 from tests.conftest import free_port
+from tests.model.conftest import train_stage_command
 
 pytestmark = pytest.mark.slow
 
@@ -51,14 +52,6 @@ PARAMS = (
 )
 
 
-def _stage_command(repo_root: Path, root: Path, out: Path, params: Path) -> list[str]:
-    return [
-        str(repo_root / "stages" / "train_cnn_focal.py"), "--params", str(params),
-        "--ingested", str(root / "ingested"), "--split", str(root / "split"), "--augmented", str(root / "augmented"),
-        "--out", str(out / "model"), "--metrics", str(out / "train.json"), "--checkpoints", str(out / "ckpt"),
-    ]
-
-
 @pytest.fixture(scope="module")
 def jax_offline_run(tiny_artifacts, tmp_path_factory, repo_root):
     """The CNN stage trained on the JAX backend, recorded offline, TensorFlow and mlflow blocked."""
@@ -77,7 +70,7 @@ def jax_offline_run(tiny_artifacts, tmp_path_factory, repo_root):
     runner = out / "blocked_runner.py"
     runner.write_text(BLOCKED_RUNNER)
     result = subprocess.run(
-        [sys.executable, str(runner), "tensorflow,mlflow", *_stage_command(repo_root, root, out, params)],
+        [sys.executable, str(runner), "tensorflow,mlflow", *train_stage_command(repo_root, root, out, params)],
         capture_output=True, text=True, env=env, cwd=repo_root, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

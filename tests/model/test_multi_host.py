@@ -24,6 +24,7 @@ import pytest
 from pipeline.io import read_json
 from pipeline.tracking.bundle import read_bundle
 from tests.conftest import free_port
+from tests.model.conftest import train_stage_command
 
 pytestmark = pytest.mark.slow
 
@@ -37,11 +38,7 @@ PARAMS = (
 
 
 def stage(repo_root: Path, root: Path, out: Path, params: Path) -> list[str]:
-    return [
-        sys.executable, str(repo_root / "stages" / "train_cnn_focal.py"), "--params", str(params),
-        "--ingested", str(root / "ingested"), "--split", str(root / "split"), "--augmented", str(root / "augmented"),
-        "--out", str(out / "model"), "--metrics", str(out / "train.json"), "--checkpoints", str(out / "ckpt"),
-    ]
+    return [sys.executable, *train_stage_command(repo_root, root, out, params)]
 
 
 def environment(out: Path, **group) -> dict[str, str]:
