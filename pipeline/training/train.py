@@ -292,14 +292,19 @@ class RunState:
     params_hash: str
 
 
-def resume_state(stage: str, base: BaseParams, params: TrainParams, paths: TrainPaths, recorder: Recorder) -> RunState:
-    """The checkpoint folder of these params and data, and the run to resume if it still exists."""
+def resume_state(stage: str, base: BaseParams, params: TrainParams, paths: TrainPaths, recorder: Recorder, fresh: bool = False) -> RunState:
+    """The checkpoint folder of these params and data, and the run to resume if it still exists.
+
+    ``fresh`` empties it first: a training group always starts over, because its processes
+    could only resume together from the same epoch, which nothing guarantees after a failure."""
     input_files = [paths.split / "train.csv", paths.split / "val.csv"]
     if params.use_augmented:
         input_files.append(paths.augmented / "index.csv")
     data_hash = fingerprint(files=tuple(input_files))
     params_hash = fingerprint(as_flat_dict(base, "base"), as_flat_dict(params, stage))
     checkpoint_dir = paths.checkpoints / f"{stage}-{params_hash}-{data_hash}"
+    if fresh:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     resume_file = checkpoint_dir / RUN_FILE
     resume_run_id = read_json(resume_file)["run_id"] if resume_file.is_file() else None
@@ -385,7 +390,7 @@ def run_training(
     num_classes = len(base.classes)
     counts = train.class_counts(num_classes)
     alpha = class_alpha(counts, params.class_alpha)
-    state = resume_state(stage, base, params, paths, recorder)
+    state = resume_state(stage, base, params, paths, recorder, fresh=group is not None)
 
     train_dataset = make_dataset(
         train.images, train.labels, num_classes, params.batch_size, training=True, seed=params.seed,
