@@ -119,8 +119,6 @@ def make_dataset(
         raise PipelineError(f"random_rotate90 needs square images, got {images.shape[1]}x{images.shape[2]}")
     if keras.backend.backend() == "tensorflow":
         return _tf_dataset(images, labels, num_classes, batch_size, training, seed, random_flip, random_rotate90)
-    if shard[1] > 1 and keras.backend.backend() == "tensorflow":
-        raise PipelineError("a training group of several processes runs on the JAX backend only")
     return ArrayBatches(images, labels, num_classes, batch_size, training, seed, random_flip, random_rotate90, multiple_of, shard)
 
 

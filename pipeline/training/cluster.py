@@ -42,6 +42,8 @@ RANK_ENV = "PIPELINE_PROCESS_ID"
 HEARTBEAT_ENV = "PIPELINE_HEARTBEAT_SECONDS"
 #: Set in the supervised child: it trains, its parent only watches.
 CHILD_ENV = "PIPELINE_GROUP_CHILD"
+#: Seconds without a heartbeat after which a process counts as dead (unless PIPELINE_HEARTBEAT_SECONDS).
+DEFAULT_HEARTBEAT_SECONDS = 30
 #: How long a process waits for the others to join before it gives up.
 JOIN_TIMEOUT_SECONDS = 300
 #: What JAX's runtime prints (to stderr) just before it aborts a process whose group lost a member.
@@ -59,7 +61,7 @@ class Group:
     coordinator: str
     count: int
     rank: int
-    heartbeat_seconds: int = 30
+    heartbeat_seconds: int = DEFAULT_HEARTBEAT_SECONDS
 
     @property
     def chief(self) -> bool:
@@ -96,7 +98,7 @@ def from_env(environ: dict[str, str] | None = None) -> Group | None:
     rank = _integer(RANK_ENV, values[RANK_ENV], 0)
     if rank >= count:
         raise PipelineError(f"{RANK_ENV}={rank} is not below {PROCESSES_ENV}={count}")
-    heartbeat = _integer(HEARTBEAT_ENV, env.get(HEARTBEAT_ENV, "").strip() or "30", 1)
+    heartbeat = _integer(HEARTBEAT_ENV, env.get(HEARTBEAT_ENV, "").strip() or str(DEFAULT_HEARTBEAT_SECONDS), 1)
     return Group(coordinator, count, rank, heartbeat) if count > 1 else None
 
 

@@ -495,7 +495,7 @@ def _portable(config: Any) -> Any:
     if config.get("class_name") == "DTypePolicy" and str(config.get("config", {}).get("name", "")).startswith("mixed_"):
         return {**config, "config": {**config["config"], "name": "float32"}}
     if config.get("class_name") == "BatchNormalization" and config.get("config", {}).get("synchronized"):
-        return {**config, "config": {**config["config"], "synchronized": False}}
+        config = {**config, "config": {**config["config"], "synchronized": False}}  # and on into its dtype policy
     return {key: _portable(value) for key, value in config.items()}
 
 
