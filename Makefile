@@ -16,6 +16,7 @@
 #   make import-run BUNDLE=<folder> [RESTORE=1]   log an offline run bundle to the MLflow server
 # Team mode (README, "Running it for a team"): a shared DVC remote on S3 and MLflow on PostgreSQL + S3.
 #   make team-up / team-down / team-status   local team servers on 127.0.0.1 (settings: .team/client.env)
+#   make team-user NAME=… ROLE=read|edit     an MLflow account; its settings in .team/users/NAME.env
 #   make run TEAM=1          the pipeline against the team's servers: pulls what others computed, pushes what it computed
 #   make push / make pull    dvc push / pull to / from the team remote ($(TEAM_ENV))
 
@@ -51,7 +52,7 @@ export MLFLOW_TRACKING_URI ?= $(TRACKING_URI)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: venv run test server ui stop-server serve seeds reproduce publish bench demo-data clean-env pack import-run plots \
-	team-up team-down team-status push pull
+	team-up team-down team-status team-user push pull
 
 venv: $(STAMP)
 
@@ -103,7 +104,7 @@ N ?= 3
 SEED0 ?= 42
 seeds: server
 	$(BIN)/python -m pipeline.reproduction.seeds queue --data $(DATA) --profile profiles/$(PROFILE).yaml --seeds $$(seq $(SEED0) $$(( $(SEED0) + $(N) - 1 ))) --start
-	$(BIN)/python -m pipeline.reproduction.seeds report --data $(DATA)
+	$(BIN)/python -m pipeline.reproduction.seeds report --data $(DATA) --profile profiles/$(PROFILE).yaml
 
 reproduce: server
 	$(BIN)/python -m pipeline.reproduction.reproduce --data $(DATA) --profile profiles/$(PROFILE).yaml
@@ -140,6 +141,12 @@ team-down: venv
 
 team-status: venv
 	$(BIN)/python -m pipeline.team status $(TEAM_SERVERS)
+
+# A team member's MLflow account (ROLE=read: see everything; edit: also log runs and register
+# models of this project) and their settings file $(TEAM_DIR)/users/NAME.env (TEAM_ENV for them).
+team-user: venv
+	@test -n "$(NAME)" || { echo "error: name the user: make team-user NAME=<name> ROLE=read|edit" >&2; exit 2; }
+	$(BIN)/python -m pipeline.team user add $(NAME) --role $(or $(ROLE),read) $(TEAM_SERVERS)
 
 push: venv
 	$(BIN)/python -m pipeline.team exec --env $(TEAM_ENV) --no-tracking -- $(BIN)/dvc push

@@ -6,7 +6,9 @@
 
 The reference for a data folder is ``<published>/<folder name>.json`` (``demo.json`` for
 ``data/demo``, ``ham10000.json`` for a HAM10000 copy; ``<published>`` is ``vars.paths.published``
-of dvc.yaml, ``metrics/published``). The allowed drift of every compared metric is in
+of dvc.yaml, ``metrics/published``) when the run uses the data's own profile (``demo`` for the
+demo data, ``cpu`` otherwise), and ``<folder name>_<profile>.json`` for another profile
+(``ham10000_quick.json``: the short real-data check of ``profiles/quick.yaml``). The allowed drift of every compared metric is in
 ``<published>/<folder name>_tolerance.json``, which ``--publish`` derives from the measured
 training-seed spread, the bootstrap intervals and the binomial standard errors by the rules of ``<published>/tolerance.yaml``
 (:mod:`pipeline.reproduction.tolerances`). The comparison prints a table of every compared number with the
@@ -30,7 +32,7 @@ from pipeline.io import pipeline_path, read_json, write_json
 from pipeline.reproduction.tolerances import flatten
 
 TOLERANCE_FILE_NAME = "tolerance.yaml"
-#: The seed-spread table (``python -m pipeline.reproduction.seeds report``), one entry per data set.
+#: The seed-spread table (``python -m pipeline.reproduction.seeds report``), one entry per reference.
 SEEDS_FILE = "reports/seeds.json"
 
 
@@ -54,11 +56,21 @@ class Comparison:
         return abs(self.drift) <= self.tolerance + 1e-12
 
 
-def reference_name(data_dir: str | Path) -> str:
-    """``data/demo`` -> ``demo``; ``../shared/ham10000`` -> ``ham10000`` (the data set's name)."""
+def default_profile(data_dir: str | Path) -> str:
+    """The profile a data folder runs with unless told otherwise (the Makefile's ``PROFILE``)."""
     from pipeline.config import data_name
 
-    return data_name(Path(data_dir))
+    return "demo" if data_name(Path(data_dir)) == "demo" else "cpu"
+
+
+def reference_name(data_dir: str | Path, profile: str | Path | None = None) -> str:
+    """``data/demo`` -> ``demo``; ``../shared/ham10000`` -> ``ham10000`` (the data set's name);
+    with a profile other than the data's own, the profile too: ``ham10000_quick``."""
+    from pipeline.config import data_name
+
+    name = data_name(Path(data_dir))
+    stem = Path(profile).stem if profile else default_profile(data_dir)
+    return name if stem == default_profile(data_dir) else f"{name}_{stem}"
 
 
 def compare(published: dict[str, Any], fresh: dict[str, Any], allowances: dict[str, dict[str, dict[str, Any]]]) -> list[Comparison]:
@@ -158,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--profile", help="a params profile copied to params.yaml before the run (profiles/demo.yaml, ...)")
     args = parser.parse_args(argv)
     metrics_file, published_dir = pipeline_path("test_metrics"), pipeline_path("published")
-    reference = published_dir / f"{reference_name(args.data)}.json"
+    reference = published_dir / f"{reference_name(args.data, args.profile)}.json"
     if args.tolerances:
         write_tolerances(reference, published_dir / TOLERANCE_FILE_NAME, Path(args.seeds))
         return

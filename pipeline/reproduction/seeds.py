@@ -100,9 +100,30 @@ def _data_of(record: dict[str, Any]) -> dict[str, Any]:
     return record.get("data") if isinstance(record.get("data"), dict) else {}
 
 
-def seed_runs(show: Any, data_name: str, metrics_file: str, approaches: Sequence[str]) -> list[SeedRun]:
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def same_recipe(params: dict[str, Any], profile: dict[str, Any] | None) -> bool:
+    """Whether an experiment's params are the profile's, the data folder and the training seeds
+    aside (what a seed run varies): a quick-profile run never joins the CPU profile's table."""
+    if profile is None:
+        return True
+    ran = _flat(params)
+    varied = {"ingest.data_dir"} | {f"{stage}.seed" for stage in SEEDED_STAGES.values()}
+    return all(ran.get(key) == value for key, value in _flat(profile).items() if key not in varied)
+
+
+def seed_runs(show: Any, data_name: str, metrics_file: str, approaches: Sequence[str],
+              profile: dict[str, Any] | None = None) -> list[SeedRun]:
     """The finished experiments of ``dvc exp show --json`` that ran on ``data_name`` (the data
-    folder's name), one per distinct set of seeds (the newest wins when a seed ran twice)."""
+    folder's name) with the params of ``profile`` (when given), one per distinct set of seeds
+    (the newest wins when a seed ran twice)."""
     from pipeline.config import data_name as name_of
 
     runs: dict[tuple[int, ...], tuple[str, SeedRun]] = {}
@@ -111,7 +132,7 @@ def seed_runs(show: Any, data_name: str, metrics_file: str, approaches: Sequence
         params = ((data.get("params") or {}).get(PARAMS_FILE) or {}).get("data") or {}
         metrics = ((data.get("metrics") or {}).get(metrics_file) or {}).get("data")
         data_dir = str((params.get("ingest") or {}).get("data_dir", ""))
-        if not metrics or not data_dir or name_of(Path(data_dir)) != data_name:
+        if not metrics or not data_dir or name_of(Path(data_dir)) != data_name or not same_recipe(params, profile):
             continue
         try:
             seeds = {name: int(params[SEEDED_STAGES[name]]["seed"]) for name in approaches}
@@ -200,15 +221,20 @@ def merge_recorded(runs: list[SeedRun], recorded: list[dict[str, Any]], approach
     return sorted(merged, key=lambda run: tuple(run.seeds.values()))
 
 
-def report(data_dir: str, out_md: Path, out_json: Path, approaches: Sequence[str], minimum: int = 2) -> dict[str, Any]:
+def report(data_dir: str, out_md: Path, out_json: Path, approaches: Sequence[str], minimum: int = 2,
+           profile: Path | None = None) -> dict[str, Any]:
     """Read every experiment (``dvc exp show --json --all-commits``) and write the seed table of
-    this data set into ``out_json`` (one entry per data set; the others are kept) and ``out_md``."""
+    this data set and profile (the data's own when none is given) into ``out_json`` (one entry per
+    published reference name: ``ham10000``, ``ham10000_quick``; the others are kept) and ``out_md``."""
     from pipeline.config import data_name
-    from pipeline.io import pipeline_path, read_json
+    from pipeline.io import pipeline_path, read_json, read_yaml
+    from pipeline.reproduction.reproduce import default_profile, reference_name
 
+    profile = profile or Path("profiles") / f"{default_profile(data_dir)}.yaml"
+    recipe = read_yaml(profile, "the params profile") if profile.is_file() else None
     show = json.loads(_dvc(["dvc", "exp", "show", "--json", "--all-commits"], capture=True) or "[]")
-    name = data_name(Path(data_dir))
-    runs = seed_runs(show, name, str(pipeline_path("test_metrics")), approaches)
+    name = reference_name(data_dir, profile)
+    runs = seed_runs(show, data_name(Path(data_dir)), str(pipeline_path("test_metrics")), approaches, recipe)
     tables = read_json(out_json) if out_json.is_file() else {}
     runs = merge_recorded(runs, (tables.get(name) or {}).get("runs") or [], approaches)
     if len(runs) < minimum:
@@ -241,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     summary = commands.add_parser("report", help="write the seed table from dvc exp show")
     summary.add_argument("--data", required=True, help="data folder the seed runs used")
     summary.add_argument("--approach", action="append", choices=sorted(SEEDED_STAGES), help="default: all of them")
+    summary.add_argument("--profile", help="only the runs of this params profile (default: the data's own, profiles/cpu.yaml)")
     summary.add_argument("--out", default="reports/seeds.md", help="Markdown table (a .json with the numbers beside it)")
     args = parser.parse_args(argv)
     approaches = args.approach or list(SEEDED_STAGES)
@@ -260,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             wait_for_queue(names)
         return
     out = Path(args.out)
-    report(args.data, out, out.with_suffix(".json"), approaches)
+    report(args.data, out, out.with_suffix(".json"), approaches, profile=Path(args.profile) if args.profile else None)
 
 
 def queue_states(status: str, names: Sequence[str]) -> dict[str, str]:

@@ -148,12 +148,17 @@ def test_publish_writes_the_reference_and_its_allowances(tmp_path, monkeypatch, 
 def test_reference_name_and_repository_rules(repo_root):
     assert reproduce.reference_name("data/demo") == "demo"
     assert reproduce.reference_name("../shared/ham10000/") == "ham10000"
+    # The data's own profile keeps the plain name; another profile has a reference of its own.
+    assert reproduce.reference_name("../shared/ham10000", "profiles/cpu.yaml") == "ham10000"
+    assert reproduce.reference_name("../shared/ham10000", "profiles/quick.yaml") == "ham10000_quick"
+    assert reproduce.reference_name("data/demo", "profiles/demo.yaml") == "demo"
+    assert reproduce.reference_name("data/demo", "profiles/cpu.yaml") == "demo_cpu"
     from pipeline.io import pipeline_path
 
     published = repo_root / pipeline_path("published", repo_root / "dvc.yaml")
     rules = tolerances.load_rules(published / reproduce.TOLERANCE_FILE_NAME)
     assert rules.factor > 0 and rules.compares("recall.mel") and not rules.compares("support.mel")
-    for name in ("demo", "ham10000"):
+    for name in ("demo", "ham10000", "ham10000_quick"):
         reference = json.loads((published / f"{name}.json").read_text())
         allowances = json.loads((published / f"{name}_tolerance.json").read_text())["models"]
         assert all(row.ok for row in reproduce.compare(reference, reference, allowances))
@@ -171,3 +176,17 @@ def test_a_malformed_tolerance_file_is_one_clear_error(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(PipelineError, match=message):
         tolerances.load_rules(path)
+
+
+def test_ci_reproduces_the_full_profile_only_where_it_fits_the_time_left():
+    from pipeline.reproduction import plan
+
+    # The fast machine the full run was measured on: 45 minutes, which fit after 30 of 80.
+    assert plan.estimated_full_minutes(plan.FULL_MINUTES_GFLOPS) == pytest.approx(plan.FULL_MINUTES)
+    profile, why = plan.choose(elapsed_minutes=30, gflops=plan.FULL_MINUTES_GFLOPS, budget_minutes=80)
+    assert profile == "cpu" and "ham10000.json" in why
+    # The same machine later in the run, or a machine 5x slower (an AVX2-only AMD EPYC, 80 GFLOP/s): quick.
+    assert plan.choose(elapsed_minutes=40, gflops=plan.FULL_MINUTES_GFLOPS, budget_minutes=80)[0] == "quick"
+    profile, why = plan.choose(elapsed_minutes=30, gflops=80, budget_minutes=80)
+    assert profile == "quick" and "about 229 min" in why and "ham10000_quick.json" in why
+    assert reproduce.reference_name("../shared/ham10000", f"profiles/{profile}.yaml") == "ham10000_quick"

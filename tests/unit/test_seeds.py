@@ -47,6 +47,25 @@ def test_seed_runs_are_the_finished_experiments_of_that_data_set_newest_per_seed
     assert [run.seeds["cnn_focal"] for run in runs] == [42, 43, 44]
 
 
+def test_seed_runs_of_another_profile_join_only_their_own_table():
+    # Seed runs of the quick profile (5 CNN epochs) and of the CPU profile (30) on the same data:
+    # each profile's table takes only its own runs, the data folder and training seeds aside.
+    quick = _record("q", 42, "/x/ham10000", 0.40, "2026-12-02T10:00:00")
+    quick["data"]["params"]["params.yaml"]["data"]["train_cnn_focal"]["epochs"] = 5
+    show = [{"rev": "abc", "name": "main", "data": {}, "experiments": [
+        {"revs": [quick]},
+        {"revs": [_record("c", 43, "/x/ham10000", 0.60, "2026-12-01T10:00:00")]},
+    ]}]
+    for run in show[0]["experiments"][1:]:
+        run["revs"][0]["data"]["params"]["params.yaml"]["data"]["train_cnn_focal"]["epochs"] = 30
+    approaches = ["cnn_focal", "effnet_lite0"]
+    profile = {"ingest": {"data_dir": "data/demo"}, "train_cnn_focal": {"seed": 42, "epochs": 5}}
+    assert [run.name for run in seeds.seed_runs(show, "ham10000", "metrics/evaluate.json", approaches, profile)] == ["q"]
+    profile["train_cnn_focal"]["epochs"] = 30
+    assert [run.name for run in seeds.seed_runs(show, "ham10000", "metrics/evaluate.json", approaches, profile)] == ["c"]
+    assert len(seeds.seed_runs(show, "ham10000", "metrics/evaluate.json", approaches)) == 2
+
+
 def test_spread_is_the_mean_and_sample_standard_deviation():
     runs = seeds.seed_runs(SHOW, "ham10000", "metrics/evaluate.json", ["cnn_focal", "effnet_lite0"])
     table = seeds.spread(runs, ["cnn_focal", "effnet_lite0"])
