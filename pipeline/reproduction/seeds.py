@@ -61,9 +61,14 @@ def queue_commands(data_dir: str, seeds: Sequence[int], approaches: Sequence[str
 
 
 def _dvc(args: list[str], capture: bool = False) -> str:
+    import os
+
     command = [sys.executable, "-m", *args]
     print("+ " + " ".join(args), flush=True)
-    result = subprocess.run(command, capture_output=capture, text=True)
+    # `dvc queue start` starts its worker as `dvc` from PATH: this environment's, also when the
+    # module runs without the venv activated (`make seeds` puts it first anyway).
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    result = subprocess.run(command, capture_output=capture, text=True, env={**os.environ, "PATH": path})
     if result.returncode != 0:
         detail = (result.stderr or "").strip().splitlines()[-1:] if capture else []
         raise PipelineError(f"`{' '.join(args)}` failed" + (f": {detail[0]}" if detail else " (see its output above)"))
