@@ -2,7 +2,7 @@
 
 - tracking: one training run's MLflow traffic, exactly as a training stage sends it (connect,
   params, per-epoch metrics, the model logged and registered with its aliases), to the embedded
-  server (sqlite + folder) and to the team server (PostgreSQL + S3 through moto), alternating;
+  server (sqlite + folder) and to the team server (PostgreSQL + S3 through SeaweedFS), alternating;
 - dvc: ``dvc push`` then ``dvc pull`` (into an empty cache) of one stage output, to a local
   folder remote and to the team's S3 bucket.
 

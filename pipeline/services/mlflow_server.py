@@ -33,17 +33,38 @@ def is_up(url: str, timeout_s: float = 2.0) -> bool:
     return services.answers(url.rstrip("/") + "/health", timeout_s)
 
 
-def backend_problem(url: str, timeout_s: float = 15.0) -> str | None:
+def basic_auth(username: str | None = None, password: str | None = None) -> dict[str, str]:
+    """The HTTP Basic ``Authorization`` header of these credentials (default: MLflow's own
+    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``), or none."""
+    import base64
+
+    username = username if username is not None else os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = password if password is not None else os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+    if not username:
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()}
+
+
+#: What :func:`backend_problem` says of a server that wants credentials it did not get.
+NEEDS_ACCOUNT = "HTTP 401"
+
+
+def backend_problem(url: str, timeout_s: float = 15.0, headers: Mapping[str, str] | None = None) -> str | None:
     """Why the server at ``url`` cannot read its backend store, or None when it can.
 
     ``/health`` answers without touching the store, so a server whose database is down looks
-    healthy: one cheap search (no client retries) shows it in seconds.
+    healthy: one cheap search (no client retries) shows it in seconds. The search carries the
+    caller's MLflow credentials (``headers``, default from the environment), so a server with
+    accounts answers it too, or refuses them (HTTP 401).
     """
-    request = url.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    request = urllib.request.Request(url.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1",
+                                     headers=dict(headers if headers is not None else basic_auth()))
     try:
         with urllib.request.urlopen(request, timeout=timeout_s):
             return None
     except urllib.error.HTTPError as error:
+        if error.code == 401:
+            return NEEDS_ACCOUNT
         try:
             message = json.loads(error.read() or b"{}").get("message", "")
         except ValueError:
@@ -58,12 +79,20 @@ def backend_problem(url: str, timeout_s: float = 15.0) -> str | None:
 NOT_REACHABLE = "is not reachable"
 
 
-def unavailable(url: str, timeout_s: float = 5.0) -> str | None:
-    """Why the MLflow server at ``url`` cannot take a run (:data:`NOT_REACHABLE`, or that its
-    backend store fails), or None when it can."""
+def unavailable(url: str, timeout_s: float = 5.0, env: Mapping[str, str] | None = None) -> str | None:
+    """Why the MLflow server at ``url`` cannot take a run (:data:`NOT_REACHABLE`, an account it
+    wants or refuses, or that its backend store fails), or None when it can. The credentials
+    are MLflow's ``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD`` of ``env`` (default: this process')."""
+    env = os.environ if env is None else env
     if not is_up(url, timeout_s):
         return NOT_REACHABLE
-    problem = backend_problem(url)
+    problem = backend_problem(url, headers=basic_auth(env.get("MLFLOW_TRACKING_USERNAME") or "", env.get("MLFLOW_TRACKING_PASSWORD", "")))
+    if problem == NEEDS_ACCOUNT:
+        user = env.get("MLFLOW_TRACKING_USERNAME")
+        if user:
+            return f"refused the password of user '{user}' (HTTP 401): check MLFLOW_TRACKING_PASSWORD"
+        return ("wants an account (HTTP 401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                "(a team admin makes one with `make team-user NAME=<you> ROLE=edit`)")
     return f"answers but cannot use its backend store ({problem})" if problem else None
 
 
@@ -81,8 +110,12 @@ def start(
     backend: str | None = None,
     artifacts: str | None = None,
     env: Mapping[str, str] | None = None,
+    app_name: str | None = None,
 ) -> str:
     """Start the server unless one answers already; return its URL.
+
+    ``app_name="basic-auth"`` serves MLflow's accounts app (its settings in ``env``:
+    ``MLFLOW_AUTH_CONFIG_PATH``, ``MLFLOW_AUTH_ADMIN_PASSWORD``, ``MLFLOW_FLASK_SERVER_SECRET_KEY``).
 
     By default the backend store (sqlite) and the artifacts live in ``store``; team mode
     passes a PostgreSQL ``backend`` URI, an ``s3://`` ``artifacts`` destination and the
@@ -101,6 +134,7 @@ def start(
         "--backend-store-uri", backend or default_backend,
         "--artifacts-destination", artifacts or default_artifacts,
         "--workers", "1",
+        *(["--app-name", app_name] if app_name else []),
     ]
     try:
         services.spawn(SERVICE, command, store, lambda: is_up(url), env=env, wait_s=wait_s)

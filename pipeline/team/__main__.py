@@ -2,6 +2,7 @@
 
     python -m pipeline.team up|down|status [--dir .team] [--mlflow-port 5010] [--s3-port 9010] [--postgres-port 5433]
     python -m pipeline.team exec [--env .team/client.env] [--no-tracking] -- COMMAND...
+    python -m pipeline.team user add NAME --role read|edit [--dir .team] [--mlflow-port 5010] ...
 """
 
 from __future__ import annotations
@@ -12,15 +13,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.errors import PipelineError, run_cli
-from pipeline.team import client, stack
+from pipeline.team import accounts, client, stack
 from pipeline.team.settings import TeamConfig
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.team", description="Team mode: shared DVC remote and MLflow on PostgreSQL + S3.")
     sub = parser.add_subparsers(dest="action", required=True)
-    for name, text in (("up", "start (or reuse) the local team servers"), ("down", "stop them"), ("status", "show which answer")):
-        servers = sub.add_parser(name, help=text)
+    user = sub.add_parser("user", help="team members' MLflow accounts")
+    user.add_argument("user_action", choices=["add"])
+    user.add_argument("name", help="the account's name (letters, digits, . _ -)")
+    user.add_argument("--role", choices=sorted(accounts.ROLES), required=True,
+                      help="read: see everything; edit: also log runs and register models of this project")
+    user.add_argument("--params", type=Path, default=Path("params.yaml"), help="where the experiment and model names are")
+    for name, text in (("up", "start (or reuse) the local team servers"), ("down", "stop them"), ("status", "show which answer"),
+                       ("user", None)):
+        servers = user if name == "user" else sub.add_parser(name, help=text)
         servers.add_argument("--dir", type=Path, default=TeamConfig.folder, help="state folder (git-ignored)")
         servers.add_argument("--host", default=TeamConfig.host)
         servers.add_argument("--mlflow-port", type=int, default=TeamConfig.mlflow_port)
@@ -40,7 +48,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     config = TeamConfig(folder=args.dir, host=args.host, mlflow_port=args.mlflow_port, s3_port=args.s3_port,
                         postgres_port=args.postgres_port)
-    if args.action == "up":
+    if args.action == "user":
+        accounts.add(config, args.name, args.role, args.params)
+    elif args.action == "up":
         stack.up(config)
     elif args.action == "down":
         stack.down(config)

@@ -40,7 +40,7 @@ def check(values: Mapping[str, str], need_tracking: bool = True) -> None:
     s3.check(endpoint, bucket_of(values["TEAM_DVC_REMOTE_URL"]), credentials)
     if need_tracking:
         uri = values["MLFLOW_TRACKING_URI"]
-        problem = server.unavailable(uri)
+        problem = server.unavailable(uri, env={**os.environ, **values})
         if problem:
             hint = " (`make team-status`)" if problem == server.NOT_REACHABLE else ""
             raise PipelineError(f"the team's MLflow server at {uri} {problem}{hint}")

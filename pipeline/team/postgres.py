@@ -24,6 +24,8 @@ from pipeline.errors import PipelineError
 
 ROLE = "mlflow"
 DATABASE = "mlflow"
+#: MLflow's user store (accounts and permissions), apart from the tracking data.
+AUTH_DATABASE = "mlflow_auth"
 UNPRIVILEGED_USER = "nobody"
 
 
@@ -159,8 +161,8 @@ def stop(server: Postgres) -> bool:
     return True
 
 
-def ensure_database(server: Postgres, password: str) -> None:
-    """Create the ``mlflow`` database unless it exists (checks the password on the way)."""
+def ensure_database(server: Postgres, password: str, name: str = DATABASE) -> None:
+    """Create the database ``name`` (default ``mlflow``) unless it exists (checks the password on the way)."""
     import psycopg
 
     try:
@@ -169,8 +171,8 @@ def ensure_database(server: Postgres, password: str) -> None:
     except psycopg.OperationalError as error:
         raise PipelineError(f"PostgreSQL at {server.host}:{server.port}: {first_line(error)}") from None
     with connection:
-        if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone() is None:
-            connection.execute(f'CREATE DATABASE "{DATABASE}"')
+        if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            connection.execute(f'CREATE DATABASE "{name}"')
 
 
 def first_line(error: BaseException) -> str:

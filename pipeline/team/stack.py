@@ -15,6 +15,8 @@ from pipeline.team import postgres, s3
 from pipeline.team.settings import TeamConfig, new_password, read_env, write_env
 
 SERVER_ENV_HEADER = "Secrets of the local team servers, written by `make team-up`. Never commit or share this file."
+#: SeaweedFS' S3 identities (each role's key and bucket), written from the server env file.
+S3_IDENTITIES = "s3-identities.json"
 CLIENT_ENV_HEADER = (
     "Team mode settings for this project's commands (make run/push/pull TEAM=1), written by `make team-up`.\n"
     "Holds S3 keys: share it like a password, never commit it."
@@ -25,10 +27,23 @@ def database(config: TeamConfig) -> postgres.Postgres:
     return postgres.Postgres(config.folder.resolve() / "postgres", config.host, config.postgres_port)
 
 
+#: The accounts app's settings (user store, default permission), written at team-up.
+AUTH_CONFIG = "basic_auth.ini"
+ADMIN = "admin"
+
+
 def _server_secrets(config: TeamConfig) -> dict[str, str]:
-    if config.server_env.is_file():
-        return read_env(config.server_env)
-    return {"TEAM_PG_PASSWORD": new_password()}
+    """The servers' secrets: kept in the server env file, each made once when it is missing."""
+    secrets = read_env(config.server_env) if config.server_env.is_file() else {}
+    secrets.setdefault("TEAM_PG_PASSWORD", new_password())
+    secrets.setdefault("MLFLOW_AUTH_ADMIN_PASSWORD", new_password())  # MLflow wants 12+ characters
+    secrets.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", new_password())
+    return secrets
+
+
+def admin_headers(config: TeamConfig) -> dict[str, str]:
+    """The admin's HTTP Basic header, from the server env file."""
+    return server.basic_auth(ADMIN, read_env(config.server_env)["MLFLOW_AUTH_ADMIN_PASSWORD"])
 
 
 def up(config: TeamConfig) -> None:
@@ -38,7 +53,7 @@ def up(config: TeamConfig) -> None:
     db = database(config)
     fresh_database = _start_postgres(config, db, secrets)
     mlflow_keys = _start_s3(config, secrets, fresh_database)
-    _start_mlflow(config, db, secrets["TEAM_PG_PASSWORD"], mlflow_keys)
+    _start_mlflow(config, db, secrets, mlflow_keys)
     print(f"Team settings for clients: {config.client_env} (TEAM_ENV); try `make run TEAM=1`")
 
 
@@ -50,66 +65,93 @@ def _start_postgres(config: TeamConfig, db: postgres.Postgres, secrets: dict[str
         write_env(config.server_env, secrets, SERVER_ENV_HEADER)
     postgres.start(db)
     postgres.ensure_database(db, secrets["TEAM_PG_PASSWORD"])
+    postgres.ensure_database(db, secrets["TEAM_PG_PASSWORD"], postgres.AUTH_DATABASE)
+    write_env(config.server_env, secrets, SERVER_ENV_HEADER)
     print(f"PostgreSQL on {config.host}:{config.postgres_port} (data {db.data_dir})")
     return fresh
 
 
 def _start_s3(config: TeamConfig, secrets: dict[str, str], fresh_database: bool) -> s3.Credentials:
-    """Start S3 (new users, keys and buckets, written to the env files) or reuse it; return
-    the MLflow server's keys, checked against its bucket."""
-    if s3.start(config.host, config.s3_port, config.folder, roles=2):
-        keys = s3.bootstrap(config.s3_endpoint, {"dvc": config.dvc_bucket, "mlflow": config.artifacts_bucket})
-        secrets.update({"TEAM_MLFLOW_S3_KEY_ID": keys["mlflow"].key_id, "TEAM_MLFLOW_S3_SECRET": keys["mlflow"].secret})
+    """Start SeaweedFS (or reuse it) with one key per role, each allowed only its bucket; make the
+    buckets that are missing; write the client env file. The keys are made once and kept in the
+    server env file, the objects on disk: a restart keeps both. Returns the MLflow server's keys."""
+    buckets = {"dvc": config.dvc_bucket, "mlflow": config.artifacts_bucket}
+    names = {role: (f"TEAM_{role.upper()}_S3_KEY_ID", f"TEAM_{role.upper()}_S3_SECRET") for role in buckets}
+    if not all(key in secrets for pair in names.values() for key in pair):
+        for role, (key_id, secret) in names.items():
+            made = s3.new_credentials(role)
+            secrets.update({key_id: made.key_id, secret: made.secret})
         write_env(config.server_env, secrets, SERVER_ENV_HEADER)
-        write_env(config.client_env, {
-            "MLFLOW_TRACKING_URI": config.tracking_uri,
-            "TEAM_DVC_REMOTE_URL": f"s3://{config.dvc_bucket}/cache",
-            "TEAM_S3_ENDPOINT_URL": config.s3_endpoint,
-            "AWS_ACCESS_KEY_ID": keys["dvc"].key_id,
-            "AWS_SECRET_ACCESS_KEY": keys["dvc"].secret,
-            "AWS_DEFAULT_REGION": s3.REGION,
-            # Artifacts through the server only, also for tools other than the pipeline's stages
-            # (which default to it, see pipeline.tracking.mlflow_runs): no presigned URLs to the bucket.
-            "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false",
-            "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
-        }, CLIENT_ENV_HEADER)
-        print(f"S3 (moto) on {config.s3_endpoint}: buckets {config.dvc_bucket}, {config.artifacts_bucket}; new keys in {config.client_env}")
-        if not fresh_database:
-            print("note: the local S3 server starts empty (moto keeps objects in memory): artifacts of runs logged "
-                  "before it stopped are gone; `make push TEAM=1` refills the DVC remote")
-    elif "TEAM_MLFLOW_S3_KEY_ID" not in secrets:
-        raise PipelineError(f"an S3 server already answers at {config.s3_endpoint} but {config.folder} has no keys for it: "
-                            "stop it or choose another TEAM_S3_PORT")
-    else:
-        print(f"S3 (moto) already running at {config.s3_endpoint}: reusing it")
-    keys = s3.Credentials(secrets["TEAM_MLFLOW_S3_KEY_ID"], secrets["TEAM_MLFLOW_S3_SECRET"])
-    s3.check(config.s3_endpoint, config.artifacts_bucket, keys)
-    return keys
+    keys = {role: s3.Credentials(secrets[key_id], secrets[secret]) for role, (key_id, secret) in names.items()}
+    s3.write_identities(config.folder / S3_IDENTITIES, keys, buckets)
+    started = s3.start(config.host, config.s3_port, config.folder, config.folder / S3_IDENTITIES)
+    if not started:  # something answers there already: it must take our keys (one line if not)
+        s3.check(config.s3_endpoint, config.dvc_bucket, keys["dvc"])
+    made = s3.ensure_buckets(config.s3_endpoint, buckets, keys)
+    write_env(config.client_env, {
+        "MLFLOW_TRACKING_URI": config.tracking_uri,
+        "TEAM_DVC_REMOTE_URL": f"s3://{config.dvc_bucket}/cache",
+        "TEAM_S3_ENDPOINT_URL": config.s3_endpoint,
+        "AWS_ACCESS_KEY_ID": keys["dvc"].key_id,
+        "AWS_SECRET_ACCESS_KEY": keys["dvc"].secret,
+        "AWS_DEFAULT_REGION": s3.REGION,
+        # Artifacts through the server only, also for tools other than the pipeline's stages
+        # (which default to it, see pipeline.tracking.mlflow_runs): no presigned URLs to the bucket.
+        "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false",
+        "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
+    }, CLIENT_ENV_HEADER)
+    state = "started" if started else "already running: reusing it"
+    new = f"; new buckets {', '.join(made)}" if made else ""
+    print(f"S3 (SeaweedFS) on {config.s3_endpoint}, {state}: objects in {config.folder / 's3'}{new}; keys in {config.client_env}")
+    s3.check(config.s3_endpoint, config.artifacts_bucket, keys["mlflow"])
+    return keys["mlflow"]
 
 
-def _start_mlflow(config: TeamConfig, db: postgres.Postgres, password: str, keys: s3.Credentials) -> None:
-    """Migrate the schema, then start (or reuse) the tracking server; the secrets reach both
-    through their environment only."""
+def _write_auth_config(config: TeamConfig, db: postgres.Postgres) -> None:
+    """MLflow's accounts app: its user store in its own database (the password from
+    ``PGPASSWORD``), new users may read everything and write nothing until granted."""
+    path = config.folder / AUTH_CONFIG
+    path.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = {db.uri(postgres.AUTH_DATABASE)}\n"
+        f"admin_username = {ADMIN}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    path.chmod(0o600)
+
+
+def _start_mlflow(config: TeamConfig, db: postgres.Postgres, secrets: dict[str, str], keys: s3.Credentials) -> None:
+    """Migrate the schema, then start (or reuse) the tracking server with accounts; the secrets
+    reach it through its environment only."""
+    _write_auth_config(config, db)
     environment = {
-        "PGPASSWORD": password,
+        "PGPASSWORD": secrets["TEAM_PG_PASSWORD"],
         "AWS_ACCESS_KEY_ID": keys.key_id,
         "AWS_SECRET_ACCESS_KEY": keys.secret,
         "AWS_DEFAULT_REGION": s3.REGION,
         "MLFLOW_S3_ENDPOINT_URL": config.s3_endpoint,
+        "MLFLOW_AUTH_CONFIG_PATH": str((config.folder / AUTH_CONFIG).resolve()),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": secrets["MLFLOW_AUTH_ADMIN_PASSWORD"],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets["MLFLOW_FLASK_SERVER_SECRET_KEY"],
     }
     server.upgrade_schema(db.uri(), environment)
     server.start(config.host, config.mlflow_port, config.folder.resolve(), backend=db.uri(),
-                 artifacts=f"s3://{config.artifacts_bucket}/artifacts", env=environment)
-    problem = server.backend_problem(config.tracking_uri)
+                 artifacts=f"s3://{config.artifacts_bucket}/artifacts", env=environment, app_name="basic-auth")
+    problem = server.backend_problem(config.tracking_uri, headers=server.basic_auth(ADMIN, secrets["MLFLOW_AUTH_ADMIN_PASSWORD"]))
+    if problem == server.NEEDS_ACCOUNT:
+        raise PipelineError(f"MLflow server at {config.tracking_uri} refused the admin password of {config.server_env} "
+                            "(a server of another team folder on this port?)")
     if problem:
         raise PipelineError(f"MLflow server at {config.tracking_uri} cannot use PostgreSQL: {problem}")
-    print(f"MLflow on {config.tracking_uri}: backend {db.uri()}, artifacts s3://{config.artifacts_bucket}/artifacts (proxied)")
+    print(f"MLflow on {config.tracking_uri}: backend {db.uri()}, artifacts s3://{config.artifacts_bucket}/artifacts (proxied), "
+          f"accounts in {db.uri(postgres.AUTH_DATABASE)} (admin: `{ADMIN}`, password in {config.server_env})")
 
 
 def down(config: TeamConfig) -> None:
-    """Stop the MLflow server, the S3 server and PostgreSQL (the database stays on disk)."""
+    """Stop the MLflow server, the S3 server and PostgreSQL (the database and the objects stay on disk)."""
     print("MLflow server " + ("stopped" if services.stop(server.SERVICE, config.folder.resolve()) else "was not running"))
-    print("S3 server " + ("stopped (its objects are gone: moto keeps them in memory)" if s3.stop(config.folder) else "was not running"))
+    print("S3 server " + (f"stopped (its objects stay in {config.folder / 's3'})" if s3.stop(config.folder) else "was not running"))
     print("PostgreSQL " + ("stopped" if postgres.stop(database(config)) else "was not running"))
 
 

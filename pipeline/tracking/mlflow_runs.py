@@ -55,9 +55,16 @@ def connect(experiment_name: str, timeout_s: float = 5.0) -> str:
 
     try:
         experiment = mlflow.set_experiment(experiment_name)
-        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        # Written every time, even when already there: a server with accounts refuses it to a
+        # user who may only read, here, before any training and before a run exists.
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     except Exception as error:  # MlflowException and transport errors alike
+        if getattr(error, "error_code", None) == "PERMISSION_DENIED":
+            user = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+            raise TrackingError(
+                f"MLflow at {uri}: user '{user}' may only read experiment '{experiment_name}' (HTTP 403: logging runs needs "
+                f"EDIT permission; a team admin grants it with `make team-user NAME=<name> ROLE=edit`)"
+            ) from None
         raise TrackingError(f"MLflow at {uri}: cannot select experiment '{experiment_name}' ({error})") from error
     return uri
 
@@ -85,8 +92,8 @@ def connect_for_loading() -> str:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     # Artifacts go through the tracking server, whatever store is behind it: an MLflow 3 server
     # on S3 otherwise hands out presigned URLs for files over 500 MB (uploads) and for every
-    # download, which a client can only use with a network path to the bucket (and which
-    # moto's signature check cannot verify). Set either to true to use them.
+    # download, which a client can only use with a network path to the bucket. Set either to
+    # true to use them.
     os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD", "false")
     os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
     import mlflow

@@ -1,5 +1,6 @@
-"""Team mode against real servers on 127.0.0.1: PostgreSQL (pgserver's binaries), moto's S3
-server with IAM keys enforced, and MLflow on both; DVC pushes to and pulls from the bucket.
+"""Team mode against real servers on 127.0.0.1: PostgreSQL (pgserver's binaries), SeaweedFS'
+S3 with one key per bucket enforced and objects on disk, and MLflow on both; DVC pushes to and
+pulls from the bucket.
 
 One stack is started for the module (``pipeline.team up``, as ``make team-up`` does) in a
 temporary folder on free ports, and stopped at the end.
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.errors import PipelineError
 from pipeline.team import postgres, s3, stack
 from pipeline.team.settings import TeamConfig, read_env, write_env
 from tests.conftest import REPO_ROOT, free_port
@@ -46,6 +48,13 @@ def team():
     finally:
         subprocess.run(command + ["down", *ports], capture_output=True, text=True, timeout=120)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _team_command(team: TeamConfig, *action: str) -> subprocess.CompletedProcess:
+    ports = ["--dir", str(team.folder), "--mlflow-port", str(team.mlflow_port), "--s3-port", str(team.s3_port),
+             "--postgres-port", str(team.postgres_port)]
+    return subprocess.run([sys.executable, "-m", "pipeline.team", *action, *ports], capture_output=True, text=True, timeout=300,
+                          cwd=REPO_ROOT)
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -162,31 +171,76 @@ def test_wrong_s3_credentials_fail_clearly_without_printing_a_secret(team, pushe
         assert "not-the-secret-0123456789" not in output and right["AWS_SECRET_ACCESS_KEY"] not in output
 
 
-def _rest(config: TeamConfig, path: str, **query: str) -> dict:
-    with urllib.request.urlopen(f"{config.tracking_uri}/api/2.0/mlflow/{path}?{urllib.parse.urlencode(query)}", timeout=30) as answer:
+def _rest(config: TeamConfig, reader: dict[str, str], path: str, **query: str) -> dict:
+    from pipeline.services.mlflow_server import basic_auth
+
+    request = urllib.request.Request(f"{config.tracking_uri}/api/2.0/mlflow/{path}?{urllib.parse.urlencode(query)}",
+                                     headers=basic_auth(reader["MLFLOW_TRACKING_USERNAME"], reader["MLFLOW_TRACKING_PASSWORD"]))
+    with urllib.request.urlopen(request, timeout=30) as answer:
         return json.load(answer)
 
 
-def test_training_logs_to_postgres_and_s3_and_loads_by_alias_elsewhere(team, tiny_artifacts, monkeypatch):  # noqa: F811
+def _add_user(team: TeamConfig, name: str, role: str) -> dict[str, str]:
+    """``python -m pipeline.team user add`` (``make team-user``): the account's env file, read back."""
+    made = _team_command(team, "user", "add", name, "--role", role)
+    assert made.returncode == 0, made.stderr
+    path = team.folder / "users" / f"{name}.env"
+    assert oct(path.stat().st_mode & 0o777) == "0o600" and str(path) in made.stdout
+    values = read_env(path)
+    assert values["MLFLOW_TRACKING_USERNAME"] == name and values["MLFLOW_TRACKING_PASSWORD"] not in made.stdout + made.stderr
+    return values
+
+
+@pytest.fixture(scope="module")
+def users(team):
+    """Three accounts: alice and carol may edit the project's experiment and models, bob only read."""
+    return {"alice": _add_user(team, "alice", "edit"), "bob": _add_user(team, "bob", "read"),
+            "carol": _add_user(team, "carol", "edit")}
+
+
+def _as(user: dict[str, str]) -> dict[str, str]:
+    return {key: user[key] for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+
+
+@pytest.fixture(scope="module")
+def champion(team, users, tiny_artifacts):  # noqa: F811
+    """The tiny CNN trained once against the team servers (as alice): its training summary."""
     import mlflow
 
     from pipeline.training.train import train_cnn_focal
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", team.tracking_uri)
-    monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
-    mlflow.set_tracking_uri(team.tracking_uri)
-    base, root = tiny_artifacts
-    paths = dataclasses.replace(make_paths(root, "cnn_team"), source=root / "ham")
-    summary = train_cnn_focal(base, tiny_cnn(registered_model_name="tests-team-cnn"), paths)
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in _as(users["alice"]).items():
+            patch.setenv(key, value)
+        patch.setenv("MLFLOW_TRACKING_URI", team.tracking_uri)
+        patch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
+        mlflow.set_tracking_uri(team.tracking_uri)
+        base, root = tiny_artifacts
+        paths = dataclasses.replace(make_paths(root, "cnn_team"), source=root / "ham")
+        return train_cnn_focal(base, tiny_cnn(registered_model_name="tests-team-cnn"), paths)
 
+
+def _load_champion(team: TeamConfig, reader: dict[str, str]) -> subprocess.CompletedProcess:
+    """``models:/tests-team-cnn@champion`` loaded by a second process with no storage credentials,
+    as a user who may only read."""
+    environment = {key: value for key, value in _env().items() if not key.startswith("AWS_")}
+    return subprocess.run(
+        [sys.executable, "-c", "import mlflow; m = mlflow.keras.load_model('models:/tests-team-cnn@champion'); print(m.output_shape)"],
+        capture_output=True, text=True, timeout=300,
+        env={**environment, **_as(reader), "MLFLOW_TRACKING_URI": team.tracking_uri, "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false"},
+    )
+
+
+def test_training_logs_to_postgres_and_s3_and_loads_by_alias_elsewhere(team, users, champion):
+    summary = champion
     # Read back through the server's REST API.
-    run = _rest(team, "runs/get", run_id=summary["run_id"])["run"]
+    run = _rest(team, users["bob"], "runs/get", run_id=summary["run_id"])["run"]
     assert run["info"]["status"] == "FINISHED"
     assert {"key": "train_cnn_focal.epochs", "value": "3"} in run["data"]["params"]
     assert {"key": "host", "value": socket.gethostname()} in run["data"]["tags"]
-    history = _rest(team, "metrics/get-history", run_id=summary["run_id"], metric_key="val_balanced_accuracy")["metrics"]
+    history = _rest(team, users["bob"], "metrics/get-history", run_id=summary["run_id"], metric_key="val_balanced_accuracy")["metrics"]
     assert [int(point["step"]) for point in history] == [0, 1, 2]  # one point per epoch
-    alias = _rest(team, "registered-models/alias", name="tests-team-cnn", alias="champion")["model_version"]
+    alias = _rest(team, users["bob"], "registered-models/alias", name="tests-team-cnn", alias="champion")["model_version"]
     assert alias["version"] == "1" and alias["run_id"] == summary["run_id"]
 
     # The run is a row in PostgreSQL; the model's files are objects in the artifacts bucket.
@@ -201,17 +255,12 @@ def test_training_logs_to_postgres_and_s3_and_loads_by_alias_elsewhere(team, tin
     assert any(key.endswith("/MLmodel") for key in keys) and any(key.endswith(".keras") for key in keys), keys
 
     # A second process with no storage credentials at all loads the champion through the server.
-    environment = {key: value for key, value in _env().items() if not key.startswith("AWS_")}
-    loaded = subprocess.run(
-        [sys.executable, "-c", "import mlflow; m = mlflow.keras.load_model('models:/tests-team-cnn@champion'); print(m.output_shape)"],
-        capture_output=True, text=True, timeout=300,
-        env={**environment, "MLFLOW_TRACKING_URI": team.tracking_uri, "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false"},
-    )
+    loaded = _load_champion(team, users["bob"])
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     assert loaded.stdout.strip().splitlines()[-1] == "(None, 7)"
 
 
-def test_a_stage_stops_in_one_line_before_training_when_postgres_is_down(team, tiny_artifacts, tmp_path):  # noqa: F811
+def test_a_stage_stops_in_one_line_before_training_when_postgres_is_down(team, users, tiny_artifacts, tmp_path):  # noqa: F811
     _, root = tiny_artifacts
     database = stack.database(team)
     assert postgres.stop(database)
@@ -221,7 +270,8 @@ def test_a_stage_stops_in_one_line_before_training_when_postgres_is_down(team, t
             [sys.executable, "stages/train_cnn_focal.py", "--params", "params.yaml", "--ingested", str(root / "ingested"),
              "--split", str(root / "split"), "--augmented", str(root / "augmented"), "--out", str(tmp_path / "model"),
              "--metrics", str(tmp_path / "metrics.json"), "--checkpoints", str(tmp_path / "checkpoints")],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=_env(MLFLOW_TRACKING_URI=team.tracking_uri),
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+            env=_env(MLFLOW_TRACKING_URI=team.tracking_uri, **_as(users["alice"])),
         )
         elapsed = time.monotonic() - started
     finally:
@@ -274,3 +324,168 @@ def test_postgres_runs_from_a_private_environment_under_root(monkeypatch):
     finally:
         shutil.rmtree(private, ignore_errors=True)
         shutil.rmtree(reachable, ignore_errors=True)
+
+
+
+
+def test_team_down_and_up_keeps_the_remote_the_artifacts_and_the_champion(team, users, pushed_workspace, champion, tmp_path, monkeypatch):
+    """Objects past the multipart thresholds (DVC's s3fs: 100 MiB, in 50 MiB parts; MLflow's
+    boto3 on the server: 8 MB) round-trip, and a restart of the servers loses nothing."""
+    import mlflow
+
+    # DVC: a 110 MiB output, pushed in parts.
+    big = os.urandom(110 * 2**20 + 123)
+    (pushed_workspace / "big.bin").write_bytes(big)
+    subprocess.run([sys.executable, "-m", "dvc", "add", "big.bin"], cwd=pushed_workspace, check=True, capture_output=True, env=_env())
+    pushed = _team_exec(pushed_workspace, team.client_env, sys.executable, "-m", "dvc", "push", "big.bin.dvc")
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    _git(pushed_workspace, "add", "-A")
+    _git(pushed_workspace, "commit", "-qm", "big")
+    # MLflow: a 20 MB artifact through the server (proxied), which stores it in parts.
+    for key, value in _as(users["carol"]).items():
+        monkeypatch.setenv(key, value)
+    mlflow.set_tracking_uri(team.tracking_uri)
+    mlflow.set_experiment("ham10000-skin-lesions")
+    artifact = tmp_path / "weights.bin"
+    artifact.write_bytes(os.urandom(20 * 2**20))
+    with mlflow.start_run(run_name="big-artifact") as run:
+        mlflow.log_artifact(str(artifact))
+    secrets = read_env(team.server_env)
+    bucket = s3.client(team.s3_endpoint, s3.Credentials(secrets["TEAM_MLFLOW_S3_KEY_ID"], secrets["TEAM_MLFLOW_S3_SECRET"]))
+    stored = [item for item in bucket.list_objects_v2(Bucket=team.artifacts_bucket)["Contents"] if item["Key"].endswith("/weights.bin")]
+    assert len(stored) == 1 and stored[0]["Size"] == artifact.stat().st_size
+    assert "-" in stored[0]["ETag"], stored[0]  # a multipart upload's ETag: <md5 of the parts>-<count>
+    before = sorted(_remote_objects(team))
+    dvc_big = next(item for item in s3.client(team.s3_endpoint, s3.Credentials(*(read_env(team.client_env)[key] for key in (
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")))).list_objects_v2(Bucket=team.dvc_bucket)["Contents"] if item["Size"] == len(big))
+    assert "-" in dvc_big["ETag"], dvc_big
+
+    down = _team_command(team, "down")
+    assert down.returncode == 0 and "objects stay in" in down.stdout, down.stdout + down.stderr
+    assert not s3.up(team.s3_endpoint)
+    again = _team_command(team, "up")
+    assert again.returncode == 0, again.stderr
+    assert "S3 (SeaweedFS)" in again.stdout and "new buckets" not in again.stdout, again.stdout
+
+    assert sorted(_remote_objects(team)) == before
+    clone = tmp_path / "member-c"
+    _git(tmp_path, "clone", "-q", str(pushed_workspace), str(clone))
+    pulled = _team_exec(clone, team.client_env, sys.executable, "-m", "dvc", "pull", "--with-deps", "split", "big.bin.dvc")
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    assert (clone / "big.bin").read_bytes() == big
+    assert (clone / "data" / "split" / "train.csv").read_bytes() == (pushed_workspace / "data" / "split" / "train.csv").read_bytes()
+    downloaded = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="weights.bin", dst_path=str(tmp_path / "back"))
+    assert Path(downloaded).read_bytes() == artifact.read_bytes()
+    loaded = _load_champion(team, users["bob"])
+    assert loaded.returncode == 0 and loaded.stdout.strip().splitlines()[-1] == "(None, 7)", loaded.stderr[-2000:]
+
+
+def test_each_s3_key_reaches_only_its_own_bucket(team):
+    client_keys, server_keys = read_env(team.client_env), read_env(team.server_env)
+    dvc_key = s3.Credentials(client_keys["AWS_ACCESS_KEY_ID"], client_keys["AWS_SECRET_ACCESS_KEY"])
+    mlflow_key = s3.Credentials(server_keys["TEAM_MLFLOW_S3_KEY_ID"], server_keys["TEAM_MLFLOW_S3_SECRET"])
+    s3.check(team.s3_endpoint, team.dvc_bucket, dvc_key)
+    s3.check(team.s3_endpoint, team.artifacts_bucket, mlflow_key)
+    for key, bucket in ((dvc_key, team.artifacts_bucket), (mlflow_key, team.dvc_bucket)):
+        with pytest.raises(PipelineError, match=f"refused the credentials of access key {key.key_id} .*AccessDenied"):
+            s3.check(team.s3_endpoint, bucket, key)
+    identities = team.folder / stack.S3_IDENTITIES
+    assert identities.stat().st_mode & 0o777 == 0o600
+
+
+def _stage(root: Path, out: Path, **env: str) -> subprocess.CompletedProcess:
+    """The CNN training stage on the tiny artifacts, with these settings."""
+    return subprocess.run(
+        [sys.executable, "stages/train_cnn_focal.py", "--params", "params.yaml", "--ingested", str(root / "ingested"),
+         "--split", str(root / "split"), "--augmented", str(root / "augmented"), "--out", str(out / "model"),
+         "--metrics", str(out / "metrics.json"), "--checkpoints", str(out / "checkpoints")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=_env(**env),
+    )
+
+
+def _runs(team: TeamConfig, reader: dict[str, str]) -> list[dict]:
+    import mlflow
+
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in _as(reader).items():
+            patch.setenv(key, value)
+        client = mlflow.MlflowClient(team.tracking_uri)
+        experiment = client.get_experiment_by_name("ham10000-skin-lesions")
+        return [run.to_dictionary()["info"] for run in client.search_runs([experiment.experiment_id], max_results=1000)]
+
+
+def test_the_permission_matrix_each_refusal_one_line_before_training(team, users, tiny_artifacts, tmp_path):  # noqa: F811
+    """No account (401), a wrong password (401), a read-only account (403): one `error:` line
+    each, before any training, no secret printed, nothing written to the server."""
+    _, root = tiny_artifacts
+    before = _runs(team, users["bob"])
+    bob = users["bob"]
+    cases = {
+        "none": ({}, "wants an account (HTTP 401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
+        "wrong": ({**_as(bob), "MLFLOW_TRACKING_PASSWORD": "not-the-password-0123456789"},
+                  "refused the password of user 'bob' (HTTP 401)"),
+        "read": (_as(bob), "user 'bob' may only read experiment 'ham10000-skin-lesions' (HTTP 403: logging runs needs EDIT"),
+    }
+    for case, (credentials, expected) in cases.items():
+        out = tmp_path / case
+        result = _stage(root, out, MLFLOW_TRACKING_URI=team.tracking_uri, **credentials)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 1 and len(errors) == 1, (case, result.stderr[-2000:])
+        assert expected in errors[0], (case, errors[0])
+        assert "Traceback" not in result.stderr and "epoch 1" not in result.stdout, case
+        assert bob["MLFLOW_TRACKING_PASSWORD"] not in result.stdout + result.stderr
+        assert "not-the-password-0123456789" not in result.stdout + result.stderr
+        assert not (out / "model").exists() and not (out / "metrics.json").exists()
+    assert _runs(team, users["bob"]) == before
+
+
+def _client_as(team: TeamConfig, user: dict[str, str]):
+    """An MLflow client that sends ``user``'s credentials (MLflow reads them from the environment)."""
+    import mlflow
+
+    patch = pytest.MonkeyPatch()
+    for key, value in _as(user).items():
+        patch.setenv(key, value)
+    return mlflow.MlflowClient(team.tracking_uri), patch
+
+
+def test_members_share_the_experiment_and_only_manage_deletes_runs(team, users):
+    """alice's and carol's runs land side by side in the one experiment. EDIT lets a member log
+    and register, not delete: MLflow's permissions are per experiment (MANAGE deletes runs), so
+    carol can delete neither alice's run nor her own; the admin can."""
+    from mlflow.exceptions import MlflowException
+
+    made = {}
+    for name in ("alice", "carol"):
+        client, patch = _client_as(team, users[name])
+        try:
+            experiment = client.get_experiment_by_name("ham10000-skin-lesions")
+            made[name] = client.create_run(experiment.experiment_id, run_name=f"{name}'s run").info.run_id
+            client.set_terminated(made[name])
+        finally:
+            patch.undo()
+    client, patch = _client_as(team, users["carol"])
+    try:
+        for run_id in made.values():
+            with pytest.raises(MlflowException) as refused:
+                client.delete_run(run_id)
+            assert refused.value.error_code == "PERMISSION_DENIED"
+    finally:
+        patch.undo()
+    assert set(made.values()) <= {run["run_id"] for run in _runs(team, users["bob"])}
+    admin = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": read_env(team.server_env)["MLFLOW_AUTH_ADMIN_PASSWORD"]}
+    client, patch = _client_as(team, admin)
+    try:
+        client.delete_run(made["carol"])
+    finally:
+        patch.undo()
+    active = {run["run_id"] for run in _runs(team, users["bob"]) if run["lifecycle_stage"] == "active"}
+    assert made["alice"] in active and made["carol"] not in active
+
+
+def test_a_user_name_taken_or_a_bad_role_is_one_line(team, users):
+    again = _team_command(team, "user", "add", "alice", "--role", "edit")
+    assert again.returncode == 1 and again.stderr.strip() == (
+        f"error: MLflow at {team.tracking_uri} has a user 'alice' already (choose another name)")
+    bad = _team_command(team, "user", "add", "admin", "--role", "edit")
+    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "not 'admin'" in bad.stderr

@@ -57,3 +57,24 @@ def test_exec_refuses_a_missing_settings_file_in_one_line(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and result.stderr.count("\n") == 1
     assert result.stderr.startswith("error: no team settings at")
+
+
+def test_s3_identities_give_each_role_its_own_bucket_only_in_a_private_file(tmp_path):
+    import json
+
+    from pipeline.team import s3
+
+    keys = {"dvc": s3.new_credentials("dvc"), "mlflow": s3.new_credentials("mlflow")}
+    assert keys["dvc"].key_id.startswith("DVC") and keys["dvc"] != keys["mlflow"] and len(keys["dvc"].secret) >= 30
+    path = tmp_path / "team" / "s3-identities.json"
+    s3.write_identities(path, keys, {"dvc": "ham10000-dvc", "mlflow": "ham10000-mlflow"})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    identities = {entry["name"]: entry for entry in json.loads(path.read_text())["identities"]}
+    assert identities["dvc"]["credentials"] == [{"accessKey": keys["dvc"].key_id, "secretKey": keys["dvc"].secret}]
+    assert identities["dvc"]["actions"] == [f"{action}:ham10000-dvc" for action in ("Read", "Write", "List", "Tagging", "Admin")]
+    assert all(action.endswith(":ham10000-mlflow") for action in identities["mlflow"]["actions"])
+    # The internal servers' ports are picked once and kept: a restart finds the same volume server.
+    data = tmp_path / "s3"
+    data.mkdir()
+    first = s3._internal_ports(data)
+    assert len(set(first.values())) == 9 and s3._internal_ports(data) == first

@@ -1,0 +1,115 @@
+"""Team members' MLflow accounts: one user per person (or machine), with READ or EDIT permission.
+
+The team's MLflow server runs MLflow's own accounts app (``--app-name basic-auth``), its user
+store in a PostgreSQL database of its own. Every account may read everything (the store's
+``default_permission``); ``edit`` accounts also get EDIT on the project's experiment and on its
+registered models, which :func:`add` makes (as the admin) when they do not exist yet, so that
+every member's runs land in the one experiment and every member may register model versions
+and move their aliases. Nobody but the admin and an experiment's creator holds MANAGE, the
+permission that deletes runs and changes permissions.
+
+    python -m pipeline.team user add alice --role edit    # make team-user NAME=alice ROLE=edit
+
+writes ``<team dir>/users/alice.env`` (0600): the client settings plus the account's
+``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``, which MLflow's client (and so every
+stage) sends with each request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import PipelineError
+from pipeline.io import read_yaml
+from pipeline.team.settings import TeamConfig, new_password, read_env, write_env
+
+#: ``make team-user ROLE=...`` -> MLflow's permission on the project's experiment and models.
+ROLES = {"read": "READ", "edit": "EDIT"}
+ADMIN = "admin"
+USER_ENV_HEADER = (
+    "One team member's settings (MLflow account, DVC remote and keys), written by `make team-user`.\n"
+    "Holds a password and S3 keys: give it to that member only, never commit it."
+)
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def project_resources(params_file: Path) -> tuple[str, list[str]]:
+    """The experiment and the registered model names the pipeline writes to (from ``params.yaml``)."""
+    params = read_yaml(params_file, "the pipeline's params")
+    models = sorted({section["registered_model_name"] for section in params.values()
+                     if isinstance(section, dict) and section.get("registered_model_name")})
+    return params["base"]["experiment_name"], models
+
+
+@contextmanager
+def as_admin(config: TeamConfig) -> Iterator[None]:
+    """MLflow's clients authenticated as the admin (credentials from the server env file)."""
+    password = read_env(config.server_env).get("MLFLOW_AUTH_ADMIN_PASSWORD")
+    if not password:
+        raise PipelineError(f"{config.server_env} has no MLFLOW_AUTH_ADMIN_PASSWORD: start the servers with `make team-up`")
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+    os.environ.update({"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": password})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _ensure_resources(tracking: Any, experiment: str, models: list[str]) -> str:
+    """The experiment's id, and every registered model, made if missing (as the admin)."""
+    from mlflow.exceptions import MlflowException
+
+    found = tracking.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else tracking.create_experiment(experiment)
+    for name in models:
+        try:
+            tracking.get_registered_model(name)
+        except MlflowException:
+            tracking.create_registered_model(name)
+    return experiment_id
+
+
+def add(config: TeamConfig, name: str, role: str, params_file: Path = Path("params.yaml")) -> Path:
+    """Make the account ``name`` with ``role`` and write its env file; return the file's path."""
+    import warnings
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    with warnings.catch_warnings():  # its import of MLflow's server app warns about Starlette's WSGI shim
+        warnings.filterwarnings("ignore", message="starlette.middleware.wsgi is deprecated")
+        from mlflow.server.auth.client import AuthServiceClient
+
+    if not _NAME.fullmatch(name) or name == ADMIN:
+        raise PipelineError(f"user name {name!r}: use letters, digits, '.', '_' or '-' (up to 64), not '{ADMIN}'")
+    if role not in ROLES:
+        raise PipelineError(f"role {role!r}: one of {', '.join(ROLES)}")
+    client_settings = read_env(config.client_env)
+    experiment, models = project_resources(params_file)
+    password = new_password()
+    with as_admin(config):
+        auth = AuthServiceClient(config.tracking_uri)
+        try:
+            auth.create_user(name, password)
+        except MlflowException as error:
+            if error.error_code == "RESOURCE_ALREADY_EXISTS":
+                raise PipelineError(f"MLflow at {config.tracking_uri} has a user '{name}' already (choose another name)") from None
+            raise PipelineError(f"MLflow at {config.tracking_uri}: cannot create user '{name}' ({error.error_code})") from None
+        experiment_id = _ensure_resources(MlflowClient(config.tracking_uri), experiment, models)
+        permission = ROLES[role]
+        auth.grant_user_permission(name, "experiment", experiment_id, permission)
+        for model in models:
+            auth.grant_user_permission(name, "registered_model", model, permission)
+    path = config.folder / "users" / f"{name}.env"
+    write_env(path, {**client_settings, "MLFLOW_TRACKING_USERNAME": name, "MLFLOW_TRACKING_PASSWORD": password}, USER_ENV_HEADER)
+    print(f"user '{name}' ({permission} on experiment '{experiment}' and models {', '.join(models)}): settings in {path}")
+    return path
