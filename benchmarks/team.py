@@ -107,8 +107,8 @@ def bench_dvc(work: Path, megabytes: int, client_env: Path) -> dict:
 
 def bench_team(repeats: int, megabytes: int) -> dict:
     from pipeline.services import mlflow_server as server
-    from pipeline.team import stack
-    from pipeline.team.settings import TeamConfig
+    from pipeline.team import accounts, stack
+    from pipeline.team.settings import TeamConfig, read_env
 
     work = Path(tempfile.mkdtemp(prefix="bench-team-"))
     work.chmod(0o711)  # PostgreSQL runs as `nobody` under root
@@ -116,10 +116,16 @@ def bench_team(repeats: int, megabytes: int) -> dict:
     store = work / "embedded"
     try:
         stack.up(config)
+        # The team server has accounts: the runs are logged as a member who may edit
+        # (the embedded server ignores the credentials).
+        member = read_env(accounts.add(config, "bench", "edit", REPO_ROOT / "params.yaml"))
+        os.environ.update({key: member[key] for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")})
         embedded = server.start("127.0.0.1", free_port(), store)
         return {"tracking": bench_tracking(repeats, embedded, config.tracking_uri),
                 "dvc": bench_dvc(work, megabytes, config.client_env)}
     finally:
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            os.environ.pop(key, None)
         server.stop(store)
         stack.down(config)
         shutil.rmtree(work, ignore_errors=True)
