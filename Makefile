@@ -15,7 +15,7 @@
 #   make pack [PACK=…]       train/val images + split files for a GPU node (the test split stays here)
 #   make import-run BUNDLE=<folder> [RESTORE=1]   log an offline run bundle to the MLflow server
 # Team mode (README, "Running it for a team"): a shared DVC remote on S3 and MLflow on PostgreSQL + S3.
-#   make team-up / team-down / team-status   local team servers on 127.0.0.1 (settings: .team/client.env)
+#   make team-up / team-down / team-status   team servers on 127.0.0.1, or TEAM_HOST=<address> over TLS (settings: .team/client.env)
 #   make team-user NAME=… ROLE=read|edit     an MLflow account; its settings in .team/users/NAME.env
 #   make run TEAM=1          the pipeline against the team's servers: pulls what others computed, pushes what it computed
 #   make push / make pull    dvc push / pull to / from the team remote ($(TEAM_ENV))
@@ -36,11 +36,19 @@ TEAM_ENV ?= $(TEAM_DIR)/client.env
 TEAM_MLFLOW_PORT ?= 5010
 TEAM_S3_PORT ?= 9010
 TEAM_POSTGRES_PORT ?= 5433
+# The address MLflow and S3 listen on: another machine's reach means HTTPS (a certificate made
+# for it unless TEAM_TLS_CERT/TEAM_TLS_KEY[/TEAM_TLS_CA] name the lab's own).
+TEAM_HOST ?= 127.0.0.1
+TEAM_TLS_CERT ?=
+TEAM_TLS_KEY ?=
+TEAM_TLS_CA ?=
 
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 TRACKING_URI := http://$(HOST):$(PORT)
-TEAM_SERVERS := --dir $(TEAM_DIR) --mlflow-port $(TEAM_MLFLOW_PORT) --s3-port $(TEAM_S3_PORT) --postgres-port $(TEAM_POSTGRES_PORT)
+TEAM_SERVERS := --dir $(TEAM_DIR) --host $(TEAM_HOST) --mlflow-port $(TEAM_MLFLOW_PORT) --s3-port $(TEAM_S3_PORT) \
+	--postgres-port $(TEAM_POSTGRES_PORT) $(if $(TEAM_TLS_CERT),--cert $(TEAM_TLS_CERT) --key $(TEAM_TLS_KEY)) \
+	$(if $(TEAM_TLS_CA),--ca $(TEAM_TLS_CA))
 # Prefix of a command that runs with the team settings (env file, DVC remote `team`, checks first).
 TEAM_EXEC := $(if $(TEAM),$(BIN)/python -m pipeline.team exec --env $(TEAM_ENV) --)
 HASH := \#
@@ -148,11 +156,12 @@ team-user: venv
 	@test -n "$(NAME)" || { echo "error: name the user: make team-user NAME=<name> ROLE=read|edit" >&2; exit 2; }
 	$(BIN)/python -m pipeline.team user add $(NAME) --role $(or $(ROLE),read) $(TEAM_SERVERS)
 
+# TARGETS=split (say): only those stages' outputs and their dependencies' (default: all).
 push: venv
-	$(BIN)/python -m pipeline.team exec --env $(TEAM_ENV) --no-tracking -- $(BIN)/dvc push
+	$(BIN)/python -m pipeline.team exec --env $(TEAM_ENV) --no-tracking -- $(BIN)/dvc push $(if $(TARGETS),--with-deps $(TARGETS))
 
 pull: venv
-	$(BIN)/python -m pipeline.team exec --env $(TEAM_ENV) --no-tracking -- $(BIN)/dvc pull
+	$(BIN)/python -m pipeline.team exec --env $(TEAM_ENV) --no-tracking -- $(BIN)/dvc pull $(if $(TARGETS),--with-deps $(TARGETS))
 
 bench: venv
 	$(BIN)/python -m benchmarks.run

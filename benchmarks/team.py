@@ -1,13 +1,16 @@
-"""Team mode's cost, measured in one run against both set-ups on this machine.
+"""Team mode's cost, measured in one run against every set-up on this machine.
 
 - tracking: one training run's MLflow traffic, exactly as a training stage sends it (connect,
   params, per-epoch metrics, the model logged and registered with its aliases), to the embedded
-  server (sqlite + folder) and to the team server (PostgreSQL + S3 through SeaweedFS), alternating;
+  server (sqlite + folder), to the team server (PostgreSQL + S3 through SeaweedFS, accounts) and
+  to the same team servers over TLS (``--tls``, as ``TEAM_HOST=<address>`` serves them),
+  alternating;
 - dvc: ``dvc push`` then ``dvc pull`` (into an empty cache) of one stage output, to a local
-  folder remote and to the team's S3 bucket.
+  folder remote and to each team set-up's S3 bucket.
 
-Training itself is left out: it costs the same on both. The servers are started in a temporary
-folder on free ports and stopped at the end.
+Training itself is left out: it costs the same on all. The servers are started in a temporary
+folder on free ports (all on 127.0.0.1: the TLS figures are the encryption's cost, not a
+network's) and stopped at the end.
 
     python -m benchmarks.team --repeats 3 --megabytes 256
 """
@@ -30,11 +33,12 @@ from benchmarks.common import REPO_ROOT, free_port
 EPOCHS = 30
 
 
-def _logged_run(uri: str, model, images, round_: int) -> float:
-    """Seconds of one training run's tracking traffic to ``uri``."""
+def _logged_run(uri: str, credentials: dict[str, str], model, images, round_: int) -> float:
+    """Seconds of one training run's tracking traffic to ``uri``, sent with ``credentials``."""
     from pipeline.tracking import mlflow_runs as tracking
 
     os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.environ.update(credentials)
     recorder = tracking.MlflowRecorder()
     started = time.perf_counter()
     recorder.connect("bench-team")
@@ -48,7 +52,8 @@ def _logged_run(uri: str, model, images, round_: int) -> float:
     return time.perf_counter() - started
 
 
-def bench_tracking(repeats: int, embedded: str, team: str) -> dict:
+def bench_tracking(repeats: int, servers: dict[str, tuple[str, dict[str, str]]]) -> dict:
+    """``servers``: name -> (tracking URI, the MLflow settings to send), the first the baseline."""
     import numpy as np
 
     from pipeline.training.backend import configure
@@ -60,15 +65,18 @@ def bench_tracking(repeats: int, embedded: str, team: str) -> dict:
     model = build_cnn(params, base.classes)
     images = np.zeros((2, params.input_size, params.input_size, 3), np.float32)
     model_bytes = sum(int(np.prod(weight.shape)) for weight in model.weights) * 4
-    _logged_run(embedded, model, images, -1)  # warm-up: experiment creation, first imports
-    _logged_run(team, model, images, -1)
-    seconds: dict[str, list[float]] = {"embedded": [], "team": []}
+    for uri, credentials in servers.values():  # warm-up: experiment creation, first imports
+        _logged_run(uri, credentials, model, images, -1)
+    seconds: dict[str, list[float]] = {name: [] for name in servers}
     for round_ in range(repeats):
-        seconds["embedded"].append(_logged_run(embedded, model, images, round_))
-        seconds["team"].append(_logged_run(team, model, images, round_))
+        for name, (uri, credentials) in servers.items():
+            seconds[name].append(_logged_run(uri, credentials, model, images, round_))
     result = {name: round(statistics.median(values), 2) for name, values in seconds.items()}
-    return {"epochs": EPOCHS, "model_megabytes": round(model_bytes / 1e6, 1), "embedded_seconds": result["embedded"],
-            "team_seconds": result["team"], "team_vs_embedded": round(result["team"] / result["embedded"], 2)}
+    baseline = next(iter(servers))
+    figures = {"epochs": EPOCHS, "model_megabytes": round(model_bytes / 1e6, 1)}
+    figures.update({f"{name}_seconds": value for name, value in result.items()})
+    figures.update({f"{name}_vs_{baseline}": round(value / result[baseline], 2) for name, value in result.items() if name != baseline})
+    return figures
 
 
 def _dvc(workspace: Path, *args: str, env: dict | None = None) -> float:
@@ -77,7 +85,9 @@ def _dvc(workspace: Path, *args: str, env: dict | None = None) -> float:
     return time.perf_counter() - started
 
 
-def bench_dvc(work: Path, megabytes: int, client_env: Path) -> dict:
+def bench_dvc(work: Path, megabytes: int, client_envs: dict[str, Path]) -> dict:
+    """Push and pull to a local folder remote and to each team bucket (``client_envs``: name ->
+    that set-up's client env file)."""
     from pipeline.team.settings import client_values
 
     workspace = work / "dvc-workspace"
@@ -89,19 +99,22 @@ def bench_dvc(work: Path, megabytes: int, client_env: Path) -> dict:
     for index in range(8):  # a directory output, like data/ingested
         (output / f"part-{index}.bin").write_bytes(os.urandom(megabytes * (1 << 20) // 8))
     _dvc(workspace, "add", "-q", "output")
-    values = client_values(client_env)
-    env = {**os.environ, **values}
     _dvc(workspace, "remote", "add", "local", str(work / "local-remote"))
-    _dvc(workspace, "remote", "add", "team", values["TEAM_DVC_REMOTE_URL"])
-    _dvc(workspace, "remote", "modify", "team", "endpointurl", values["TEAM_S3_ENDPOINT_URL"])
+    environments = {"local": dict(os.environ)}
+    for name, path in client_envs.items():
+        values = client_values(path)
+        environments[name] = {**os.environ, **values}
+        _dvc(workspace, "remote", "add", name, values["TEAM_DVC_REMOTE_URL"])
+        _dvc(workspace, "remote", "modify", name, "endpointurl", values["TEAM_S3_ENDPOINT_URL"])
     figures = {"megabytes": megabytes}
-    for remote in ("local", "team"):
+    for remote, env in environments.items():
         figures[f"{remote}_push_seconds"] = round(_dvc(workspace, "push", "-q", "-r", remote, env=env), 2)
         shutil.rmtree(workspace / ".dvc" / "cache")
         shutil.rmtree(output)
         figures[f"{remote}_pull_seconds"] = round(_dvc(workspace, "pull", "-q", "-r", remote, env=env), 2)
-    figures["team_vs_local_push"] = round(figures["team_push_seconds"] / figures["local_push_seconds"], 2)
-    figures["team_vs_local_pull"] = round(figures["team_pull_seconds"] / figures["local_pull_seconds"], 2)
+    for remote in client_envs:
+        for way in ("push", "pull"):
+            figures[f"{remote}_vs_local_{way}"] = round(figures[f"{remote}_{way}_seconds"] / figures[f"local_{way}_seconds"], 2)
     return figures
 
 
@@ -112,22 +125,33 @@ def bench_team(repeats: int, megabytes: int) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="bench-team-"))
     work.chmod(0o711)  # PostgreSQL runs as `nobody` under root
-    config = TeamConfig(folder=work / ".team", mlflow_port=free_port(), s3_port=free_port(), postgres_port=free_port())
+    configs = {name: TeamConfig(folder=work / name / ".team", mlflow_port=free_port(), s3_port=free_port(),
+                                postgres_port=free_port(), tls=name == "team_tls") for name in ("team", "team_tls")}
     store = work / "embedded"
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                                                  "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_URI")}
     try:
-        stack.up(config)
-        # The team server has accounts: the runs are logged as a member who may edit
-        # (the embedded server ignores the credentials).
-        member = read_env(accounts.add(config, "bench", "edit", REPO_ROOT / "params.yaml"))
-        os.environ.update({key: member[key] for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")})
-        embedded = server.start("127.0.0.1", free_port(), store)
-        return {"tracking": bench_tracking(repeats, embedded, config.tracking_uri),
-                "dvc": bench_dvc(work, megabytes, config.client_env)}
+        servers = {"embedded": (server.start("127.0.0.1", free_port(), store), {})}
+        for name, config in configs.items():
+            (work / name).mkdir(mode=0o711)
+            stack.up(config)
+            # The team servers have accounts: the runs are logged as a member who may edit
+            # (the embedded server ignores the credentials).
+            member = read_env(accounts.add(config, "bench", "edit", REPO_ROOT / "params.yaml"))
+            servers[name] = (config.tracking_uri, {key: member[key] for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")})
+        # Only the TLS server's requests use it; the others are plain HTTP.
+        os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(configs["team_tls"].trusted_ca)
+        return {"tracking": bench_tracking(repeats, servers),
+                "dvc": bench_dvc(work, megabytes, {name: config.client_env for name, config in configs.items()})}
     finally:
-        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-            os.environ.pop(key, None)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         server.stop(store)
-        stack.down(config)
+        for config in configs.values():
+            stack.down(config)
         shutil.rmtree(work, ignore_errors=True)
 
 

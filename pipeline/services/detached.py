@@ -18,13 +18,45 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 
 
-def answers(url: str, timeout_s: float = 2.0) -> bool:
-    """Whether ``url`` answers a GET with HTTP 200."""
+def tls_context(ca: str | Path | None = None, insecure: bool = False):
+    """An SSL context for ``https://`` checks: trusting ``ca`` (a PEM file) besides the system's
+    store, or (``insecure``, MLflow's ``MLFLOW_TRACKING_INSECURE_TLS``) verifying nothing."""
+    import ssl
+
+    if insecure:
+        return ssl._create_unverified_context()  # what the user asked for, as MLflow's client does
+    return ssl.create_default_context(cafile=str(ca) if ca else None)
+
+
+def failure(url: str, timeout_s: float = 2.0, ca: str | Path | None = None, insecure: bool = False) -> str | None:
+    """Why a GET of ``url`` does not answer HTTP 200 (None when it does): :data:`UNTRUSTED` and
+    the reason when its TLS certificate is not trusted, else a short cause."""
+    import ssl
+
+    context = tls_context(ca, insecure) if url.startswith("https://") else None
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+        with urllib.request.urlopen(url, timeout=timeout_s, context=context) as response:
+            return None if response.status == 200 else f"HTTP {response.status}"
+    except urllib.error.HTTPError as error:
+        return f"HTTP {error.code}"
+    except urllib.error.URLError as error:
+        if isinstance(error.reason, ssl.SSLCertVerificationError):
+            return f"{UNTRUSTED} ({error.reason.verify_message})"
+        return str(error.reason)
+    except ssl.SSLCertVerificationError as error:
+        return f"{UNTRUSTED} ({error.verify_message})"
+    except OSError as error:
+        return str(error)
+
+
+#: How :func:`failure` begins when a server's certificate is not trusted.
+UNTRUSTED = "certificate not trusted"
+
+
+def answers(url: str, timeout_s: float = 2.0, ca: str | Path | None = None) -> bool:
+    """Whether ``url`` answers a GET with HTTP 200 (over TLS: with a certificate ``ca`` or the
+    system trusts)."""
+    return failure(url, timeout_s, ca) is None
 
 
 def spawn(

@@ -28,9 +28,15 @@ from pipeline.errors import PipelineError, redact, run_cli
 SERVICE = "server"
 
 
-def is_up(url: str, timeout_s: float = 2.0) -> bool:
-    """Whether an MLflow server answers ``/health`` at ``url``."""
-    return services.answers(url.rstrip("/") + "/health", timeout_s)
+def is_up(url: str, timeout_s: float = 2.0, ca: str | Path | None = None) -> bool:
+    """Whether an MLflow server answers ``/health`` at ``url`` (``https://``: with a certificate
+    that ``ca`` or the system store vouches for)."""
+    return services.answers(url.rstrip("/") + "/health", timeout_s, ca)
+
+
+def _trust(env: Mapping[str, str]) -> tuple[str | None, bool]:
+    """The CA file and the no-verification switch MLflow's client reads from ``env``."""
+    return env.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None, env.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true"
 
 
 def basic_auth(username: str | None = None, password: str | None = None) -> dict[str, str]:
@@ -49,18 +55,21 @@ def basic_auth(username: str | None = None, password: str | None = None) -> dict
 NEEDS_ACCOUNT = "HTTP 401"
 
 
-def backend_problem(url: str, timeout_s: float = 15.0, headers: Mapping[str, str] | None = None) -> str | None:
+def backend_problem(url: str, timeout_s: float = 15.0, headers: Mapping[str, str] | None = None,
+                    ca: str | Path | None = None, insecure: bool = False) -> str | None:
     """Why the server at ``url`` cannot read its backend store, or None when it can.
 
     ``/health`` answers without touching the store, so a server whose database is down looks
     healthy: one cheap search (no client retries) shows it in seconds. The search carries the
     caller's MLflow credentials (``headers``, default from the environment), so a server with
-    accounts answers it too, or refuses them (HTTP 401).
+    accounts answers it too, or refuses them (HTTP 401). ``ca``/``insecure``: as MLflow's
+    ``MLFLOW_TRACKING_SERVER_CERT_PATH`` / ``MLFLOW_TRACKING_INSECURE_TLS``.
     """
     request = urllib.request.Request(url.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1",
                                      headers=dict(headers if headers is not None else basic_auth()))
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s):
+        context = services.tls_context(ca, insecure) if url.startswith("https://") else None
+        with urllib.request.urlopen(request, timeout=timeout_s, context=context):
             return None
     except urllib.error.HTTPError as error:
         if error.code == 401:
@@ -81,12 +90,20 @@ NOT_REACHABLE = "is not reachable"
 
 def unavailable(url: str, timeout_s: float = 5.0, env: Mapping[str, str] | None = None) -> str | None:
     """Why the MLflow server at ``url`` cannot take a run (:data:`NOT_REACHABLE`, an account it
-    wants or refuses, or that its backend store fails), or None when it can. The credentials
-    are MLflow's ``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD`` of ``env`` (default: this process')."""
+    wants or refuses, a TLS certificate not trusted, or that its backend store fails), or None
+    when it can. The credentials are MLflow's ``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD`` of
+    ``env`` (default: this process'), the CA its ``MLFLOW_TRACKING_SERVER_CERT_PATH``."""
     env = os.environ if env is None else env
-    if not is_up(url, timeout_s):
+    ca, insecure = _trust(env)
+    health = services.failure(url.rstrip("/") + "/health", timeout_s, ca, insecure)
+    if health and health.startswith(services.UNTRUSTED):
+        trusted = f"the CA file {ca}" if ca else "this machine's CA store"
+        return (f"serves a TLS certificate that {trusted} does not vouch for {health.removeprefix(services.UNTRUSTED).strip()}: "
+                "set MLFLOW_TRACKING_SERVER_CERT_PATH to the team's ca.pem")
+    if health:
         return NOT_REACHABLE
-    problem = backend_problem(url, headers=basic_auth(env.get("MLFLOW_TRACKING_USERNAME") or "", env.get("MLFLOW_TRACKING_PASSWORD", "")))
+    problem = backend_problem(url, headers=basic_auth(env.get("MLFLOW_TRACKING_USERNAME") or "", env.get("MLFLOW_TRACKING_PASSWORD", "")),
+                              ca=ca, insecure=insecure)
     if problem == NEEDS_ACCOUNT:
         user = env.get("MLFLOW_TRACKING_USERNAME")
         if user:
@@ -111,6 +128,8 @@ def start(
     artifacts: str | None = None,
     env: Mapping[str, str] | None = None,
     app_name: str | None = None,
+    tls: tuple[Path, Path] | None = None,
+    ca: Path | None = None,
 ) -> str:
     """Start the server unless one answers already; return its URL.
 
@@ -121,9 +140,13 @@ def start(
     passes a PostgreSQL ``backend`` URI, an ``s3://`` ``artifacts`` destination and the
     secrets both need in ``env`` (never on the command line). Artifacts are proxied through
     the server either way, so clients need no storage credentials.
+
+    ``tls=(certificate, key)`` serves HTTPS (uvicorn's SSL options), ``ca`` being what the
+    certificate's issuer is to this machine's checks; the server then answers only requests
+    addressed to ``host`` (``--allowed-hosts``), which blocks DNS rebinding from a browser.
     """
-    url = f"http://{host}:{port}"
-    if is_up(url):
+    url = f"{'https' if tls else 'http'}://{host}:{port}"
+    if is_up(url, ca=ca):
         print(f"MLflow server already running at {url}: reusing it")
         return url
     store.mkdir(parents=True, exist_ok=True)
@@ -136,8 +159,14 @@ def start(
         "--workers", "1",
         *(["--app-name", app_name] if app_name else []),
     ]
+    if tls:
+        import shlex
+
+        certificate, key = tls
+        command += ["--uvicorn-opts", f"--ssl-certfile {shlex.quote(str(certificate))} --ssl-keyfile {shlex.quote(str(key))}",
+                    "--allowed-hosts", f"{host}:{port},{host}"]
     try:
-        services.spawn(SERVICE, command, store, lambda: is_up(url), env=env, wait_s=wait_s)
+        services.spawn(SERVICE, command, store, lambda: is_up(url, ca=ca), env=env, wait_s=wait_s)
     except PipelineError as error:
         raise PipelineError(f"MLflow server at {url}: {error}") from error
     print(f"MLflow server started at {url} (store {store.resolve()}, log {store.resolve() / (SERVICE + '.log')})")

@@ -1,6 +1,7 @@
 """Team mode commands.
 
-    python -m pipeline.team up|down|status [--dir .team] [--mlflow-port 5010] [--s3-port 9010] [--postgres-port 5433]
+    python -m pipeline.team up|down|status [--dir .team] [--host 127.0.0.1] [--mlflow-port 5010] [--s3-port 9010]
+                                           [--postgres-port 5433] [--tls|--no-tls] [--cert F --key F [--ca F]]
     python -m pipeline.team exec [--env .team/client.env] [--no-tracking] -- COMMAND...
     python -m pipeline.team user add NAME --role read|edit [--dir .team] [--mlflow-port 5010] ...
 """
@@ -30,7 +31,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                        ("user", None)):
         servers = user if name == "user" else sub.add_parser(name, help=text)
         servers.add_argument("--dir", type=Path, default=TeamConfig.folder, help="state folder (git-ignored)")
-        servers.add_argument("--host", default=TeamConfig.host)
+        servers.add_argument("--host", default=TeamConfig.host,
+                             help="address MLflow and S3 listen on (not loopback: over TLS only); PostgreSQL stays on 127.0.0.1")
+        servers.add_argument("--tls", action=argparse.BooleanOptionalAction, default=None,
+                             help="serve HTTPS (default: exactly when --host is not loopback)")
+        servers.add_argument("--cert", type=Path, help="the lab's own server certificate (PEM; default: team-up makes one)")
+        servers.add_argument("--key", type=Path, help="its private key (PEM, unencrypted)")
+        servers.add_argument("--ca", type=Path, help="what clients should trust for --cert (default: the system's store)")
         servers.add_argument("--mlflow-port", type=int, default=TeamConfig.mlflow_port)
         servers.add_argument("--s3-port", type=int, default=TeamConfig.s3_port)
         servers.add_argument("--postgres-port", type=int, default=TeamConfig.postgres_port)
@@ -47,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(status)
         return
     config = TeamConfig(folder=args.dir, host=args.host, mlflow_port=args.mlflow_port, s3_port=args.s3_port,
-                        postgres_port=args.postgres_port)
+                        postgres_port=args.postgres_port, tls=args.tls, cert=args.cert, key=args.key, ca=args.ca)
     if args.action == "user":
         accounts.add(config, args.name, args.role, args.params)
     elif args.action == "up":

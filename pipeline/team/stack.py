@@ -4,6 +4,10 @@ artifacts proxied so that clients need no bucket credentials. Everything on 127.
 
 ``up`` is idempotent: servers that answer are reused, the database schema is migrated
 (``mlflow db upgrade``) before the tracking server starts.
+
+MLflow and S3 listen on the configured host: 127.0.0.1 by default, or an address other machines
+reach (``make team-up TEAM_HOST=...``), which is served over TLS only (a certificate made for it
+by :mod:`pipeline.team.certificates`, or the lab's own). PostgreSQL stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ from __future__ import annotations
 from pipeline.services import mlflow_server as server
 from pipeline.services import detached as services
 from pipeline.errors import PipelineError
-from pipeline.team import postgres, s3
-from pipeline.team.settings import TeamConfig, new_password, read_env, write_env
+from pipeline.team import certificates, postgres, s3
+from pipeline.team.settings import CA_KEYS, TeamConfig, new_password, read_env, write_env
 
 SERVER_ENV_HEADER = "Secrets of the local team servers, written by `make team-up`. Never commit or share this file."
 #: SeaweedFS' S3 identities (each role's key and bucket), written from the server env file.
@@ -24,7 +28,7 @@ CLIENT_ENV_HEADER = (
 
 
 def database(config: TeamConfig) -> postgres.Postgres:
-    return postgres.Postgres(config.folder.resolve() / "postgres", config.host, config.postgres_port)
+    return postgres.Postgres(config.folder.resolve() / "postgres", "127.0.0.1", config.postgres_port)
 
 
 #: The accounts app's settings (user store, default permission), written at team-up.
@@ -46,15 +50,42 @@ def admin_headers(config: TeamConfig) -> dict[str, str]:
     return server.basic_auth(ADMIN, read_env(config.server_env)["MLFLOW_AUTH_ADMIN_PASSWORD"])
 
 
+def tls_files(config: TeamConfig) -> certificates.TLSFiles | None:
+    """The servers' certificate and key (made for the host when the lab gave none), or None for
+    plain HTTP, which only loopback may serve: anything else is refused in one line."""
+    import ipaddress
+
+    try:
+        if ipaddress.ip_address(config.host).is_unspecified:
+            raise PipelineError(f"TEAM_HOST={config.host} binds every interface: give the one address clients use "
+                                "(its certificate names it)")
+    except ValueError:
+        pass  # a host name
+    if not config.secure:
+        if not certificates.is_loopback(config.host):
+            raise PipelineError(f"plain HTTP on {config.host}, which other machines reach, would carry passwords and S3 keys "
+                                "in the clear: leave TLS on (team-up makes a certificate) or give the lab's with --cert/--key")
+        return None
+    if config.cert or config.key:
+        if not (config.cert and config.key):
+            raise PipelineError("a lab's own certificate needs both --cert and --key")
+        return certificates.given(config.cert, config.key, config.ca)
+    return certificates.ensure(config.folder / "tls", config.host)
+
+
 def up(config: TeamConfig) -> None:
     """Start (or reuse) the three servers and write the env files."""
+    tls = tls_files(config)
     config.folder.mkdir(parents=True, exist_ok=True)
     secrets = _server_secrets(config)
     db = database(config)
     fresh_database = _start_postgres(config, db, secrets)
-    mlflow_keys = _start_s3(config, secrets, fresh_database)
-    _start_mlflow(config, db, secrets, mlflow_keys)
+    mlflow_keys = _start_s3(config, secrets, fresh_database, tls)
+    _start_mlflow(config, db, secrets, mlflow_keys, tls)
     print(f"Team settings for clients: {config.client_env} (TEAM_ENV); try `make run TEAM=1`")
+    if tls:
+        trust = f"they trust {config.trusted_ca}" if config.trusted_ca else "the system's CA store vouches for it"
+        print(f"TLS: {tls.cert} for {config.host}; {trust}")
 
 
 def _start_postgres(config: TeamConfig, db: postgres.Postgres, secrets: dict[str, str]) -> bool:
@@ -67,11 +98,25 @@ def _start_postgres(config: TeamConfig, db: postgres.Postgres, secrets: dict[str
     postgres.ensure_database(db, secrets["TEAM_PG_PASSWORD"])
     postgres.ensure_database(db, secrets["TEAM_PG_PASSWORD"], postgres.AUTH_DATABASE)
     write_env(config.server_env, secrets, SERVER_ENV_HEADER)
-    print(f"PostgreSQL on {config.host}:{config.postgres_port} (data {db.data_dir})")
+    print(f"PostgreSQL on 127.0.0.1:{config.postgres_port} (data {db.data_dir})")
     return fresh
 
 
-def _start_s3(config: TeamConfig, secrets: dict[str, str], fresh_database: bool) -> s3.Credentials:
+def _client_trust(config: TeamConfig) -> dict[str, str]:
+    """The client env file's CA settings: relative to the team folder (where the file is) when
+    team-up made the CA, as the lab gave it otherwise."""
+    ca = config.trusted_ca
+    if ca is None:
+        return {}
+    try:
+        value = str(ca.relative_to(config.folder.resolve()))
+    except ValueError:
+        value = str(ca)
+    return {key: value for key in CA_KEYS}
+
+
+def _start_s3(config: TeamConfig, secrets: dict[str, str], fresh_database: bool,
+              tls: certificates.TLSFiles | None) -> s3.Credentials:
     """Start SeaweedFS (or reuse it) with one key per role, each allowed only its bucket; make the
     buckets that are missing; write the client env file. The keys are made once and kept in the
     server env file, the objects on disk: a restart keeps both. Returns the MLflow server's keys."""
@@ -84,10 +129,12 @@ def _start_s3(config: TeamConfig, secrets: dict[str, str], fresh_database: bool)
         write_env(config.server_env, secrets, SERVER_ENV_HEADER)
     keys = {role: s3.Credentials(secrets[key_id], secrets[secret]) for role, (key_id, secret) in names.items()}
     s3.write_identities(config.folder / S3_IDENTITIES, keys, buckets)
-    started = s3.start(config.host, config.s3_port, config.folder, config.folder / S3_IDENTITIES)
+    ca = config.trusted_ca
+    started = s3.start(config.host, config.s3_port, config.folder, config.folder / S3_IDENTITIES,
+                       (tls.cert, tls.key) if tls else None, ca, certificates.internal(config.folder / "tls") if tls else None)
     if not started:  # something answers there already: it must take our keys (one line if not)
-        s3.check(config.s3_endpoint, config.dvc_bucket, keys["dvc"])
-    made = s3.ensure_buckets(config.s3_endpoint, buckets, keys)
+        s3.check(config.s3_endpoint, config.dvc_bucket, keys["dvc"], ca)
+    made = s3.ensure_buckets(config.s3_endpoint, buckets, keys, ca)
     write_env(config.client_env, {
         "MLFLOW_TRACKING_URI": config.tracking_uri,
         "TEAM_DVC_REMOTE_URL": f"s3://{config.dvc_bucket}/cache",
@@ -99,11 +146,12 @@ def _start_s3(config: TeamConfig, secrets: dict[str, str], fresh_database: bool)
         # (which default to it, see pipeline.tracking.mlflow_runs): no presigned URLs to the bucket.
         "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false",
         "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
+        **_client_trust(config),
     }, CLIENT_ENV_HEADER)
     state = "started" if started else "already running: reusing it"
     new = f"; new buckets {', '.join(made)}" if made else ""
     print(f"S3 (SeaweedFS) on {config.s3_endpoint}, {state}: objects in {config.folder / 's3'}{new}; keys in {config.client_env}")
-    s3.check(config.s3_endpoint, config.artifacts_bucket, keys["mlflow"])
+    s3.check(config.s3_endpoint, config.artifacts_bucket, keys["mlflow"], ca)
     return keys["mlflow"]
 
 
@@ -125,7 +173,8 @@ def _write_auth_config(config: TeamConfig, db: postgres.Postgres) -> None:
     path.chmod(0o600)
 
 
-def _start_mlflow(config: TeamConfig, db: postgres.Postgres, secrets: dict[str, str], keys: s3.Credentials) -> None:
+def _start_mlflow(config: TeamConfig, db: postgres.Postgres, secrets: dict[str, str], keys: s3.Credentials,
+                  tls: certificates.TLSFiles | None) -> None:
     """Migrate the schema, then start (or reuse) the tracking server with accounts; the secrets
     reach it through its environment only."""
     _write_auth_config(config, db)
@@ -138,11 +187,15 @@ def _start_mlflow(config: TeamConfig, db: postgres.Postgres, secrets: dict[str, 
         "MLFLOW_AUTH_CONFIG_PATH": str((config.folder / AUTH_CONFIG).resolve()),
         "MLFLOW_AUTH_ADMIN_PASSWORD": secrets["MLFLOW_AUTH_ADMIN_PASSWORD"],
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets["MLFLOW_FLASK_SERVER_SECRET_KEY"],
+        # The S3 gateway's certificate, for the server's own artifact uploads.
+        **({"AWS_CA_BUNDLE": str(config.trusted_ca)} if config.trusted_ca else {}),
     }
     server.upgrade_schema(db.uri(), environment)
     server.start(config.host, config.mlflow_port, config.folder.resolve(), backend=db.uri(),
-                 artifacts=f"s3://{config.artifacts_bucket}/artifacts", env=environment, app_name="basic-auth")
-    problem = server.backend_problem(config.tracking_uri, headers=server.basic_auth(ADMIN, secrets["MLFLOW_AUTH_ADMIN_PASSWORD"]))
+                 artifacts=f"s3://{config.artifacts_bucket}/artifacts", env=environment, app_name="basic-auth",
+                 tls=(tls.cert, tls.key) if tls else None, ca=config.trusted_ca)
+    problem = server.backend_problem(config.tracking_uri, headers=server.basic_auth(ADMIN, secrets["MLFLOW_AUTH_ADMIN_PASSWORD"]),
+                                     ca=config.trusted_ca)
     if problem == server.NEEDS_ACCOUNT:
         raise PipelineError(f"MLflow server at {config.tracking_uri} refused the admin password of {config.server_env} "
                             "(a server of another team folder on this port?)")
@@ -163,9 +216,9 @@ def status(config: TeamConfig) -> bool:
     """Print whether each server answers; return whether all do."""
     db = database(config)
     states = {
-        f"PostgreSQL {config.host}:{config.postgres_port}": postgres.initialised(db) and postgres.running(db),
-        f"S3 {config.s3_endpoint}": s3.up(config.s3_endpoint),
-        f"MLflow {config.tracking_uri}": server.is_up(config.tracking_uri),
+        f"PostgreSQL 127.0.0.1:{config.postgres_port}": postgres.initialised(db) and postgres.running(db),
+        f"S3 {config.s3_endpoint}": s3.up(config.s3_endpoint, config.trusted_ca),
+        f"MLflow {config.tracking_uri}": server.is_up(config.tracking_uri, ca=config.trusted_ca),
     }
     for name, ok in states.items():
         print(f"{name}: {'up' if ok else 'down'}")

@@ -24,10 +24,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.team import postgres, s3, stack
+from pipeline.team import client as team_client, postgres, s3, stack
 from pipeline.team.settings import TeamConfig, read_env, write_env
 from tests.conftest import REPO_ROOT, free_port
 from tests.model.conftest import make_paths, tiny_artifacts, tiny_cnn  # noqa: F401 (fixture)
+from tests.team.conftest import child_env as _env, copy_project, git as _git
 
 pytestmark = pytest.mark.slow
 
@@ -57,34 +58,16 @@ def _team_command(team: TeamConfig, *action: str) -> subprocess.CompletedProcess
                           cwd=REPO_ROOT)
 
 
-def _env(**extra: str) -> dict[str, str]:
-    """This interpreter's folder first on PATH (stage commands call `python`), the repo importable."""
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(REPO_ROOT), **extra}
-
-
 def _team_exec(workspace: Path, env_file: Path, *command: str, tracking: bool = False) -> subprocess.CompletedProcess:
     flags = [] if tracking else ["--no-tracking"]
     return subprocess.run([sys.executable, "-m", "pipeline.team", "exec", "--env", str(env_file), *flags, "--", *command],
                           cwd=workspace, capture_output=True, text=True, env=_env(), timeout=600)
 
 
-def _git(workspace: Path, *args: str) -> str:
-    result = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=workspace, capture_output=True,
-                            text=True, check=True)
-    return result.stdout
-
-
 @pytest.fixture(scope="module")
 def pushed_workspace(team, tmp_path_factory):
     """A copy of the project (tracked files) that ran ingest + split on the demo data and pushed them."""
-    workspace = tmp_path_factory.mktemp("member-a")
-    for name in _git(REPO_ROOT, "ls-files", "-z").split("\0"):
-        if name and (REPO_ROOT / name).is_file():
-            (workspace / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO_ROOT / name, workspace / name)
-    _git(workspace, "init", "-q")
-    _git(workspace, "add", "-A")
-    _git(workspace, "commit", "-qm", "copy")
+    workspace = copy_project(tmp_path_factory.mktemp("member-a"))
     repro = subprocess.run([sys.executable, "-m", "dvc", "repro", "split"], cwd=workspace, capture_output=True, text=True,
                            env=_env(), timeout=600)
     assert repro.returncode == 0, repro.stderr
@@ -148,7 +131,10 @@ def test_push_with_s3_down_fails_in_one_line_and_writes_nothing(team, pushed_wor
     assert pushed.returncode == 1
     assert pushed.stderr.strip().count("\n") == 0 and pushed.stderr.startswith("error: S3 endpoint http://127.0.0.1:")
     assert "is not reachable" in pushed.stderr
-    # DVC itself, without the check first, also fails (non-zero), and the real remote is untouched.
+    # The check came first: the clone's remote still points where it did.
+    assert f"endpointurl = {team.s3_endpoint}" in (pushed_workspace / ".dvc" / "config.local").read_text()
+    # DVC itself, pointed there without the check first, also fails (non-zero), and the real remote is untouched.
+    team_client.configure_remote(read_env(down), pushed_workspace)
     raw = subprocess.run([sys.executable, "-m", "dvc", "push", "--with-deps", "split"], cwd=pushed_workspace, capture_output=True, text=True,
                          env=_env(**read_env(down)), timeout=300)
     assert raw.returncode != 0
