@@ -159,6 +159,11 @@ class TransferParams(TrainParams):
     # BatchNorm during fine-tuning: false keeps it frozen in inference mode (moving statistics
     # and scale/offset of the pretrained network), the Keras transfer-learning recipe.
     fine_tune_batch_norm: bool = False
+    # Colour constancy (Shades of Gray, Finlayson & Trezzi 2004) as the model's first step: each
+    # image's channels rescaled so that their Minkowski p-norm means are equal, which removes the
+    # illuminant's and the camera's colour cast. 0 = off; 6 is what top ISIC entries used. It is
+    # part of the model graph, so training, evaluate and predict apply it alike.
+    color_constancy_power: float = _range(0, 20, default=0)
 
 
 @dataclass(frozen=True, kw_only=True)

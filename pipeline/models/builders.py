@@ -177,6 +177,19 @@ def build_effnet_lite0(
     return _transfer_model(backbone, params, classes, source_size, pretrained, "effnet_lite0"), backbone
 
 
+def shades_of_gray(images, power: float):
+    """Shades of Gray colour constancy (Finlayson & Trezzi 2004) on a batch of 0-255 RGB images:
+    each channel scaled by ``mean / norm_c``, ``norm_c`` its Minkowski ``power``-norm mean over the
+    image, so the estimated illuminant becomes gray. Built from Keras ops, so a saved model carries
+    it without custom objects (it loads wherever Keras does)."""
+    from keras import ops
+
+    positive = ops.maximum(images, 1e-3)  # pure black would give a zero norm
+    norm = ops.power(ops.mean(ops.power(positive / 255.0, power), axis=(1, 2), keepdims=True), 1.0 / power)
+    gain = ops.mean(norm, axis=-1, keepdims=True) / ops.maximum(norm, 1e-6)
+    return ops.clip(images * gain, 0.0, 255.0)
+
+
 def _transfer_model(backbone, params: TransferParams, classes, source_size, pretrained: bool, name: str) -> keras.Model:
     """A backbone (pooled features) plus the classification head.
 
@@ -186,8 +199,9 @@ def _transfer_model(backbone, params: TransferParams, classes, source_size, pret
     """
     backbone.trainable = not pretrained
     inputs = keras.Input((params.input_size, params.input_size, 3), name="image")
+    images = shades_of_gray(inputs, params.color_constancy_power) if params.color_constancy_power else inputs
     frozen_batch_norm = pretrained and not params.fine_tune_batch_norm
-    features = backbone(inputs, training=False) if frozen_batch_norm else backbone(inputs)
+    features = backbone(images, training=False) if frozen_batch_norm else backbone(images)
     head = classifier_head(features, classes, params.dropout, source_size)
     return keras.Model(inputs, head, name=name)
 

@@ -138,3 +138,37 @@ def test_stage_cli_reports_missing_converted_weights_in_one_line(tiny_artifacts,
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "converted Lite0 weights not found" in errors[0], result.stderr[-2000:]
     assert not (tmp_path / "model").exists()
+
+
+def test_colour_constancy_grays_the_illuminant_and_travels_in_the_model_file(tmp_path, converted_weights):
+    """Shades of Gray (p = 6): an image under a coloured light comes out with equal channel
+    norms, a gray one unchanged; the model file carries the step (no custom objects), so a plain
+    ``keras.models.load_model`` predicts exactly what training's model did."""
+    import keras
+
+    from pipeline.models.builders import build_effnet_lite0, shades_of_gray
+
+    rng = np.random.default_rng(0)
+    scene = rng.uniform(20, 200, (2, 32, 32, 1)).astype("float32") * np.ones(3, "float32")  # gray scenes
+    cast = np.clip(scene * np.array([1.3, 0.9, 0.6], "float32"), 0, 255)  # under a warm light
+    corrected = keras.ops.convert_to_numpy(shades_of_gray(cast, 6.0))
+    norms = np.mean((corrected / 255.0) ** 6, axis=(1, 2)) ** (1 / 6)
+    assert np.allclose(norms, norms[:, :1], rtol=1e-3), norms  # channels alike after the correction
+    raw_norms = np.mean((cast / 255.0) ** 6, axis=(1, 2)) ** (1 / 6)
+    assert raw_norms[0, 0] / raw_norms[0, 2] > 2.0  # (the cast was strong)
+    assert np.allclose(keras.ops.convert_to_numpy(shades_of_gray(scene, 6.0)), scene, atol=1e-2)
+
+    params = dataclasses.replace(TINY_LITE0, color_constancy_power=6.0)  # ImageNet features: colour matters to them
+    folder, _ = converted_weights
+    model, _ = build_effnet_lite0(params, tuple("abcdefg"), source_size=32, weights_dir=folder)
+    plain, _ = build_effnet_lite0(dataclasses.replace(params, color_constancy_power=0.0), tuple("abcdefg"), source_size=32,
+                                  weights_dir=folder)
+    # The new head starts at zero (uniform output): random head weights make the outputs tell.
+    head = next(layer for layer in reversed(model.layers) if isinstance(layer, keras.layers.Dense))
+    head.kernel.assign(rng.normal(0, 0.5, head.kernel.shape).astype("float32"))
+    plain.set_weights(model.get_weights())
+    assert not np.allclose(model.predict(cast, verbose=0), plain.predict(cast, verbose=0), atol=1e-6)  # the step is in the graph
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert np.allclose(loaded.predict(cast, verbose=0), model.predict(cast, verbose=0), atol=1e-6)
+    assert np.allclose(loaded.predict(cast, verbose=0), plain.predict(corrected, verbose=0), atol=1e-4)

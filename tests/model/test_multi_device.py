@@ -4,8 +4,14 @@ JAX gets two CPU devices from ``XLA_FLAGS=--xla_force_host_platform_device_count
 TensorFlow two logical CPU devices; each run is a subprocess because both choices are made at
 the backend's import. The pipeline's own device set-up (``backend.configure``), input pipeline,
 CNN builder and model saving train the tiny CNN for two epochs on one and on two devices with
-the same global batch: the per-step losses and the saved model's predictions must agree to
-float tolerance, i.e. several devices change the wall clock, not the model.
+the same global batch: the per-step losses and the saved model's predictions must agree, i.e.
+several devices change the wall clock, not the model.
+
+"Agree" is measured against what training does: two devices sum the gradients in another
+order, and float32 rounding then drifts by an amount that depends on the CPU's kernels (up to
+3.5e-5 in a probability on an AVX-512 AMD EPYC, 1e-7 on an Intel Xeon). A real fault (the
+gradients not averaged over the replicas, a replica's batch dropped) moves the model by about
+as much as training itself does; the allowance is 1% of that movement.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ SCRIPT = textwrap.dedent(
     with found.scope():
         model = found.adapt(build_cnn(params, tuple("abcdefg"), 32))
         model.compile(optimizer=keras.optimizers.Adam(0.003), loss=build_loss(params, None))
+    initial = model.predict(images[:12], verbose=0)  # (on two devices a batch splits evenly)
     losses = []
 
     class Steps(keras.callbacks.Callback):
@@ -64,7 +71,8 @@ SCRIPT = textwrap.dedent(
         keras.distribution.set_distribution(None)  # evaluate and predict load it on one device
     saved = keras.saving.load_model(os.path.join(out, "model.keras"))
     predictions = saved.predict(images[:13], verbose=0)
-    json.dump({"label": found.label, "notes": found.notes, "losses": losses, "predictions": predictions.tolist()},
+    json.dump({"label": found.label, "notes": found.notes, "losses": losses, "predictions": predictions.tolist(),
+               "initial": initial.tolist()},
               open(os.path.join(out, "result.json"), "w"))
     """
 )
@@ -91,7 +99,9 @@ def test_two_devices_train_the_same_model_as_one(tmp_path, repo_root, backend_na
     assert two["label"] == "cpu x 2" and "data-parallel over 2 devices" in two["notes"][0]
     # 4 steps an epoch on one device; on two the last batch (4 images) still splits evenly.
     assert len(one["losses"]) == len(two["losses"]) == 8
-    np.testing.assert_allclose(two["losses"], one["losses"], rtol=2e-5)
-    np.testing.assert_allclose(two["predictions"], one["predictions"], atol=2e-5)
     # Training did move the model: the comparison is not between two untrained networks.
     assert one["losses"][-1] < one["losses"][0]
+    moved = np.abs(np.array(one["predictions"])[:12] - np.array(one["initial"])).max()
+    np.testing.assert_allclose(two["initial"], one["initial"], atol=1e-6)  # the same start
+    np.testing.assert_allclose(two["losses"], one["losses"], atol=0.01 * (one["losses"][0] - min(one["losses"])))
+    np.testing.assert_allclose(two["predictions"], one["predictions"], atol=0.01 * moved)
