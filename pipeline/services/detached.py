@@ -33,7 +33,10 @@ def failure(url: str, timeout_s: float = 2.0, ca: str | Path | None = None, inse
     the reason when its TLS certificate is not trusted, else a short cause."""
     import ssl
 
-    context = tls_context(ca, insecure) if url.startswith("https://") else None
+    try:
+        context = tls_context(ca, insecure) if url.startswith("https://") else None
+    except OSError as error:  # a missing or unreadable CA file (ssl.SSLError is an OSError too)
+        return f"{BAD_CA} {ca} ({getattr(error, 'strerror', None) or error})"
     try:
         with urllib.request.urlopen(url, timeout=timeout_s, context=context) as response:
             return None if response.status == 200 else f"HTTP {response.status}"
@@ -49,8 +52,10 @@ def failure(url: str, timeout_s: float = 2.0, ca: str | Path | None = None, inse
         return str(error)
 
 
-#: How :func:`failure` begins when a server's certificate is not trusted.
+#: How :func:`failure` begins when a server's certificate is not trusted, and when the CA file
+#: to trust cannot be used.
 UNTRUSTED = "certificate not trusted"
+BAD_CA = "cannot use the CA file"
 
 
 def answers(url: str, timeout_s: float = 2.0, ca: str | Path | None = None) -> bool:

@@ -96,6 +96,8 @@ def unavailable(url: str, timeout_s: float = 5.0, env: Mapping[str, str] | None 
     env = os.environ if env is None else env
     ca, insecure = _trust(env)
     health = services.failure(url.rstrip("/") + "/health", timeout_s, ca, insecure)
+    if health and health.startswith(services.BAD_CA):
+        return f"is out of reach: {health}, named by MLFLOW_TRACKING_SERVER_CERT_PATH"
     if health and health.startswith(services.UNTRUSTED):
         trusted = f"the CA file {ca}" if ca else "this machine's CA store"
         return (f"serves a TLS certificate that {trusted} does not vouch for {health.removeprefix(services.UNTRUSTED).strip()}: "

@@ -50,3 +50,13 @@ def test_server_starts_is_reused_and_stops(tmp_path):
     assert not server.is_up(f"http://127.0.0.1:{port}")
     status = subprocess.run(command + ["status", "--port", str(port)], capture_output=True, text=True, timeout=60)
     assert status.returncode == 1 and status.stderr.startswith("error: no MLflow server answers")
+
+
+def test_an_unusable_ca_file_is_named_not_taken_for_a_stopped_server(tmp_path):
+    from pipeline.services import mlflow_server as server
+
+    missing = tmp_path / "team-ca.pem"
+    problem = server.unavailable("https://127.0.0.1:9", env={"MLFLOW_TRACKING_SERVER_CERT_PATH": str(missing)})
+    assert problem == (f"is out of reach: cannot use the CA file {missing} (No such file or directory), "
+                       "named by MLFLOW_TRACKING_SERVER_CERT_PATH")
+    assert server.unavailable("https://127.0.0.1:9", env={}) == server.NOT_REACHABLE  # nothing listens there
