@@ -46,8 +46,6 @@ def failure(url: str, timeout_s: float = 2.0, ca: str | Path | None = None, inse
         if isinstance(error.reason, ssl.SSLCertVerificationError):
             return f"{UNTRUSTED} ({error.reason.verify_message})"
         return str(error.reason)
-    except ssl.SSLCertVerificationError as error:
-        return f"{UNTRUSTED} ({error.verify_message})"
     except OSError as error:
         return str(error)
 

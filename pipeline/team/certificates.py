@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.io import write_private
 
 #: Validity of what ``make team-up`` makes: the CA for ten years, a server certificate for one
 #: (it is made again, with the same CA, by a ``team-up`` less than 30 days before it expires).
@@ -60,13 +60,6 @@ def _name(host: str):
         return x509.DNSName(host)
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(handle, "wb") as out:
-        out.write(data)
-    os.chmod(path, 0o600)
-
-
 def _new_key():
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -97,7 +90,7 @@ def _make_ca(folder: Path, stem: str, title: str, now: datetime.datetime) -> Non
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write_private(folder / f"{stem}.key", _key_pem(key))
+    write_private(folder / f"{stem}.key", _key_pem(key))
     (folder / f"{stem}.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
 
 
@@ -142,7 +135,7 @@ def _issue(folder: Path, stem: str, host: str, ca: str, title: str, client: bool
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    _write_private(files.key, _key_pem(key))
+    write_private(files.key, _key_pem(key))
     files.cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM) + files.ca.read_bytes())
     return files
 

@@ -13,7 +13,6 @@ serves HTTPS only. A lab's own S3 or MinIO takes its place through the same sett
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import sys
@@ -22,6 +21,8 @@ from pathlib import Path
 
 from pipeline.services import detached as services
 from pipeline.errors import PipelineError
+from pipeline.io import write_private
+from pipeline.team.certificates import TLSFiles
 
 SERVICE = "s3"
 #: The store behind the gateway (its own PID and log files).
@@ -97,10 +98,7 @@ def write_identities(path: Path, keys: dict[str, Credentials], buckets: dict[str
         "credentials": [{"accessKey": keys[role].key_id, "secretKey": keys[role].secret}],
         "actions": [f"{action}:{bucket}" for action in ACTIONS],
     } for role, bucket in buckets.items()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(handle, "w") as out:
-        json.dump({"identities": identities}, out, indent=1)
+    write_private(path, json.dumps({"identities": identities}, indent=1))
 
 
 #: SeaweedFS' components that speak gRPC (``WEED_GRPC_<NAME>_CERT``/``_KEY``); ``client`` is the
@@ -108,7 +106,7 @@ def write_identities(path: Path, keys: dict[str, Credentials], buckets: dict[str
 GRPC_COMPONENTS = ("master", "volume", "filer", "s3", "admin", "worker", "client")
 
 
-def _mutual_tls(internal) -> dict[str, str]:
+def _mutual_tls(internal: TLSFiles | None) -> dict[str, str]:
     """SeaweedFS' security settings (as its ``WEED_*`` environment variables) for gRPC in mutual
     TLS: every server asks for a certificate of ``internal.ca``, every client shows one. The
     gateway's gRPC port binds to the gateway's address and can rewrite its identities (its
@@ -123,11 +121,11 @@ def _mutual_tls(internal) -> dict[str, str]:
 
 
 def start(host: str, port: int, folder: Path, identities: Path, tls: tuple[Path, Path] | None = None,
-          ca: Path | None = None, internal=None) -> bool:
+          ca: Path | None = None, internal: TLSFiles | None = None) -> bool:
     """Start SeaweedFS' S3 gateway at ``host:port`` (HTTPS with ``tls=(certificate, key)``, which
     ``ca`` vouches for) and its store on loopback (objects under ``folder/s3``, keys from
     ``identities``) unless the gateway answers already; return whether it was started.
-    ``internal`` (a :class:`~pipeline.team.certificates.TLSFiles`): their gRPC in mutual TLS."""
+    ``internal``: the certificate for their gRPC in mutual TLS."""
     endpoint = f"{'https' if tls else 'http'}://{host}:{port}"
     if up(endpoint, ca):
         return False
@@ -135,14 +133,14 @@ def start(host: str, port: int, folder: Path, identities: Path, tls: tuple[Path,
     data.mkdir(parents=True, exist_ok=True)
     ports = _internal_ports(data)
     store_ports = {name: value for name, value in ports.items() if name != GATEWAY_GRPC}
-    filer = f"127.0.0.1:{ports['filer.port']}.{ports['filer.port.grpc']}"
-    if not services.answers(f"http://{filer.rsplit('.', 1)[0]}/healthz"):
+    filer = f"127.0.0.1:{ports['filer.port']}.{ports['filer.port.grpc']}"  # SeaweedFS' host:port.grpcPort
+    filer_health = f"http://127.0.0.1:{ports['filer.port']}/healthz"
+    if not services.answers(filer_health):
         store = [
             str(weed()), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3=false",
             "-admin.ui=false", "-webdav=false", *(f"-{name}={value}" for name, value in store_ports.items()),
         ]
-        services.spawn(STORE_SERVICE, store, folder, lambda: services.answers(f"http://{filer.rsplit('.', 1)[0]}/healthz"),
-                       env=_mutual_tls(internal))
+        services.spawn(STORE_SERVICE, store, folder, lambda: services.answers(filer_health), env=_mutual_tls(internal))
     gateway = [
         str(weed()), "s3", f"-filer={filer}", "-ip=127.0.0.1", f"-ip.bind={host}", f"-port={port}",
         f"-port.grpc={ports[GATEWAY_GRPC]}", f"-config={identities.resolve()}", "-iam=false",

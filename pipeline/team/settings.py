@@ -10,12 +10,13 @@ A lab with its own servers writes a ``client.env`` from ``team.env.example`` and
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.io import write_private
+from pipeline.team.certificates import is_loopback
 
 #: Keys a client env file must set (it may set any other environment variable too, e.g.
 #: ``TEAM_S3_ENDPOINT_URL`` for MinIO, ``AWS_DEFAULT_REGION``, ``MLFLOW_TRACKING_TOKEN``).
@@ -52,8 +53,6 @@ class TeamConfig:
     @property
     def secure(self) -> bool:
         """Whether the servers speak TLS (by default: exactly when other machines can reach them)."""
-        from pipeline.team.certificates import is_loopback
-
         return self.tls if self.tls is not None else (self.cert is not None or not is_loopback(self.host))
 
     @property
@@ -112,14 +111,8 @@ def read_env(path: Path) -> dict[str, str]:
 
 def write_env(path: Path, values: dict[str, str], header: str) -> None:
     """Write an env file readable by its owner only (atomically: a reader never sees half)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(handle, "w") as out:
-        out.write("".join(f"# {line}\n" for line in header.splitlines()))
-        out.write("".join(f"{key}={value}\n" for key, value in values.items()))
-    os.chmod(partial, 0o600)
-    os.replace(partial, path)
+    write_private(path, "".join(f"# {line}\n" for line in header.splitlines())
+                  + "".join(f"{key}={value}\n" for key, value in values.items()))
 
 
 def client_values(path: Path) -> dict[str, str]:

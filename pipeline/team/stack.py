@@ -15,6 +15,7 @@ from __future__ import annotations
 from pipeline.services import mlflow_server as server
 from pipeline.services import detached as services
 from pipeline.errors import PipelineError
+from pipeline.io import write_private
 from pipeline.team import certificates, postgres, s3
 from pipeline.team.settings import CA_KEYS, TeamConfig, new_password, read_env, write_env
 
@@ -56,11 +57,12 @@ def tls_files(config: TeamConfig) -> certificates.TLSFiles | None:
     import ipaddress
 
     try:
-        if ipaddress.ip_address(config.host).is_unspecified:
-            raise PipelineError(f"TEAM_HOST={config.host} binds every interface: give the one address clients use "
-                                "(its certificate names it)")
+        unspecified = ipaddress.ip_address(config.host).is_unspecified
     except ValueError:
-        pass  # a host name
+        unspecified = False  # a host name
+    if unspecified:
+        raise PipelineError(f"TEAM_HOST={config.host} binds every interface: give the one address clients use "
+                            "(its certificate names it)")
     if not config.secure:
         if not certificates.is_loopback(config.host):
             raise PipelineError(f"plain HTTP on {config.host}, which other machines reach, would carry passwords and S3 keys "
@@ -158,8 +160,8 @@ def _start_s3(config: TeamConfig, secrets: dict[str, str], fresh_database: bool,
 def _write_auth_config(config: TeamConfig, db: postgres.Postgres) -> None:
     """MLflow's accounts app: its user store in its own database (the password from
     ``PGPASSWORD``), new users may read everything and write nothing until granted."""
-    path = config.folder / AUTH_CONFIG
-    path.write_text(
+    write_private(
+        config.folder / AUTH_CONFIG,
         "[mlflow]\n"
         "default_permission = READ\n"
         f"database_uri = {db.uri(postgres.AUTH_DATABASE)}\n"
@@ -168,9 +170,8 @@ def _write_auth_config(config: TeamConfig, db: postgres.Postgres) -> None:
         # Checking a password is a PBKDF2 hash, per request: a training run's ~100 requests
         # took 31.6 s instead of 1.4 (make bench). Cached for a minute per user and password;
         # the server has one worker, so a password change through the API applies at once.
-        "auth_cache_ttl_seconds = 60\n"
+        "auth_cache_ttl_seconds = 60\n",
     )
-    path.chmod(0o600)
 
 
 def _start_mlflow(config: TeamConfig, db: postgres.Postgres, secrets: dict[str, str], keys: s3.Credentials,
