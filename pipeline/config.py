@@ -111,6 +111,11 @@ class TrainParams:
     # Per-class alpha of the focal loss, from the train class frequencies.
     class_alpha: Literal["none", "inverse_frequency", "sqrt_inverse_frequency"] = "none"
     label_smoothing: float = _range(0.0, 0.5, default=0.0)
+    # Weight averaging in the last phase (the one whose weights ship): the optimizer keeps an
+    # exponential moving average of the weights (Keras' ``use_ema``) with this momentum, and
+    # each epoch is scored, kept or dropped as the averaged model. 0 = off; 0.998 averages over
+    # about 500 steps. The head phase of a transfer stage never averages (its head starts random).
+    ema_momentum: float = _range(0.0, 0.9999, default=0.0)
     dropout: float = _range(0.0, 0.95, default=0.0)
     random_flip: bool = True  # on-the-fly flips in tf.data, on top of the augment stage
     random_rotate90: bool = False  # on-the-fly 90-degree rotations (with flips: all 8 symmetries)

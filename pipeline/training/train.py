@@ -124,8 +124,10 @@ def build_loss(params: TrainParams, alpha: list[float] | None) -> keras.losses.L
     )
 
 
-def build_optimizer(params: TrainParams, learning_rate: float, steps_per_epoch: int, epochs: int) -> keras.optimizers.Optimizer:
-    """AdamW with a constant or warm-up + cosine-decay learning rate."""
+def build_optimizer(params: TrainParams, learning_rate: float, steps_per_epoch: int, epochs: int,
+                    ema_momentum: float = 0.0) -> keras.optimizers.Optimizer:
+    """AdamW with a constant or warm-up + cosine-decay learning rate, keeping a moving average
+    of the weights when ``ema_momentum`` is set (see :class:`ValidationMetrics` for its use)."""
     if params.lr_schedule == "cosine":
         warmup_steps = min(params.warmup_epochs, max(epochs - 1, 0)) * steps_per_epoch
         schedule: Any = keras.optimizers.schedules.CosineDecay(
@@ -137,6 +139,8 @@ def build_optimizer(params: TrainParams, learning_rate: float, steps_per_epoch: 
         )
     else:
         schedule = learning_rate
+    if ema_momentum:
+        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=params.weight_decay, use_ema=True, ema_momentum=ema_momentum)
     return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=params.weight_decay)
 
 
@@ -150,6 +154,11 @@ class ValidationMetrics(keras.callbacks.Callback):
     In a training group each process predicts the validation images with a local copy of the
     weights (``local``), and all take process 0's numbers, so they agree on the best epoch
     and on when to stop.
+
+    With weight averaging (an optimizer with ``use_ema``) the epoch is judged, and kept, as the
+    averaged model: Keras' ``SwapEMAWeights`` puts the averages into the model around the
+    scoring and puts the trained weights back before the next epoch, so training itself and
+    ``BackupAndRestore`` (which saves the optimizer's averages with it) see the raw weights.
     """
 
     def __init__(self, data: LabelledImages, dataset: Any, loss: keras.losses.Loss, classes: tuple[str, ...], monitor: str, state_dir: Path,
@@ -168,6 +177,13 @@ class ValidationMetrics(keras.callbacks.Callback):
         self.best = read_json(self.state_file) if self.state_file.is_file() else {"value": -1.0, "epoch": -1, "metrics": {}}
         self._started = 0.0
         self.images_per_epoch = train_images
+        self.averages: keras.callbacks.SwapEMAWeights | None = None
+
+    def set_model(self, model):
+        super().set_model(model)
+        if getattr(model.optimizer, "use_ema", False):
+            self.averages = keras.callbacks.SwapEMAWeights()
+            self.averages.set_model(model)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._started = time.perf_counter()
@@ -199,16 +215,23 @@ class ValidationMetrics(keras.callbacks.Callback):
                 f"(precision {keras.mixed_precision.global_policy().name}); no model is kept. "
                 "Try PIPELINE_PRECISION=float32 or a lower learning rate"
             )
-        metrics = {**self._scores(), "epoch_seconds": train_seconds,
-                   "train_images_per_second": self.images_per_epoch / train_seconds if train_seconds else 0.0}
-        if self.devices is not None and self.devices.group is not None:
-            metrics = dict(zip(metrics, cluster.broadcast(list(metrics.values()))))
-        logs.update(metrics)
-        global_epoch = epoch + self.epoch_offset
-        if metrics[self.monitor] > self.best["value"]:
-            self.model.save_weights(self.weights_file)
-            self.best = {"value": metrics[self.monitor], "epoch": global_epoch, "metrics": metrics}
-            write_json(self.state_file, self.best)
+        if self.averages is not None:
+            self.averages.on_test_begin()  # the averaged weights into the model
+        try:
+            metrics = {**self._scores(), "epoch_seconds": train_seconds,
+                       "train_images_per_second": self.images_per_epoch / train_seconds if train_seconds else 0.0}
+            if self.devices is not None and self.devices.group is not None:
+                metrics = dict(zip(metrics, cluster.broadcast(list(metrics.values()))))
+            logs.update(metrics)
+            global_epoch = epoch + self.epoch_offset
+            if metrics[self.monitor] > self.best["value"]:
+                self.model.save_weights(self.weights_file)
+                self.best = {"value": metrics[self.monitor], "epoch": global_epoch, "metrics": metrics}
+                write_json(self.state_file, self.best)
+        finally:
+            if self.averages is not None:
+                self.averages.on_test_end()  # the trained weights back, for the next epoch
+                # (on_test_*: its on_predict_end does not swap back, Keras 3.15)
         print(
             f"epoch {global_epoch + 1}: loss {logs.get('loss', float('nan')):.4f} "
             f"val_balanced_accuracy {metrics['val_balanced_accuracy']:.4f} val_accuracy {metrics['val_accuracy']:.4f} "
@@ -327,10 +350,13 @@ def fit_phases(model: keras.Model, phases: list[Phase], params: TrainParams, los
     local = devices.local_copy(model) if devices.group is not None else None
     for phase in phases:
         done_weights = state_dir / f"{phase.name}.done.weights.h5"
+        # Only the last phase averages: the one whose weights ship (a transfer stage's head
+        # phase starts from a random head, which an average would drag along).
+        ema_momentum = params.ema_momentum if phase is phases[-1] else 0.0
         with devices.scope():
             phase.prepare(model)
             model.compile(
-                optimizer=build_optimizer(params, phase.learning_rate, steps_per_epoch, phase.epochs),
+                optimizer=build_optimizer(params, phase.learning_rate, steps_per_epoch, phase.epochs, ema_momentum),
                 loss=loss,
                 metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
                 run_eagerly=params.run_eagerly,

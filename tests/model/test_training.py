@@ -198,3 +198,51 @@ def test_a_time_limit_stops_after_the_epoch_and_keeps_the_best(tiny_artifacts, m
     assert pd.read_csv(paths.out_dir / HISTORY_FILE)["epoch"].tolist() == [1]
     assert summary["best_epoch"] == 1 and (paths.out_dir / MODEL_FILE).is_file()
     assert mlflow.MlflowClient().get_run(summary["run_id"]).data.tags["time_limit_minutes"] == "0.0001"
+
+
+def test_weight_averaging_judges_and_keeps_the_averaged_model_and_trains_on(base_params, tmp_path):
+    """With ``ema_momentum`` each epoch is scored and kept as the optimizer's moving average,
+    while training goes on from the raw weights (the averages are swapped back after scoring)."""
+    import keras
+
+    from pipeline.data.datasets import LabelledImages, make_dataset
+    from pipeline.training.backend import configure
+    from pipeline.training.train import ValidationMetrics, build_loss, build_optimizer
+
+    configure(base_params.seed)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 7, 96).astype(np.int32)
+    images = np.clip(rng.normal(30 + labels[:, None, None, None] * 30, 20, (96, 32, 32, 3)), 0, 255).astype(np.uint8)
+    val = LabelledImages(images[:32], labels[:32], [str(i) for i in range(32)])
+    params = tiny_cnn(ema_momentum=0.9)
+    model = build_cnn(params, base_params.classes)
+    loss = build_loss(params, None)
+    model.compile(optimizer=build_optimizer(params, 0.003, 3, 4, params.ema_momentum), loss=loss)
+    assert model.optimizer.use_ema and model.optimizer.ema_momentum == 0.9
+
+    seen = []
+
+    class AfterScoring(keras.callbacks.Callback):
+        """Runs after ValidationMetrics: what the model holds then, and what the averages are."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            averages = [np.array(v) for v in self.model.optimizer._model_variables_moving_average]
+            seen.append((logs["val_balanced_accuracy"], [np.array(v) for v in self.model.trainable_variables], averages))
+
+    scoring = ValidationMetrics(val, make_dataset(val.images, None, 7, 32), loss, base_params.classes, "val_balanced_accuracy",
+                                tmp_path, 0, 96)
+    model.fit(make_dataset(images, labels, 7, 32, training=True, seed=1), epochs=4, verbose=0,
+              callbacks=[scoring, AfterScoring()])
+
+    best = read_json(tmp_path / "best.json")
+    _score, raw, averages = seen[best["epoch"]]
+    # After scoring the model holds the raw weights again: training continues from them.
+    assert any(not np.allclose(r, a) for r, a in zip(raw, averages))
+    kept = build_cnn(params, base_params.classes)
+    kept.load_weights(tmp_path / "best.weights.h5")
+    for kept_variable, average in zip(kept.trainable_variables, averages):
+        np.testing.assert_allclose(np.array(kept_variable), average, rtol=1e-6, atol=1e-7)
+    # The score logged is the averaged model's: predicting with the kept weights gives it again.
+    predicted = kept.predict(val.images.astype(np.float32), verbose=0).argmax(axis=1)
+    from sklearn.metrics import balanced_accuracy_score
+    assert balanced_accuracy_score(val.labels, predicted) == pytest.approx(best["value"])
