@@ -1,5 +1,5 @@
-"""Training speed: the input pipeline against in-memory tensors, the CNN's compute against the
-machine's ceilings, and EfficientNetB7 on a GPU (mixed precision, XLA)."""
+"""Training speed: the input pipeline against in-memory tensors, each CPU-profile stage's compute
+against the machine's ceilings (Lite0 also with XLA), and EfficientNetB7 on a GPU (mixed precision, XLA)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,17 @@ def bench_input_pipeline(repeats: int, params_path: Path) -> dict:
     """One epoch through the real tf.data path against tensors already in memory, per model."""
     import tensorflow as tf
 
-    from pipeline.config import CnnParams, EffNetParams, load_params
+    from pipeline.config import CnnParams, EffNetParams, Lite0Params, load_params
     from pipeline.data.datasets import make_dataset
     from pipeline.models.builders import build_cnn, build_effnetb7
 
     results = {}
     base, cnn = load_params(params_path, "train_cnn_focal", CnnParams)
     _, effnet = load_params(params_path, "train_effnetb7", EffNetParams)
+    _, lite0 = load_params(params_path, "train_effnet_lite0", Lite0Params)
     setups = {
         "cnn_focal": (lambda: build_cnn(cnn, base.classes), cnn, 2048),
+        "effnet_lite0": (lambda: fine_tuning_lite0(lite0, base.classes), lite0, 512),
         "effnetb7": (lambda: build_effnetb7(effnet, base.classes)[0], effnet, 128),
     }
     for name, (build, params, count) in setups.items():
@@ -61,44 +63,70 @@ def _forward_flops(model, size: int) -> float:
     return float(profile.total_float_ops)
 
 
-def bench_compute(repeats: int, params_path: Path) -> dict:
-    """CNN train-step throughput and GFLOP/s against the machine's matmul and conv ceilings."""
+def fine_tuning_lite0(params, classes):
+    """The Lite0 stage's model as its fine-tuning phase trains it (the whole backbone, BatchNorm
+    frozen), with random weights: speed does not depend on the ImageNet values."""
+    from pipeline.models.builders import transfer_model, unfreeze_top_layers
+    from pipeline.models.lite0 import build_lite0_backbone
+
+    backbone = build_lite0_backbone(params.input_size, None)
+    model = transfer_model(backbone, params, classes, None, True, "effnet_lite0")
+    unfreeze_top_layers(backbone, params.fine_tune_layers, params.fine_tune_batch_norm)
+    return model
+
+
+def _train_step_speed(model, params, repeats: int, count: int) -> tuple[float, float]:
+    """(training images/s on in-memory tensors, training GFLOP per image) of a compiled model."""
     import tensorflow as tf
 
-    from pipeline.config import CnnParams, load_params
-    from pipeline.models.builders import build_cnn
-
-    base, params = load_params(params_path, "train_cnn_focal", CnnParams)
-    model = compiled(build_cnn(params, base.classes), params)
-    images, labels = training_data(1024, params.input_size)
+    images, labels = training_data(count, params.input_size)
     x, y = tf.constant(images, tf.float32), tf.one_hot(labels, 7)
-    model.fit(x, y, batch_size=params.batch_size, epochs=1, verbose=0)
+    model.fit(x, y, batch_size=params.batch_size, epochs=1, verbose=0)  # build (and compile) once
     step_s = median_seconds(lambda: model.fit(x, y, batch_size=params.batch_size, epochs=1, verbose=0), repeats)
-    images_per_second = len(images) / step_s
     # A training step costs about 3 forward passes (forward, and two products per layer backward).
-    train_flops = 3 * _forward_flops(model, params.input_size)
+    return count / step_s, 3 * _forward_flops(model, params.input_size) / 1e9
+
+
+def bench_compute(repeats: int, params_path: Path) -> dict:
+    """Each CPU-profile training stage's train-step throughput and GFLOP/s against the
+    machine's matmul and conv ceilings; for Lite0's fine-tuning also XLA (``jit_compile``) on/off."""
+    import tensorflow as tf
+
+    from pipeline.config import CnnParams, Lite0Params, load_params
+    from pipeline.models.builders import build_cnn
 
     a = tf.random.uniform((2048, 2048))
     matmul = tf.function(lambda: tf.matmul(a, a))
     matmul()
-    matmul_s = median_seconds(lambda: matmul().numpy(), max(repeats, 5))
+    matmul_gflops = 2 * 2048**3 / median_seconds(lambda: matmul().numpy(), max(repeats, 5)) / 1e9
     feature = tf.random.uniform((64, 56, 56, 128))
     kernel = tf.random.uniform((3, 3, 128, 128))
     conv = tf.function(lambda: tf.nn.conv2d(feature, kernel, 1, "SAME"))
     conv()
-    conv_s = median_seconds(lambda: conv().numpy(), max(repeats, 5))
-    achieved = images_per_second * train_flops / 1e9
-    matmul_gflops = 2 * 2048**3 / matmul_s / 1e9
-    conv_gflops = 2 * 64 * 56 * 56 * 128 * 128 * 9 / conv_s / 1e9
-    return {
-        "input_size": params.input_size,
-        "train_images_per_second": round(images_per_second, 1),
-        "train_gflop_per_image": round(train_flops / 1e9, 3),
-        "achieved_gflops": round(achieved, 1),
-        "matmul_ceiling_gflops": round(matmul_gflops, 1),
-        "conv3x3_ceiling_gflops": round(conv_gflops, 1),
-        "fraction_of_matmul_ceiling": round(achieved / matmul_gflops, 3),
+    conv_gflops = 2 * 64 * 56 * 56 * 128 * 128 * 9 / median_seconds(lambda: conv().numpy(), max(repeats, 5)) / 1e9
+    results: dict = {"matmul_ceiling_gflops": round(matmul_gflops, 1), "conv3x3_ceiling_gflops": round(conv_gflops, 1)}
+
+    base, cnn = load_params(params_path, "train_cnn_focal", CnnParams)
+    _, lite0 = load_params(params_path, "train_effnet_lite0", Lite0Params)
+    stages = {
+        "cnn_focal": (lambda: build_cnn(cnn, base.classes), cnn, 1024, False),
+        "effnet_lite0": (lambda: fine_tuning_lite0(lite0, base.classes), lite0, 256, False),
+        "effnet_lite0_xla": (lambda: fine_tuning_lite0(lite0, base.classes), lite0, 256, True),
     }
+    for name, (build, params, count, xla) in stages.items():
+        model = compiled(build(), params, jit_compile=xla)
+        images_per_second, gflop_per_image = _train_step_speed(model, params, repeats, count)
+        achieved = images_per_second * gflop_per_image
+        results[name] = {
+            "input_size": params.input_size,
+            "train_images_per_second": round(images_per_second, 1),
+            "train_gflop_per_image": round(gflop_per_image, 3),
+            "achieved_gflops": round(achieved, 1),
+            "fraction_of_matmul_ceiling": round(achieved / matmul_gflops, 3),
+        }
+    results["effnet_lite0_xla_vs_default"] = round(
+        results["effnet_lite0_xla"]["train_images_per_second"] / results["effnet_lite0"]["train_images_per_second"], 2)
+    return results
 
 
 def bench_gpu(repeats: int) -> dict:

@@ -116,6 +116,11 @@ class TrainParams:
     # each epoch is scored, kept or dropped as the averaged model. 0 = off; 0.998 averages over
     # about 500 steps. The head phase of a transfer stage never averages (its head starts random).
     ema_momentum: float = _range(0.0, 0.9999, default=0.0)
+    # A seed ensemble: train this many copies of the model, with training seeds seed, seed+1, ...
+    # (member k trains exactly as a one-model run with seed + k would), each keeping its own best
+    # epoch, and ship one model that averages their probabilities (k times the training and
+    # inference time). 1 = one model.
+    members: int = _range(1, 16, default=1)
     dropout: float = _range(0.0, 0.95, default=0.0)
     random_flip: bool = True  # on-the-fly flips in tf.data, on top of the augment stage
     random_rotate90: bool = False  # on-the-fly 90-degree rotations (with flips: all 8 symmetries)

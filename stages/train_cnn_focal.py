@@ -4,15 +4,14 @@ import sys
 
 from pipeline.config import CnnParams, load_params
 from pipeline.training.cluster import run_stage
-from pipeline.training.train import outcome, train_cnn_focal, training_arguments
+from pipeline.training.train import kept, outcome, train_cnn_focal, training_arguments
 
 
 def main(argv=None):
     args, paths = training_arguments(__doc__, argv)
     base, params = load_params(args.params, "train_cnn_focal", CnnParams)
     summary = train_cnn_focal(base, params, paths)
-    print(f"cnn_focal: best epoch {summary['best_epoch']}, val balanced accuracy {summary['best_val_balanced_accuracy']:.4f}, "
-          f"{outcome(summary)}")
+    print(f"cnn_focal: {kept(summary)}, {outcome(summary)}")
 
 
 if __name__ == "__main__":

@@ -5,15 +5,14 @@ from pathlib import Path
 
 from pipeline.config import Lite0Params, load_params
 from pipeline.training.cluster import run_stage
-from pipeline.training.train import outcome, train_effnet_lite0, training_arguments
+from pipeline.training.train import kept, outcome, train_effnet_lite0, training_arguments
 
 
 def main(argv=None):
     args, paths = training_arguments(__doc__, argv, extra={"pretrained": "converted ImageNet weights (import_lite0_weights output)"})
     base, params = load_params(args.params, "train_effnet_lite0", Lite0Params)
     summary = train_effnet_lite0(base, params, paths, Path(args.pretrained))
-    print(f"effnet_lite0: best epoch {summary['best_epoch']}, val balanced accuracy {summary['best_val_balanced_accuracy']:.4f}, "
-          f"{outcome(summary)}")
+    print(f"effnet_lite0: {kept(summary)}, {outcome(summary)}")
 
 
 if __name__ == "__main__":

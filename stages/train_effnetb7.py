@@ -4,15 +4,14 @@ import sys
 
 from pipeline.config import EffNetParams, load_params
 from pipeline.training.cluster import run_stage
-from pipeline.training.train import outcome, train_effnetb7, training_arguments
+from pipeline.training.train import kept, outcome, train_effnetb7, training_arguments
 
 
 def main(argv=None):
     args, paths = training_arguments(__doc__, argv)
     base, params = load_params(args.params, "train_effnetb7", EffNetParams)
     summary = train_effnetb7(base, params, paths)
-    print(f"effnetb7: best epoch {summary['best_epoch']}, val balanced accuracy {summary['best_val_balanced_accuracy']:.4f}, "
-          f"{outcome(summary)}")
+    print(f"effnetb7: {kept(summary)}, {outcome(summary)}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ stopped when rerun with the same params and data. Any Keras 3 backend trains
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import tempfile
@@ -38,7 +39,7 @@ from pipeline.config import (
 from pipeline.data.datasets import LabelledImages, load_augmented_images, load_split_images, make_dataset, subsample
 from pipeline.errors import PipelineError, TrackingError
 from pipeline.io import read_json, write_json
-from pipeline.models.builders import build_cnn, build_effnet_lite0, build_effnetb7, unfreeze_top_layers
+from pipeline.models.builders import average_models, build_cnn, build_effnet_lite0, build_effnetb7, unfreeze_top_layers
 
 #: Optional wall-clock budget of a training stage, in minutes (e.g. a GPU job's time slot).
 TIME_LIMIT_ENV = "PIPELINE_MAX_TRAIN_MINUTES"
@@ -144,6 +145,19 @@ def build_optimizer(params: TrainParams, learning_rate: float, steps_per_epoch: 
     return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=params.weight_decay)
 
 
+def validation_scores(probabilities: np.ndarray, labels: np.ndarray, loss: keras.losses.Loss, melanoma: int) -> dict[str, float]:
+    """The validation numbers of one epoch (or of the averaged members) from the probabilities."""
+    predicted = probabilities.argmax(axis=1)
+    one_hot = np.eye(probabilities.shape[1], dtype=np.float32)[labels]
+    return {
+        "val_loss": float(loss(one_hot, probabilities)),
+        "val_accuracy": float(np.mean(predicted == labels)),
+        "val_balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
+        "val_macro_f1": float(f1_score(labels, predicted, labels=np.arange(probabilities.shape[1]), average="macro", zero_division=0)),
+        "val_melanoma_recall": float(recall_score(labels, predicted, labels=[melanoma], average="macro", zero_division=0)),
+    }
+
+
 class ValidationMetrics(keras.callbacks.Callback):
     """Adds validation loss, accuracy, balanced accuracy, macro-F1 and melanoma recall to logs.
 
@@ -166,7 +180,6 @@ class ValidationMetrics(keras.callbacks.Callback):
         super().__init__()
         self.devices, self.local = devices, local
         self.labels = data.labels
-        self.one_hot = np.eye(len(classes), dtype=np.float32)[data.labels]
         self.dataset = dataset
         self.loss = loss
         self.melanoma = classes.index("mel")
@@ -196,15 +209,7 @@ class ValidationMetrics(keras.callbacks.Callback):
         else:
             # (On several devices the last batch may be padded: keep one output per image.)
             probabilities = self.model.predict(self.dataset, verbose=0)[: len(self.labels)]
-        predicted = probabilities.argmax(axis=1)
-        labels = np.arange(self.one_hot.shape[1])
-        return {
-            "val_loss": float(self.loss(self.one_hot, probabilities)),
-            "val_accuracy": float(np.mean(predicted == self.labels)),
-            "val_balanced_accuracy": float(balanced_accuracy_score(self.labels, predicted)),
-            "val_macro_f1": float(f1_score(self.labels, predicted, labels=labels, average="macro", zero_division=0)),
-            "val_melanoma_recall": float(recall_score(self.labels, predicted, labels=[self.melanoma], average="macro", zero_division=0)),
-        }
+        return validation_scores(probabilities, self.labels, self.loss, self.melanoma)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -340,12 +345,13 @@ def resume_state(stage: str, base: BaseParams, params: TrainParams, paths: Train
 
 def fit_phases(model: keras.Model, phases: list[Phase], params: TrainParams, loss: keras.losses.Loss, devices: backend.Devices,
                train_dataset: Any, val: LabelledImages, val_dataset: Any, classes: tuple[str, ...], state_dir: Path,
-               recorder: Recorder, train_images: int, deadline: float | None = None) -> list[pd.DataFrame]:
+               recorder: Recorder, train_images: int, deadline: float | None = None, first_epoch: int = 0) -> list[pd.DataFrame]:
     """Run each phase's ``fit``; a phase finished before an interruption is not redone, and
-    none starts after the ``deadline``."""
+    none starts after the ``deadline``. Epochs are numbered from ``first_epoch`` (a seed
+    ensemble's later members continue the numbering, so their curves follow in one run)."""
     steps_per_epoch = int(np.ceil(train_images / params.batch_size))
     history_frames = []
-    epoch_offset = 0
+    epoch_offset = first_epoch
     # A group validates on a local copy of the weights (see ValidationMetrics).
     local = devices.local_copy(model) if devices.group is not None else None
     for phase in phases:
@@ -418,10 +424,13 @@ def run_training(
     alpha = class_alpha(counts, params.class_alpha)
     state = resume_state(stage, base, params, paths, recorder, fresh=group is not None)
 
-    train_dataset = make_dataset(
-        train.images, train.labels, num_classes, params.batch_size, training=True, seed=params.seed,
-        random_flip=params.random_flip, random_rotate90=params.random_rotate90, multiple_of=devices.replicas, shard=devices.shard,
-    )
+    def train_batches(seed: int):
+        return make_dataset(
+            train.images, train.labels, num_classes, params.batch_size, training=True, seed=seed,
+            random_flip=params.random_flip, random_rotate90=params.random_rotate90, multiple_of=devices.replicas, shard=devices.shard,
+        )
+
+    train_dataset = train_batches(params.seed)
     # A group validates with a local copy of the model: whole batches, on this process alone.
     val_dataset = make_dataset(val.images, None, num_classes, params.batch_size, multiple_of=1 if group else devices.replicas)
     tags = {
@@ -454,25 +463,48 @@ def run_training(
                     "focal_alpha": ",".join(f"{a:.3f}" for a in alpha) if alpha else "none",
                 }
             )
-        with devices.scope():
-            model, phases = build()
-            devices.adapt(model)
         loss = build_loss(params, alpha)
-        history_frames = fit_phases(model, phases, params, loss, devices, train_dataset, val, val_dataset, base.classes,
-                                    state.checkpoint_dir, recorder, len(train), deadline)
-        best = read_json(state.checkpoint_dir / "best.json")
-        model.load_weights(state.checkpoint_dir / "best.weights.h5")
+        models, bests, history_frames = [], [], []
+        for member in range(params.members):
+            member_dir = state.checkpoint_dir
+            if params.members > 1:
+                print(f"member {member + 1} of {params.members}: training seed {params.seed + member}", flush=True)
+                member_dir = state.checkpoint_dir / f"member-{member + 1}"
+                member_dir.mkdir(exist_ok=True)
+            if member:
+                # Seeded again, in the order a one-model run seeds, builds its input and its
+                # model: member k is the run with seed + k, weights and batches alike.
+                keras.utils.set_random_seed(params.seed + member)
+                train_dataset = train_batches(params.seed + member)
+            with devices.scope():
+                model, phases = build()
+                devices.adapt(model)
+            frames = fit_phases(model, phases, params, loss, devices, train_dataset, val, val_dataset, base.classes,
+                                member_dir, recorder, len(train), deadline, first_epoch=member * sum(phase.epochs for phase in phases))
+            history_frames += [frame.assign(member=member + 1) if params.members > 1 else frame for frame in frames]
+            bests.append(read_json(member_dir / "best.json"))
+            model.load_weights(member_dir / "best.weights.h5")
+            models.append(model)
         if group is not None:  # from here on one process alone saves and logs: a local model
             keras.distribution.set_distribution(None)
-            model = devices.local_copy(model)
-        seconds = time.perf_counter() - started
-        summary = {
-            "best_epoch": best["epoch"] + 1,
-            f"best_{params.monitor}": best["value"],
-            **{f"best_{key}": value for key, value in best["metrics"].items() if key.startswith("val_")},
-            "train_seconds": round(seconds, 1),
-            "train_images": len(train),
-        }
+            models = [devices.local_copy(model) for model in models]
+        summary = {"best_epoch": bests[0]["epoch"] + 1}
+        if params.members > 1:
+            # What ships is the members' mean: it is scored on the validation split as a whole,
+            # and each member's own best is logged beside it.
+            with devices.scope() if group is None else contextlib.nullcontext():
+                model = average_models(models, base.classes, base.image_size, models[0].name)
+            probabilities = model.predict(val_dataset, verbose=0)[: len(val)]
+            scores = validation_scores(probabilities, val.labels, loss, base.classes.index("mel"))
+            summary.update({f"best_{key}": value for key, value in scores.items()})
+            for number, best in enumerate(bests, start=1):
+                summary[f"member{number}_best_epoch"] = best["epoch"] + 1
+                summary[f"member{number}_best_{params.monitor}"] = best["value"]
+        else:
+            model = models[0]
+            summary.update({f"best_{params.monitor}": bests[0]["value"],
+                            **{f"best_{key}": value for key, value in bests[0]["metrics"].items() if key.startswith("val_")}})
+        summary.update({"train_seconds": round(time.perf_counter() - started, 1), "train_images": len(train)})
         if not devices.chief:
             shutil.rmtree(paths.checkpoints.parent, ignore_errors=True)
             return {**summary, "group_process": group.describe()}
@@ -491,6 +523,14 @@ def run_training(
         write_json(paths.out_dir / RUN_FILE, {**run_record, "smoke_run": params.smoke_run})
     shutil.rmtree(state.checkpoint_dir, ignore_errors=True)
     return {**summary, **run_record}
+
+
+def kept(summary: dict[str, Any]) -> str:
+    """The kept epoch(s) and the validation score, for the stage's last line."""
+    members = sorted(key for key in summary if key.startswith("member") and key.endswith("_best_epoch"))
+    epochs = f"best epochs {', '.join(str(summary[key]) for key in members)} ({len(members)} members averaged)" if members \
+        else f"best epoch {summary['best_epoch']}"
+    return f"{epochs}, val balanced accuracy {summary['best_val_balanced_accuracy']:.4f}"
 
 
 def outcome(summary: dict[str, Any]) -> str:

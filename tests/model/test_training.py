@@ -11,7 +11,7 @@ from pipeline.serving.inference import load_model, predict_probabilities
 from pipeline.io import read_json
 from pipeline.models.builders import build_cnn, model_class_names, model_input_size
 from pipeline.tracking.recorder import HISTORY_FILE, MODEL_FILE, RUN_FILE
-from pipeline.training.train import EpochLogger, train_cnn_focal
+from pipeline.training.train import EpochLogger, kept, train_cnn_focal
 from tests.model.conftest import make_paths, tiny_cnn
 
 pytestmark = pytest.mark.slow
@@ -246,3 +246,37 @@ def test_weight_averaging_judges_and_keeps_the_averaged_model_and_trains_on(base
     predicted = kept.predict(val.images.astype(np.float32), verbose=0).argmax(axis=1)
     from sklearn.metrics import balanced_accuracy_score
     assert balanced_accuracy_score(val.labels, predicted) == pytest.approx(best["value"])
+
+
+def test_a_seed_ensemble_ships_the_mean_of_members_that_are_the_single_seed_runs(tiny_artifacts, mlflow_store, capsys):
+    """``members: 2`` trains the seed run and the seed + 1 run, each keeping its best epoch, and
+    saves one model whose output is their mean, scored on validation as a whole."""
+    base, root = tiny_artifacts
+    paths = make_paths(root, "cnn_members")
+    summary = train_cnn_focal(base, tiny_cnn(epochs=2, members=2), paths)
+    assert "best epochs" in kept(summary) and "(2 members averaged)" in kept(summary)
+    assert {"member1_best_epoch", "member2_best_epoch", "member2_best_val_balanced_accuracy"} <= set(summary)
+    history = pd.read_csv(paths.out_dir / HISTORY_FILE)
+    assert history["epoch"].tolist() == [1, 2, 3, 4] and history["member"].tolist() == [1, 1, 2, 2]
+    assert "member 2 of 2: training seed 43" in capsys.readouterr().out
+
+    ensemble = load_model(paths.out_dir / MODEL_FILE)  # safe mode: no custom objects
+    assert model_class_names(ensemble) == list(base.classes) and model_input_size(ensemble) == 32
+    single = {}
+    for seed in (42, 43):
+        single_paths = make_paths(root, f"cnn_members_single_{seed}")
+        train_cnn_focal(base, tiny_cnn(epochs=2, seed=seed), single_paths)
+        single[seed] = load_model(single_paths.out_dir / MODEL_FILE)
+    for number, seed in ((1, 42), (2, 43)):  # member k is the one-model run with seed + k - 1
+        for a, b in zip(ensemble.get_layer(f"member_{number}").get_weights(), single[seed].get_weights()):
+            np.testing.assert_array_equal(a, b)
+    images = np.random.default_rng(2).integers(0, 255, (11, 32, 32, 3), dtype=np.uint8)
+    mean = (predict_probabilities(single[42], images) + predict_probabilities(single[43], images)) / 2
+    np.testing.assert_allclose(predict_probabilities(ensemble, images), mean, rtol=1e-5, atol=1e-6)
+
+    # The number logged is the ensemble's own on the validation split, not a member's.
+    from pipeline.data.datasets import load_split_images
+    val = load_split_images(paths.ingested, paths.split, "val", base.classes, 32)
+    from sklearn.metrics import balanced_accuracy_score
+    predicted = predict_probabilities(ensemble, val.images).argmax(axis=1)
+    assert summary["best_val_balanced_accuracy"] == pytest.approx(balanced_accuracy_score(val.labels, predicted))
