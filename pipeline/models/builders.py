@@ -161,7 +161,7 @@ def build_effnetb7(
     backbone = keras.applications.EfficientNetB7(
         include_top=False, weights=weights, input_shape=(params.input_size, params.input_size, 3), pooling="avg"
     )
-    return transfer_model(backbone, params, classes, source_size, pretrained, "effnetb7"), backbone
+    return _transfer_model(backbone, params, classes, source_size, pretrained, "effnetb7"), backbone
 
 
 def build_effnet_lite0(
@@ -174,7 +174,7 @@ def build_effnet_lite0(
     if pretrained and weights_dir is None:
         raise PipelineError("train_effnet_lite0.weights is imagenet but no converted weights file was given")
     backbone = build_lite0_backbone(params.input_size, weights_dir if pretrained else None)
-    return transfer_model(backbone, params, classes, source_size, pretrained, "effnet_lite0"), backbone
+    return _transfer_model(backbone, params, classes, source_size, pretrained, "effnet_lite0"), backbone
 
 
 def average_models(members: list[keras.Model], classes: tuple[str, ...], source_size: int | None, name: str) -> keras.Model:
@@ -202,7 +202,7 @@ def shades_of_gray(images, power: float):
     return ops.clip(images * gain, 0.0, 255.0)
 
 
-def transfer_model(backbone, params: TransferParams, classes, source_size, pretrained: bool, name: str) -> keras.Model:
+def _transfer_model(backbone, params: TransferParams, classes, source_size, pretrained: bool, name: str) -> keras.Model:
     """A backbone (pooled features) plus the classification head.
 
     With pretrained weights the backbone starts frozen and, unless
