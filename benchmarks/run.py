@@ -34,12 +34,12 @@ def _ingest(args: argparse.Namespace, work: Path) -> dict:
 
 def _input_pipeline(args: argparse.Namespace, work: Path) -> dict:
     from benchmarks.training import bench_input_pipeline
-    return bench_input_pipeline(args.repeats, args.params)
+    return bench_input_pipeline(args.repeats, args.params, work)
 
 
 def _compute(args: argparse.Namespace, work: Path) -> dict:
     from benchmarks.training import bench_compute
-    return bench_compute(args.repeats, args.params)
+    return bench_compute(args.repeats, args.params, work)
 
 
 def _backends(args: argparse.Namespace, work: Path) -> dict:

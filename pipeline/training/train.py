@@ -527,10 +527,11 @@ def run_training(
 
 def kept(summary: dict[str, Any]) -> str:
     """The kept epoch(s) and the validation score, for the stage's last line."""
-    members = sorted(key for key in summary if key.startswith("member") and key.endswith("_best_epoch"))
-    epochs = f"best epochs {', '.join(str(summary[key]) for key in members)} ({len(members)} members averaged)" if members \
-        else f"best epoch {summary['best_epoch']}"
-    return f"{epochs}, val balanced accuracy {summary['best_val_balanced_accuracy']:.4f}"
+    epochs = []  # a seed ensemble's members, in order (member1_best_epoch, member2_...)
+    while f"member{len(epochs) + 1}_best_epoch" in summary:
+        epochs.append(str(summary[f"member{len(epochs) + 1}_best_epoch"]))
+    kept_epochs = f"best epochs {', '.join(epochs)} ({len(epochs)} members averaged)" if epochs else f"best epoch {summary['best_epoch']}"
+    return f"{kept_epochs}, val balanced accuracy {summary['best_val_balanced_accuracy']:.4f}"
 
 
 def outcome(summary: dict[str, Any]) -> str:
