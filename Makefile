@@ -3,8 +3,11 @@
 #
 #   make run                 dvc repro on the demo data (demo profile), tracked by the local MLflow server
 #   make run DATA=<folder>   the same on a HAM10000 folder (official layout; CPU profile)
-#   make run PROFILE=gpu     profiles/gpu.yaml instead (the study's set-up)
-# The profile (profiles/<PROFILE>.yaml: demo for data/demo, cpu otherwise) is copied to params.yaml.
+#   make run PROFILE=gpu     the gpu profile instead (the study's set-up)
+#   make run SET="train_cnn_focal.dropout=0.4 ..."   one-off values on top (dvc exp run -S)
+# Parameters: edit conf/config.yaml (defaults) or conf/profile/<PROFILE>.yaml (that profile's own
+# keys); `dvc exp run` composes them into params.yaml (DVC's Hydra composition). PROFILE is demo
+# for data/demo, cpu otherwise.
 #   make test                the test suite
 #   make ui / make server / make stop-server
 #   make serve [MODEL=models:/NAME@ALIAS]   serve a registered model on 127.0.0.1:5002
@@ -29,6 +32,8 @@ DATA ?= data/demo
 PROFILE ?= $(if $(filter data/demo data/demo/ ./data/demo ./data/demo/,$(DATA)),demo,cpu)
 STORE ?= mlflow
 PYTEST_ARGS ?=
+# Extra parameter values for `make run`, space-separated KEY=VALUE (Hydra overrides).
+SET ?=
 # Team mode: TEAM=1 runs the pipeline's commands with the settings in TEAM_ENV.
 TEAM ?=
 TEAM_DIR ?= .team
@@ -82,13 +87,13 @@ ui: $(if $(TEAM),venv,server)
 stop-server: venv
 	$(BIN)/python -m pipeline.services.mlflow_server stop --store $(STORE)
 
-# dvc exp run is dvc repro plus recording the run as an experiment; --set-param points ingest
-# at DATA, so `dvc exp show` compares demo and real-data runs.
+# dvc exp run is dvc repro plus recording the run as an experiment. It composes params.yaml from
+# conf/ with the profile and DATA as overrides, so `dvc exp show` lists each run's profile and data.
 # With TEAM=1: the team's MLflow; outputs another machine already pushed are pulled, not recomputed
 # (--pull), and what this run computed is pushed for the others.
 run: $(if $(TEAM),venv,server)
-	@cmp -s profiles/$(PROFILE).yaml params.yaml || { echo "params.yaml <- profiles/$(PROFILE).yaml"; cp profiles/$(PROFILE).yaml params.yaml; }
-	$(TEAM_EXEC) $(BIN)/dvc exp run $(if $(TEAM),--pull) --set-param ingest.data_dir=$(DATA)
+	@test -f conf/profile/$(PROFILE).yaml || { echo "error: no profile '$(PROFILE)' (conf/profile/: $$(ls conf/profile | sed 's/\.yaml//' | tr '\n' ' '))" >&2; exit 2; }
+	$(TEAM_EXEC) $(BIN)/dvc exp run $(if $(TEAM),--pull) --set-param profile=$(PROFILE) --set-param ingest.data_dir=$(DATA) $(foreach item,$(SET),--set-param $(item))
 	$(if $(TEAM),$(TEAM_EXEC) $(BIN)/dvc push)
 	@echo
 	@$(BIN)/python -m pipeline.evaluation.evaluate
@@ -111,14 +116,14 @@ serve: $(if $(TEAM),venv,server)
 N ?= 3
 SEED0 ?= 42
 seeds: server
-	$(BIN)/python -m pipeline.reproduction.seeds queue --data $(DATA) --profile profiles/$(PROFILE).yaml --seeds $$(seq $(SEED0) $$(( $(SEED0) + $(N) - 1 ))) --start
-	$(BIN)/python -m pipeline.reproduction.seeds report --data $(DATA) --profile profiles/$(PROFILE).yaml
+	$(BIN)/python -m pipeline.reproduction.seeds queue --data $(DATA) --profile $(PROFILE) --seeds $$(seq $(SEED0) $$(( $(SEED0) + $(N) - 1 ))) --start
+	$(BIN)/python -m pipeline.reproduction.seeds report --data $(DATA) --profile $(PROFILE)
 
 reproduce: server
-	$(BIN)/python -m pipeline.reproduction.reproduce --data $(DATA) --profile profiles/$(PROFILE).yaml
+	$(BIN)/python -m pipeline.reproduction.reproduce --data $(DATA) --profile $(PROFILE)
 
 publish: server
-	$(BIN)/python -m pipeline.reproduction.reproduce --data $(DATA) --profile profiles/$(PROFILE).yaml --publish
+	$(BIN)/python -m pipeline.reproduction.reproduce --data $(DATA) --profile $(PROFILE) --publish
 
 # `dvc plots show` with the Vega scripts inlined from npm (vendor/vega): no CDN, works offline.
 VEGA := vendor/vega
@@ -131,9 +136,12 @@ $(PLOTS_TEMPLATE): $(VEGA)/node_modules/.package-lock.json pipeline/evaluation/p
 plots: $(PLOTS_TEMPLATE)
 	$(BIN)/dvc plots show --html-template $(abspath $(PLOTS_TEMPLATE))
 
+# A GPU node's pack also carries its params, PACK_PROFILE composed here (the node needs no Hydra).
 PACK ?= .device-data
+PACK_PROFILE ?= gpu
 pack: venv
 	$(BIN)/python -m pipeline.data.pack --data $(DATA) --split $$($(BIN)/python -c "from pipeline.io import pipeline_path; print(pipeline_path('split'))") --out $(PACK)
+	$(BIN)/python -m pipeline.profiles $(PACK_PROFILE) $(foreach item,$(SET),--set $(item)) --out $(PACK)/params.yaml
 
 import-run: venv
 	@test -n "$(BUNDLE)" || { echo "error: name the bundle: make import-run BUNDLE=<folder>" >&2; exit 2; }

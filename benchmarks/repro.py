@@ -23,11 +23,10 @@ def bench_dvc() -> dict:
     noop_seconds = time.perf_counter() - started
     params_file = REPO_ROOT / "params.yaml"
     original = params_file.read_text()
-    changed = original.replace("  fine_tune_learning_rate: 0.00001\n", "  fine_tune_learning_rate: 0.00002\n", 1)
-    if changed == original:
-        return {"skipped": "params.yaml has no train_effnetb7 fine_tune_learning_rate: 0.00001 line to change"}
+    params = yaml.safe_load(original)
+    params["train_effnetb7"]["fine_tune_learning_rate"] *= 2
     try:
-        params_file.write_text(changed)
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
         status = subprocess.run(dvc + ["status", "--json"], capture_output=True, text=True, cwd=REPO_ROOT)
     finally:
         params_file.write_text(original)

@@ -26,9 +26,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import chdir
 from pathlib import Path
 
 from benchmarks.common import REPO_ROOT, free_port
+from pipeline import profiles
 
 EPOCHS = 30
 
@@ -60,7 +62,8 @@ def bench_tracking(repeats: int, servers: dict[str, tuple[str, dict[str, str]]])
     from pipeline.config import CnnParams, load_params
     from pipeline.models.builders import build_cnn
 
-    base, params = load_params(REPO_ROOT / "profiles" / "demo.yaml", "train_cnn_focal", CnnParams)
+    with tempfile.TemporaryDirectory() as scratch, chdir(REPO_ROOT):
+        base, params = load_params(profiles.write("demo", Path(scratch) / "params.yaml"), "train_cnn_focal", CnnParams)
     configure(base.seed)
     model = build_cnn(params, base.classes)
     images = np.zeros((2, params.input_size, params.input_size, 3), np.float32)

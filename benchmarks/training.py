@@ -3,9 +3,12 @@ against the machine's ceilings (Lite0 also with XLA), and EfficientNetB7 on a GP
 
 from __future__ import annotations
 
+import tempfile
+from contextlib import chdir
 from pathlib import Path
 
 from benchmarks.common import REPO_ROOT, compiled, median_seconds, training_data
+from pipeline import profiles
 
 
 def bench_input_pipeline(repeats: int, params_path: Path, work: Path) -> dict:
@@ -150,7 +153,8 @@ def bench_gpu(repeats: int) -> dict:
         return {"skipped": "no GPU visible to TensorFlow"}
     from pipeline.config import EffNetParams, load_params
 
-    _, params = load_params(REPO_ROOT / "profiles" / "gpu.yaml", "train_effnetb7", EffNetParams)
+    with tempfile.TemporaryDirectory() as scratch, chdir(REPO_ROOT):
+        _, params = load_params(profiles.write("gpu", Path(scratch) / "params.yaml"), "train_effnetb7", EffNetParams)
     size, batch = params.input_size, params.batch_size
     images, labels = training_data(batch * 8, size)
     x, y = tf.constant(images, tf.float32), tf.one_hot(labels, 7)

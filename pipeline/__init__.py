@@ -2,9 +2,7 @@
 
 All logic of the DVC stages lives in this package; the scripts in ``stages/`` only parse
 arguments, load their params section and call into it. Importing the package imports no
-TensorFlow, opens no MLflow connection and touches no file; its one act is to let the old,
-flat command names (``python -m pipeline.predict``, ...) find their modules' new homes
-(:mod:`pipeline._legacy_names`).
+TensorFlow, opens no MLflow connection and touches no file.
 
 Layout, by concern (each subpackage may use the ones below it; ``.importlinter`` enforces it)::
 
@@ -20,8 +18,4 @@ Layout, by concern (each subpackage may use the ones below it; ``.importlinter``
     config, errors, io   shared helpers
 """
 
-from pipeline import _legacy_names
-
 __version__ = "0.1.0"
-
-_legacy_names.install()

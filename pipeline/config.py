@@ -127,6 +127,13 @@ class TrainParams:
     use_augmented: bool = True  # train on the augment stage's output (else the raw train split)
     max_train_images: int = _range(0, default=0)  # 0 = all; >0 bounds a smoke run
     run_eagerly: bool = False  # no graph tracing: for smoke runs of big models (B7 traces for ~2 min on CPU)
+    # float32, or mixed: bfloat16 compute with float32 weights (Keras' mixed_bfloat16 policy on JAX
+    # and torch, mixed_float16 on TensorFlow, where it pays on GPUs only). A parameter, not a
+    # property of the machine: the same params give the same kind of model everywhere.
+    precision: Literal["float32", "mixed"] = "float32"
+    # End training after the epoch in which this many minutes of wall clock passed, keeping the
+    # best epoch so far (a job's time slot on a shared GPU node). 0 = no limit.
+    max_train_minutes: float = _range(0.0, 1_000_000.0, default=0.0)
     registered_model_name: str = ""
 
     def validate(self, where: str) -> None:

@@ -11,11 +11,22 @@ from typing import Any
 from pipeline.errors import PipelineError
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """Write ``data`` as indented JSON, creating the parent folder."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` so that a reader sees the old file or the whole new one, never a part: a
+    temporary file in the same folder, then ``os.replace``. Creates the parent folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically, creating the parent folder."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def write_private(path: str | Path, data: str | bytes) -> None:

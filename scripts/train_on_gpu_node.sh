@@ -8,11 +8,13 @@
 #
 # Stages named run side by side on the node's GPU (each gets a share of its memory), each
 # logging to RUNS/<stage>.log. Environment:
-#   PACK        what `python -m pipeline.data.pack` wrote (ham10000/ and split/)       [.device-data]
+#   PACK        what `make pack` wrote (ham10000/, split/, params.yaml)             [.device-data]
 #   RUNS        where bundles and logs go                                          [required]
 #   KERAS_BACKEND                                                                  [jax]
-#   PIPELINE_MAX_TRAIN_MINUTES   wall-clock budget per training stage (0: none)    [0]
+#   MAX_TRAIN_MINUTES   sets max_train_minutes of each named stage (0: no limit)    [0]
 #   SETS        extra `KEY=VALUE` params edits, space-separated                   []
+# The params are PACK/params.yaml (the GPU profile composed by `make pack`); every edit above
+# goes into params.yaml, so the bundles record it.
 # Back home: `make import-run BUNDLE=RUNS/<bundle>` logs each bundle to MLflow.
 set -euo pipefail
 PACK=${PACK:-.device-data}
@@ -23,8 +25,10 @@ export KERAS_BACKEND=${KERAS_BACKEND:-jax} PIPELINE_OFFLINE_RUNS=$RUNS PYTHONUNB
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 PYTHON=${PYTHON:-python3}
 
-cp profiles/gpu.yaml params.yaml
+[ -f "$PACK/params.yaml" ] || { echo "error: $PACK/params.yaml is missing: make it with make pack (it composes the GPU profile)" >&2; exit 2; }
+cp "$PACK/params.yaml" params.yaml
 sets=(--set base.image_size=224 --set "ingest.data_dir=$PACK/ham10000")
+for stage in "$@"; do sets+=(--set "$stage.max_train_minutes=${MAX_TRAIN_MINUTES:-0}"); done
 for item in ${SETS:-}; do sets+=(--set "$item"); done
 $PYTHON -m pipeline.training.stage_runner "${sets[@]}" ingest
 split_dir=$($PYTHON -c "from pipeline.io import pipeline_path; print(pipeline_path('split'))")

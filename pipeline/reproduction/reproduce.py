@@ -8,7 +8,7 @@ The reference for a data folder is ``<published>/<folder name>.json`` (``demo.js
 ``data/demo``, ``ham10000.json`` for a HAM10000 copy; ``<published>`` is ``vars.paths.published``
 of dvc.yaml, ``metrics/published``) when the run uses the data's own profile (``demo`` for the
 demo data, ``cpu`` otherwise), and ``<folder name>_<profile>.json`` for another profile
-(``ham10000_quick.json``: the short real-data check of ``profiles/quick.yaml``). The allowed drift of every compared metric is in
+(``ham10000_quick.json``: the short real-data check of the ``quick`` profile, ``conf/profile/quick.yaml``). The allowed drift of every compared metric is in
 ``<published>/<folder name>_tolerance.json``, which ``--publish`` derives from the measured
 training-seed spread, the bootstrap intervals and the binomial standard errors by the rules of ``<published>/tolerance.yaml``
 (:mod:`pipeline.reproduction.tolerances`). The comparison prints a table of every compared number with the
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 
+from pipeline import profiles
 from pipeline.errors import PipelineError, run_cli
 from pipeline.io import pipeline_path, read_json, write_json
 from pipeline.reproduction.tolerances import flatten
@@ -63,13 +64,13 @@ def default_profile(data_dir: str | Path) -> str:
     return "demo" if data_name(Path(data_dir)) == "demo" else "cpu"
 
 
-def reference_name(data_dir: str | Path, profile: str | Path | None = None) -> str:
+def reference_name(data_dir: str | Path, profile: str | None = None) -> str:
     """``data/demo`` -> ``demo``; ``../shared/ham10000`` -> ``ham10000`` (the data set's name);
     with a profile other than the data's own, the profile too: ``ham10000_quick``."""
     from pipeline.config import data_name
 
     name = data_name(Path(data_dir))
-    stem = Path(profile).stem if profile else default_profile(data_dir)
+    stem = str(profile) if profile else default_profile(data_dir)
     return name if stem == default_profile(data_dir) else f"{name}_{stem}"
 
 
@@ -104,18 +105,11 @@ def format_table(rows: list[Comparison]) -> str:
     return "\n".join(lines)
 
 
-def use_profile(profile: Path, params_file: Path = Path("params.yaml")) -> None:
-    """Make ``profile`` the active params (``params.yaml``), as ``make run`` does."""
-    if not profile.is_file():
-        raise PipelineError(f"profile {profile} not found (profiles/: {', '.join(sorted(p.stem for p in profile.parent.glob('*.yaml')))})")
-    if not params_file.is_file() or params_file.read_bytes() != profile.read_bytes():
-        shutil.copyfile(profile, params_file)
-        print(f"params.yaml <- {profile}", flush=True)
-
-
-def rerun_pipeline(data_dir: str) -> None:
-    """``dvc exp run --force`` with ``ingest.data_dir`` set: every stage reruns, recorded as an experiment."""
-    command = [sys.executable, "-m", "dvc", "exp", "run", "--force", "--set-param", f"ingest.data_dir={data_dir}"]
+def rerun_pipeline(data_dir: str, profile: str) -> None:
+    """``dvc exp run --force`` with the profile and ``ingest.data_dir`` set: every stage reruns,
+    recorded as an experiment (params.yaml composed from conf/, as ``make run`` does)."""
+    command = [sys.executable, "-m", "dvc", "exp", "run", "--force", "--set-param", f"profile={profile}",
+               "--set-param", f"ingest.data_dir={data_dir}"]
     print("+ " + " ".join(command[2:]), flush=True)
     if subprocess.run(command).returncode != 0:
         raise PipelineError("the pipeline run failed (see the stage output above)")
@@ -167,17 +161,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tolerances", action="store_true",
                         help="only derive the published reference's tolerances again (after new seed runs)")
     parser.add_argument("--seeds", default=SEEDS_FILE, help=f"the seed-spread table for --publish (default {SEEDS_FILE})")
-    parser.add_argument("--profile", help="a params profile copied to params.yaml before the run (profiles/demo.yaml, ...)")
+    parser.add_argument("--profile", help="the params profile of the run (conf/profile/: demo, cpu, quick, gpu; default: the data's own)")
     args = parser.parse_args(argv)
+    profile = args.profile or default_profile(args.data)
+    if profile not in profiles.names():
+        raise PipelineError(f"profile '{profile}' not found (conf/profile/: {', '.join(profiles.names())})")
     metrics_file, published_dir = pipeline_path("test_metrics"), pipeline_path("published")
     reference = published_dir / f"{reference_name(args.data, args.profile)}.json"
     if args.tolerances:
         write_tolerances(reference, published_dir / TOLERANCE_FILE_NAME, Path(args.seeds))
         return
-    if args.profile and not args.no_run:
-        use_profile(Path(args.profile))
     if not args.no_run:
-        rerun_pipeline(args.data)
+        rerun_pipeline(args.data, profile)
     if args.publish:
         publish(metrics_file, reference, published_dir / TOLERANCE_FILE_NAME, Path(args.seeds), pipeline_path("paired_metrics"))
         return

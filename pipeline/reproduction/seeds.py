@@ -40,8 +40,8 @@ SEED_METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "melanoma_recall", 
 PARAMS_FILE = "params.yaml"
 
 
-def queue_commands(data_dir: str, seeds: Sequence[int], approaches: Sequence[str]) -> list[list[str]]:
-    """One ``dvc exp run --queue`` per seed, setting the data folder and each approach's seed."""
+def queue_commands(data_dir: str, seeds: Sequence[int], approaches: Sequence[str], profile: str) -> list[list[str]]:
+    """One ``dvc exp run --queue`` per seed, setting the profile, the data folder and each approach's seed."""
     unknown = [name for name in approaches if name not in SEEDED_STAGES]
     if unknown:
         raise PipelineError(f"no training seed for approach '{unknown[0]}' (known: {', '.join(SEEDED_STAGES)})")
@@ -53,7 +53,7 @@ def queue_commands(data_dir: str, seeds: Sequence[int], approaches: Sequence[str
     data_dir = str(resolved.relative_to(Path.cwd().resolve()) if resolved.is_relative_to(Path.cwd().resolve()) else resolved)
     commands = []
     for seed in seeds:
-        command = ["dvc", "exp", "run", "--queue", "--set-param", f"ingest.data_dir={data_dir}"]
+        command = ["dvc", "exp", "run", "--queue", "--set-param", f"profile={profile}", "--set-param", f"ingest.data_dir={data_dir}"]
         for name in approaches:
             command += ["--set-param", f"{SEEDED_STAGES[name]}.seed={seed}"]
         commands.append(command)
@@ -115,13 +115,15 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def same_recipe(params: dict[str, Any], profile: dict[str, Any] | None) -> bool:
-    """Whether an experiment's params are the profile's, the data folder and the training seeds
-    aside (what a seed run varies): a quick-profile run never joins the CPU profile's table."""
+    """Whether an experiment's params are the profile's (composed: ``pipeline.profiles.compose``),
+    the data folder and the training seeds aside (what a seed run varies): a quick-profile run
+    never joins the CPU profile's table. A key the experiment lacks is a parameter added after it
+    ran (with the behaviour of its default then) and is not compared."""
     if profile is None:
         return True
     ran = _flat(params)
     varied = {"ingest.data_dir"} | {f"{stage}.seed" for stage in SEEDED_STAGES.values()}
-    return all(ran.get(key) == value for key, value in _flat(profile).items() if key not in varied)
+    return all(ran[key] == value for key, value in _flat(profile).items() if key not in varied and key in ran)
 
 
 def seed_runs(show: Any, data_name: str, metrics_file: str, approaches: Sequence[str],
@@ -227,16 +229,17 @@ def merge_recorded(runs: list[SeedRun], recorded: list[dict[str, Any]], approach
 
 
 def report(data_dir: str, out_md: Path, out_json: Path, approaches: Sequence[str], minimum: int = 2,
-           profile: Path | None = None) -> dict[str, Any]:
+           profile: str | None = None) -> dict[str, Any]:
     """Read every experiment (``dvc exp show --json --all-commits``) and write the seed table of
     this data set and profile (the data's own when none is given) into ``out_json`` (one entry per
     published reference name: ``ham10000``, ``ham10000_quick``; the others are kept) and ``out_md``."""
     from pipeline.config import data_name
-    from pipeline.io import pipeline_path, read_json, read_yaml
+    from pipeline.io import pipeline_path, read_json
+    from pipeline.profiles import compose
     from pipeline.reproduction.reproduce import default_profile, reference_name
 
-    profile = profile or Path("profiles") / f"{default_profile(data_dir)}.yaml"
-    recipe = read_yaml(profile, "the params profile") if profile.is_file() else None
+    profile = profile or default_profile(data_dir)
+    recipe = compose(profile)
     show = json.loads(_dvc(["dvc", "exp", "show", "--json", "--all-commits"], capture=True) or "[]")
     name = reference_name(data_dir, profile)
     runs = seed_runs(show, data_name(Path(data_dir)), str(pipeline_path("test_metrics")), approaches, recipe)
@@ -267,22 +270,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     queue.add_argument("--data", required=True, help="data folder (ingest.data_dir of the experiments)")
     queue.add_argument("--seeds", type=int, nargs="+", required=True, help="training seeds, e.g. 42 43 44")
     queue.add_argument("--approach", action="append", choices=sorted(SEEDED_STAGES), help="default: all of them")
-    queue.add_argument("--profile", help="a params profile copied to params.yaml first (profiles/cpu.yaml, ...)")
+    queue.add_argument("--profile", help="the params profile of the runs (conf/profile/; default: the data's own)")
     queue.add_argument("--start", action="store_true", help="then `dvc queue start` (one worker) and wait for the queue")
     summary = commands.add_parser("report", help="write the seed table from dvc exp show")
     summary.add_argument("--data", required=True, help="data folder the seed runs used")
     summary.add_argument("--approach", action="append", choices=sorted(SEEDED_STAGES), help="default: all of them")
-    summary.add_argument("--profile", help="only the runs of this params profile (default: the data's own, profiles/cpu.yaml)")
+    summary.add_argument("--profile", help="only the runs of this params profile (conf/profile/; default: the data's own)")
     summary.add_argument("--out", default="reports/seeds.md", help="Markdown table (a .json with the numbers beside it)")
     args = parser.parse_args(argv)
     approaches = args.approach or list(SEEDED_STAGES)
     if args.command == "queue":
-        if args.profile:
-            from pipeline.reproduction.reproduce import use_profile
+        from pipeline.reproduction.reproduce import default_profile
 
-            use_profile(Path(args.profile))
         names = []
-        for command in queue_commands(args.data, args.seeds, approaches):
+        for command in queue_commands(args.data, args.seeds, approaches, args.profile or default_profile(args.data)):
             output = _dvc(command, capture=True)
             names += re.findall(r"Queued experiment '([^']+)'", output)
             print(output.strip(), flush=True)
@@ -292,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             wait_for_queue(names)
         return
     out = Path(args.out)
-    report(args.data, out, out.with_suffix(".json"), approaches, profile=Path(args.profile) if args.profile else None)
+    report(args.data, out, out.with_suffix(".json"), approaches, profile=args.profile)
 
 
 def queue_states(status: str, names: Sequence[str]) -> dict[str, str]:

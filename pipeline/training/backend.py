@@ -27,7 +27,6 @@ Nothing here imports TensorFlow unless it is the backend.
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,21 +35,13 @@ import keras
 from pipeline.errors import PipelineError
 from pipeline.training.cluster import Group, join
 
-#: Mixed precision used on GPUs: float16 on TensorFlow (as before), bfloat16 on JAX / torch
+#: Mixed precision (``precision: mixed``): float16 on TensorFlow, bfloat16 on JAX / torch
 #: (measured on an H100 with JAX: B7 107 vs 96 img/s in float32; no loss scaling needed).
 GPU_POLICY = {"tensorflow": "mixed_float16", "jax": "mixed_bfloat16", "torch": "mixed_bfloat16"}
 
 
-PRECISION_ENV = "PIPELINE_PRECISION"
-PRECISIONS = ("auto", "float32", "mixed")
-
-
-def precision_choice() -> str:
-    """``$PIPELINE_PRECISION``: ``auto`` (mixed on GPUs, float32 on CPUs), ``float32`` or ``mixed``."""
-    value = os.environ.get(PRECISION_ENV, "").strip() or "auto"
-    if value not in PRECISIONS:
-        raise PipelineError(f"{PRECISION_ENV}={value!r}: expected one of {', '.join(PRECISIONS)}")
-    return value
+#: The ``precision`` parameter of a training stage -> whether Keras' mixed policy is used.
+PRECISIONS = ("float32", "mixed")
 
 
 def name() -> str:
@@ -150,17 +141,16 @@ class Devices:
         return model
 
 
-def configure(seed: int, group: Group | None = None) -> Devices:
-    """Seed everything once; on GPUs use mixed precision and all of them, else a deterministic CPU.
+def configure(seed: int, precision: str = "float32", group: Group | None = None) -> Devices:
+    """Seed everything once; use all of this machine's devices (a deterministic CPU where there
+    are none), in the stage's ``precision`` (``float32``, or ``mixed``: :data:`GPU_POLICY`).
     In a training ``group`` (JAX only) join it first: the devices are then all processes'.
-
-    ``$PIPELINE_PRECISION`` overrides the precision (``float32`` / ``mixed``; the default
-    ``auto`` is mixed on GPUs only).
 
     What a backend cannot do is said in ``Devices.notes`` (printed by the training stage)
     rather than silently skipped.
     """
-    choice = precision_choice()
+    if precision not in PRECISIONS:
+        raise PipelineError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     backend = name()
     if group is not None:
         if backend != "jax":
@@ -168,8 +158,7 @@ def configure(seed: int, group: Group | None = None) -> Devices:
         join(group)  # before anything touches a JAX device
     keras.utils.set_random_seed(seed)
     found = accelerators()
-    mixed = choice == "mixed" or (choice == "auto" and bool(found))
-    policy = GPU_POLICY.get(backend, "float32") if mixed else "float32"
+    policy = GPU_POLICY.get(backend, "float32") if precision == "mixed" else "float32"
     keras.mixed_precision.set_global_policy(policy)
     devices = Devices(backend, found, policy)
     if backend == "tensorflow":

@@ -42,7 +42,9 @@ from pipeline.io import read_json, write_json
 from pipeline.models.builders import average_models, build_cnn, build_effnet_lite0, build_effnetb7, unfreeze_top_layers
 
 #: Optional wall-clock budget of a training stage, in minutes (e.g. a GPU job's time slot).
-TIME_LIMIT_ENV = "PIPELINE_MAX_TRAIN_MINUTES"
+#: Environment variables that once changed a trained model, and the parameter that does it now:
+#: refused rather than ignored, so an old job script does not silently train something else.
+MOVED_SETTINGS = {"PIPELINE_PRECISION": "precision", "PIPELINE_MAX_TRAIN_MINUTES": "max_train_minutes"}
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,7 @@ class ValidationMetrics(keras.callbacks.Callback):
             raise PipelineError(
                 f"training diverged: the loss is {logs.get('loss')} in epoch {epoch + self.epoch_offset + 1} "
                 f"(precision {keras.mixed_precision.global_policy().name}); no model is kept. "
-                "Try PIPELINE_PRECISION=float32 or a lower learning rate"
+                "Try the parameter precision: float32 or a lower learning rate"
             )
         if self.averages is not None:
             self.averages.on_test_begin()  # the averaged weights into the model
@@ -264,16 +266,19 @@ class TimeLimit(keras.callbacks.Callback):
             print(f"time limit reached after epoch {epoch + self.epoch_offset + 1}: training stops, the best epoch so far is kept", flush=True)
 
 
-def time_limit_deadline() -> float | None:
-    """The wall-clock deadline from ``$PIPELINE_MAX_TRAIN_MINUTES`` (unset or 0: none)."""
-    value = os.environ.get(TIME_LIMIT_ENV, "").strip()
-    try:
-        minutes = float(value) if value else 0.0
-    except ValueError:
-        raise PipelineError(f"{TIME_LIMIT_ENV}={value!r}: expected a number of minutes") from None
-    if minutes < 0:
-        raise PipelineError(f"{TIME_LIMIT_ENV}={value!r}: must not be negative")
+def time_limit_deadline(minutes: float) -> float | None:
+    """The wall-clock deadline ``minutes`` from now (0: none)."""
     return time.time() + minutes * 60 if minutes else None
+
+
+def refuse_moved_settings(stage: str) -> None:
+    """One error line for an environment variable whose setting is a parameter now."""
+    for variable, key in MOVED_SETTINGS.items():
+        if variable in os.environ:
+            raise PipelineError(
+                f"{variable} is no longer read: set the parameter {stage}.{key} instead "
+                f"(conf/config.yaml, or dvc exp run -S {stage}.{key}=...), then unset {variable}"
+            )
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -407,11 +412,12 @@ def run_training(
 
     In a training group (:mod:`pipeline.training.cluster`) every process trains; only process
     0 logs and writes the outputs, the others keep their checkpoints in a temporary folder."""
+    refuse_moved_settings(stage)
     group = cluster.from_env()
     recorder = open_recorder() if group is None or group.chief else NullRecorder(f"{group.describe()}: process 0 logs the run")
     recorder.connect(base.experiment_name)  # fail fast, before any work, if MLflow is down
-    deadline = time_limit_deadline()
-    devices = backend.configure(params.seed, group)
+    deadline = time_limit_deadline(params.max_train_minutes)
+    devices = backend.configure(params.seed, params.precision, group)
     if not devices.chief:
         scratch = Path(tempfile.mkdtemp(prefix=f"{stage}-process{group.rank}-"))
         paths = dataclasses.replace(paths, checkpoints=scratch / "checkpoints", out_dir=scratch / "out", metrics=scratch / "metrics.json")
@@ -445,7 +451,7 @@ def run_training(
         "smoke_run": str(params.smoke_run).lower(),
     }
     if deadline is not None:
-        tags["time_limit_minutes"] = os.environ[TIME_LIMIT_ENV]
+        tags["time_limit_minutes"] = f"{params.max_train_minutes:g}"
     started = time.perf_counter()
     dataset = data_name(paths.source)
     run_name = f"{stage.removeprefix('train_')}-{dataset}"  # approach and data: cnn_focal-ham10000

@@ -179,13 +179,26 @@ def test_a_diverged_run_fails_in_one_line_and_keeps_no_model(tiny_artifacts, mlf
     assert [run.info.status for run in runs if run.data.tags.get("stage") == "train_cnn_focal"][:1] == ["FAILED"]
 
 
-def test_an_unknown_precision_is_refused(monkeypatch):
-    from pipeline.training.backend import configure
+def test_an_unknown_precision_is_refused_in_one_line_naming_the_key():
+    from pipeline.config import CnnParams, parse_section
+    from pipeline.errors import ParamsError
+
+    raw = {key: value for key, value in dataclasses.asdict(tiny_cnn()).items()}
+    raw["filters"] = list(raw["filters"])
+    with pytest.raises(ParamsError, match=r"train_cnn_focal.precision: must be one of \['float32', 'mixed'\], got 'half'"):
+        parse_section({**raw, "precision": "half"}, CnnParams, "params.yaml: train_cnn_focal")
+
+
+@pytest.mark.parametrize("variable", ["PIPELINE_PRECISION", "PIPELINE_MAX_TRAIN_MINUTES"])
+def test_an_environment_variable_that_once_changed_the_model_is_refused_naming_its_parameter(variable, tiny_artifacts, monkeypatch):
     from pipeline.errors import PipelineError
 
-    monkeypatch.setenv("PIPELINE_PRECISION", "half")
-    with pytest.raises(PipelineError, match="PIPELINE_PRECISION='half': expected one of auto, float32, mixed"):
-        configure(1)
+    base, root = tiny_artifacts
+    paths = make_paths(root, "moved_setting")
+    monkeypatch.setenv(variable, "1")
+    with pytest.raises(PipelineError, match=rf"{variable} is no longer read: set the parameter train_cnn_focal\.\w+ instead"):
+        train_cnn_focal(base, tiny_cnn(), paths)
+    assert not paths.out_dir.exists()
 
 
 def test_a_time_limit_stops_after_the_epoch_and_keeps_the_best(tiny_artifacts, mlflow_store, monkeypatch):
@@ -193,8 +206,7 @@ def test_a_time_limit_stops_after_the_epoch_and_keeps_the_best(tiny_artifacts, m
 
     base, root = tiny_artifacts
     paths = make_paths(root, "time_limited")
-    monkeypatch.setenv("PIPELINE_MAX_TRAIN_MINUTES", "0.0001")  # passed during the first epoch
-    summary = train_cnn_focal(base, tiny_cnn(epochs=3), paths)
+    summary = train_cnn_focal(base, tiny_cnn(epochs=3, max_train_minutes=0.0001), paths)  # passed during the first epoch
     assert pd.read_csv(paths.out_dir / HISTORY_FILE)["epoch"].tolist() == [1]
     assert summary["best_epoch"] == 1 and (paths.out_dir / MODEL_FILE).is_file()
     assert mlflow.MlflowClient().get_run(summary["run_id"]).data.tags["time_limit_minutes"] == "0.0001"

@@ -42,4 +42,4 @@ def test_the_tensorflow_backend_refuses_a_group():
 
     assert backend.name() == "tensorflow"
     with pytest.raises(PipelineError, match="runs on the JAX backend"):
-        backend.configure(0, cluster.Group("127.0.0.1:1", 2, 0))
+        backend.configure(0, group=cluster.Group("127.0.0.1:1", 2, 0))

@@ -31,9 +31,17 @@ SECTIONS = {
 
 
 @pytest.mark.parametrize("section", sorted(SECTIONS))
-@pytest.mark.parametrize("profile", ["params.yaml", "profiles/cpu.yaml", "profiles/demo.yaml", "profiles/gpu.yaml"])
-def test_every_section_of_the_repository_params_loads(repo_root, profile, section):
-    base, params = load_params(repo_root / profile, section, SECTIONS[section])
+@pytest.mark.parametrize("profile", ["params.yaml", "cpu", "demo", "quick", "gpu"])
+def test_every_section_of_every_profile_loads(repo_root, profile, section, tmp_path, monkeypatch):
+    if profile == "params.yaml":
+        path = repo_root / "params.yaml"
+    else:
+        from pipeline.profiles import compose, dump
+
+        monkeypatch.chdir(repo_root)
+        path = tmp_path / "params.yaml"
+        path.write_text(dump(compose(profile)))
+    base, params = load_params(path, section, SECTIONS[section])
     assert len(base.classes) == 7
     assert isinstance(params, SECTIONS[section])
 

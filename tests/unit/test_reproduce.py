@@ -149,10 +149,10 @@ def test_reference_name_and_repository_rules(repo_root):
     assert reproduce.reference_name("data/demo") == "demo"
     assert reproduce.reference_name("../shared/ham10000/") == "ham10000"
     # The data's own profile keeps the plain name; another profile has a reference of its own.
-    assert reproduce.reference_name("../shared/ham10000", "profiles/cpu.yaml") == "ham10000"
-    assert reproduce.reference_name("../shared/ham10000", "profiles/quick.yaml") == "ham10000_quick"
-    assert reproduce.reference_name("data/demo", "profiles/demo.yaml") == "demo"
-    assert reproduce.reference_name("data/demo", "profiles/cpu.yaml") == "demo_cpu"
+    assert reproduce.reference_name("../shared/ham10000", "cpu") == "ham10000"
+    assert reproduce.reference_name("../shared/ham10000", "quick") == "ham10000_quick"
+    assert reproduce.reference_name("data/demo", "demo") == "demo"
+    assert reproduce.reference_name("data/demo", "cpu") == "demo_cpu"
     from pipeline.io import pipeline_path
 
     published = repo_root / pipeline_path("published", repo_root / "dvc.yaml")
@@ -189,4 +189,4 @@ def test_ci_reproduces_the_full_profile_only_where_it_fits_the_time_left():
     assert plan.choose(elapsed_minutes=40, gflops=plan.FULL_MINUTES_GFLOPS, budget_minutes=80)[0] == "quick"
     profile, why = plan.choose(elapsed_minutes=30, gflops=80, budget_minutes=80)
     assert profile == "quick" and "about 229 min" in why and "ham10000_quick.json" in why
-    assert reproduce.reference_name("../shared/ham10000", f"profiles/{profile}.yaml") == "ham10000_quick"
+    assert reproduce.reference_name("../shared/ham10000", profile) == "ham10000_quick"

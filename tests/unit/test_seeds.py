@@ -89,15 +89,15 @@ def test_markdown_table_shows_mean_and_sd_per_approach():
 def test_queue_commands_set_each_approach_seed_and_the_data(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "demo").mkdir(parents=True)
-    commands = seeds.queue_commands("data/demo", [42, 43], ["cnn_focal", "effnet_lite0"])
-    assert commands[1] == ["dvc", "exp", "run", "--queue", "--set-param", "ingest.data_dir=data/demo",
+    commands = seeds.queue_commands("data/demo", [42, 43], ["cnn_focal", "effnet_lite0"], "demo")
+    assert commands[1] == ["dvc", "exp", "run", "--queue", "--set-param", "profile=demo", "--set-param", "ingest.data_dir=data/demo",
                            "--set-param", "train_cnn_focal.seed=43", "--set-param", "train_effnet_lite0.seed=43"]
-    outside = seeds.queue_commands(str(tmp_path.parent / "ham10000"), [1], ["cnn_focal"])[0]
+    outside = seeds.queue_commands(str(tmp_path.parent / "ham10000"), [1], ["cnn_focal"], "cpu")[0]
     assert f"ingest.data_dir={tmp_path.parent / 'ham10000'}" in outside  # absolute: exps run in a temp copy
     with pytest.raises(PipelineError, match="seeds must differ"):
-        seeds.queue_commands("data/demo", [1, 1], ["cnn_focal"])
+        seeds.queue_commands("data/demo", [1, 1], ["cnn_focal"], "demo")
     with pytest.raises(PipelineError, match="no training seed for approach 'effnetb7'"):
-        seeds.queue_commands("data/demo", [1], ["effnetb7"])
+        seeds.queue_commands("data/demo", [1], ["effnetb7"], "demo")
 
 
 def test_one_seed_has_no_spread():
