@@ -6,7 +6,8 @@ Outputs: one metrics JSON (``{"cnn_focal": {...}, "effnetb7": {...}, "effnet_lit
 (:mod:`pipeline.evaluation.uncertainty`) for ``dvc metrics``, plot data and PNGs for ``dvc plots`` and
 MLflow, and a Markdown comparison report (:mod:`pipeline.evaluation.report`). The test split is used here
 only; model selection and the ensemble's weights used the validation split. Smoke runs are
-scored and listed, never compared and never in the ensemble.
+scored and listed, never compared and never in the ensemble. Results by subgroup, reliability
+diagrams, confident errors and a model card per real model: :mod:`pipeline.evaluation.model_card`.
 """
 
 from __future__ import annotations
@@ -17,20 +18,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-    roc_auc_score,
-    roc_curve,
-)
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score, roc_curve
 
 from pipeline.config import EvaluateParams
 from pipeline.errors import PipelineError
 from pipeline.io import read_json, write_json
+from pipeline.evaluation import model_card
+from pipeline.evaluation.figures import calibration_figures, draw_figures
 from pipeline.evaluation.report import comparison_report, summary_table
+from pipeline.evaluation.subgroups import external_metadata, split_metadata, subgroup_results
 from pipeline.evaluation.uncertainty import Bootstrap, comparisons
 
 
@@ -97,50 +93,6 @@ def write_plot_data(scored: Scored, classes: tuple[str, ...], out_dir: Path) -> 
             fpr, tpr, _ = roc_curve(positives, scored.probabilities[:, index])
             curves.append(pd.DataFrame({"dx": dx, "fpr": fpr, "tpr": tpr}))
     pd.concat(curves, ignore_index=True).to_csv(out_dir / "roc.csv", index=False)
-
-
-def draw_figures(scored: Scored, classes: tuple[str, ...], out_dir: Path) -> list[Path]:
-    """PNG confusion matrices (counts, row-normalised) and ROC curves; returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    predicted = scored.probabilities.argmax(axis=1)
-    counts = confusion_matrix(scored.labels, predicted, labels=np.arange(len(classes)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        normalised = np.nan_to_num(counts / counts.sum(axis=1, keepdims=True))
-    paths = []
-    for matrix, kind, fmt in ((counts, "counts", "d"), (normalised, "normalized", ".2f")):
-        figure, axes = plt.subplots(figsize=(6.5, 5.5))
-        image = axes.imshow(matrix, cmap="Blues")
-        for (row, column), value in np.ndenumerate(matrix):
-            axes.text(column, row, format(value, fmt), ha="center", va="center",
-                      color="white" if value > matrix.max() / 2 else "black", fontsize=8)
-        axes.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
-                 xlabel="predicted", ylabel="actual", title=f"{scored.name}: confusion matrix ({kind})")
-        figure.colorbar(image, ax=axes)
-        figure.tight_layout()
-        path = out_dir / f"confusion_{kind}.png"
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
-        paths.append(path)
-    figure, axes = plt.subplots(figsize=(6, 5.5))
-    for index, dx in enumerate(classes):
-        positives = scored.labels == index
-        if positives.any() and not positives.all():
-            fpr, tpr, _ = roc_curve(positives, scored.probabilities[:, index])
-            auc = roc_auc_score(positives, scored.probabilities[:, index])
-            axes.plot(fpr, tpr, label=f"{dx} (AUC {auc:.3f})", linewidth=2 if dx == "mel" else 1)
-    axes.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    axes.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{scored.name}: one-vs-rest ROC")
-    axes.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
-    path = out_dir / "roc.png"
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    paths.append(path)
-    return paths
 
 
 def evaluate_models(models: dict[str, Any], images_by_size: Any, labels: np.ndarray, classes: tuple[str, ...], params: EvaluateParams) -> tuple[dict[str, dict[str, Any]], list[Scored]]:
@@ -262,6 +214,8 @@ def run_evaluation(
     data: str = "unknown",
     smoke_runs: frozenset[str] = frozenset(),
     paired_file: Path | None = None,
+    subgroups_file: Path | None = None,
+    cards_dir: Path | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The evaluate stage: metrics JSON with intervals, paired comparisons, plots, report, and
     MLflow logging for every model.
@@ -269,7 +223,10 @@ def run_evaluation(
     ``smoke_runs`` names the models trained as smoke runs: scored and listed, but never
     compared and given no ensemble weight. With ``params.external_dir`` set, the models and the
     ensemble (its validation weights) are also scored on that ISIC 2018 Task 3 test folder, into
-    ``external_metrics_file`` (``{"skipped": ...}`` is written when it is unset).
+    ``external_metrics_file`` (``{"skipped": ...}`` is written when it is unset). The real models
+    and the ensemble get subgroup results (:mod:`pipeline.evaluation.subgroups`) into
+    ``subgroups_file`` and their runs; each real model a card in ``cards_dir``
+    (:mod:`pipeline.evaluation.model_card`).
     """
     from pipeline.tracking import mlflow_runs as tracking
     from pipeline.data.datasets import label_indices, resize_images
@@ -302,15 +259,22 @@ def run_evaluation(
     test_groups = test["lesion_id"].to_numpy() if "lesion_id" in test.columns else None
     bootstrap, bootstrap_info = _bootstrap(labels, test_groups, params, classes)
     paired = {"bootstrap": bootstrap_info, "test": _with_intervals(results, scored, bootstrap, classes, smoke_runs)}
+    groups: dict[str, Any] = {"bootstrap": bootstrap_info}
+    real = {item.name: item.probabilities for item in scored if item.name not in smoke_runs}
+    groups["test"], groups["test_skipped"] = subgroup_results(real, labels, test_groups, split_metadata(index, test), classes, params)
 
     write_json(metrics_file, results)
     report_file.parent.mkdir(parents=True, exist_ok=True)
     report_file.write_text(comparison_report(results, classes, REPORT_TITLE, paired["test"], bootstrap_info), encoding="utf-8")
+    run_ids: dict[str, str] = {}
     for item in scored:
         model_plots = plots_dir / item.name
         write_plot_data(item, classes, model_plots)
         figures = draw_figures(item, classes, model_plots)
-        log_to_mlflow(item.name, model_dirs.get(item.name), results[item.name], figures + [report_file], data=data)
+        figures += calibration_figures(item, test_images, classes, model_plots, params.ece_bins, test["image_id"].to_numpy())
+        run_ids[item.name] = log_to_mlflow(item.name, model_dirs.get(item.name), results[item.name], figures + [report_file], data=data)
+
+    external: dict[str, Any] = {}
 
     if external_metrics_file is not None:
         if params.external_dir:
@@ -333,11 +297,20 @@ def run_evaluation(
             paired["external_bootstrap"] = external_info
             for name, model_metrics in external.items():
                 log_to_mlflow(name, model_dirs.get(name), model_metrics, [], prefix="external", data=data)
+            metadata, lesions = external_metadata(Path(params.external_dir), ISIC2018_TRUTH)
+            real = {item.name: item.probabilities for item in external_scored if item.name not in smoke_runs}
+            groups["external"], groups["external_skipped"] = subgroup_results(real, external_labels, lesions, metadata, classes, params)
+            groups["external_source"] = params.external_dir
             write_json(external_metrics_file, {"source": params.external_dir, **external})
         else:
-            write_json(external_metrics_file, {"skipped": "evaluate.external_dir is not set"})
+            groups["external_skipped"] = "evaluate.external_dir is not set"
+            write_json(external_metrics_file, {"skipped": groups["external_skipped"]})
     if paired_file is not None:
         write_json(paired_file, paired)
+    if subgroups_file is not None:
+        write_json(subgroups_file, groups)
+        model_card.publish(cards_dir, subgroups_file, groups, results, external, model_dirs, run_ids, index, test, data,
+                           params.ece_bins, plots_dir)
     return results
 
 
