@@ -10,7 +10,7 @@
 # for data/demo, cpu otherwise.
 #   make test                the test suite
 #   make ui / make server / make stop-server
-#   make serve [MODEL=models:/NAME@ALIAS]   serve a registered model on 127.0.0.1:5002
+#   make serve [MODEL=models:/NAME@ALIAS]   serve a registered Keras model on 127.0.0.1:5002 (SERVE_HOST, SERVE_PORT)
 #   make seeds [N=3 SEED0=42 DATA=…]   N training seeds through DVC's experiment queue -> reports/seeds.md
 #   make reproduce [DATA=…]  rerun from scratch and compare with the published metrics
 #   make publish [DATA=…]    rerun from scratch and store the metrics as the published ones
@@ -107,8 +107,13 @@ test: venv
 
 MODEL ?= models:/ham10000-cnn-focal@champion
 SERVE_PORT ?= 5002
+# The model server's own address (not HOST, the tracking server's): another machine's reach is a choice.
+SERVE_HOST ?= 127.0.0.1
+# Requests larger than this get HTTP 413 unread.
+SERVE_MAX_MB ?= 16
 serve: $(if $(TEAM),venv,server)
-	$(TEAM_EXEC) $(BIN)/mlflow models serve -m $(MODEL) --env-manager local --host $(HOST) -p $(SERVE_PORT)
+	$(TEAM_EXEC) $(BIN)/python -m pipeline.serving.server --model $(MODEL) --host $(SERVE_HOST) --port $(SERVE_PORT) \
+		--max-body-mb $(SERVE_MAX_MB)
 
 # The training-seed spread: N experiments (training seeds SEED0..SEED0+N-1 of cnn_focal and
 # effnet_lite0; split and test images fixed) queued with `dvc exp run --queue`, run one at a time

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import struct
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +15,16 @@ from pipeline.errors import PipelineError
 
 #: File name endings treated as images when walking folders.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+#: The only formats PIL may open, whatever a file is named: no EPS (Ghostscript), no other plugin.
+FORMATS = ("JPEG", "PNG", "BMP", "TIFF")
+#: The most pixels an image may have (width x height), checked from its header before decoding:
+#: above a 45 Mpx camera's frames and every dermatoscope's; 150 MB as RGB. A decompression bomb
+#: (a small file of huge dimensions) is refused here, PIL's own limits never reached.
+MAX_PIXELS = 50_000_000
+#: PIL warns (from Image.open) of images over its own limit through the global warnings filters:
+#: the switch to errors is made under this lock, so threads decoding side by side do not race.
+_OPEN_LOCK = threading.Lock()
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error, ZeroDivisionError, MemoryError)
 
 
 class ImageDecodeError(PipelineError):
@@ -28,7 +42,10 @@ def load_square_image(path: str | Path, size: int, jpeg_draft: bool = True) -> n
     """
     path = Path(path)
     try:
-        with Image.open(path) as image:
+        with _open(path) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageDecodeError(_too_big(path, width * height))
             if jpeg_draft and image.format == "JPEG":
                 width, height = image.size
                 short = min(width, height)
@@ -39,10 +56,33 @@ def load_square_image(path: str | Path, size: int, jpeg_draft: bool = True) -> n
     except FileNotFoundError as error:
         raise ImageDecodeError(f"{path}: file not found") from error
     except UnidentifiedImageError as error:
-        raise ImageDecodeError(f"{path}: not an image file") from error
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageDecodeError(f"{path}: cannot decode image ({error})") from error
+        raise ImageDecodeError(f"{path}: not an image file ({', '.join(FORMATS[:-1])} or {FORMATS[-1]})") from error
+    except _DECODE_ERRORS as error:  # what PIL's decoders raise on malformed data
+        raise ImageDecodeError(f"{path}: cannot decode image ({_first_line(error)})") from error
     return centre_crop_resize(rgb, size)
+
+
+def _open(path: Path) -> Image.Image:
+    """``Image.open`` with :data:`FORMATS` only; PIL's decompression-bomb warning (made an error
+    under the lock: only the header is read there, so it is held briefly) and its error become one
+    :class:`ImageDecodeError` that says how many pixels."""
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path, formats=FORMATS)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        counted = re.search(r"\((\d+) pixels\)", str(error))
+        raise ImageDecodeError(_too_big(path, int(counted.group(1)) if counted else None)) from None
+
+
+def _too_big(path: Path, pixels: int | None) -> str:
+    count = f"{pixels:,} pixels" if pixels is not None else "too many pixels"
+    return f"{path}: {count}, over the limit of {MAX_PIXELS:,} (a decompression bomb?)"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

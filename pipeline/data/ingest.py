@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -77,6 +78,7 @@ def read_metadata(data_dir: Path, classes: tuple[str, ...]) -> pd.DataFrame:
         raise DataValidationError([f"missing column '{column}'" for column in missing], str(metadata_path))
     if metadata.empty:
         raise DataValidationError(["no rows"], str(metadata_path))
+    metadata["image_id"] = metadata["image_id"].map(_nfc)  # one spelling of every id (files: locate_images)
 
     problems: list[str] = []
     for row_number, row in enumerate(metadata.itertuples(index=False), start=2):  # line 1 is the header
@@ -95,20 +97,41 @@ def read_metadata(data_dir: Path, classes: tuple[str, ...]) -> pd.DataFrame:
 
 
 def locate_images(data_dir: Path, image_ids: pd.Series) -> tuple[dict[str, Path], list[str], int]:
-    """Map each image_id to its file; returns (found, missing ids, count of unlisted image files)."""
+    """Map each image_id to its file; returns (found, missing ids, count of unlisted image files).
+
+    Ids and file names are compared in Unicode NFC, so a name written in NFD (as some file
+    systems and archivers do) still matches. An id with two files (two folders, two suffixes,
+    two spellings) is refused naming both: which one is meant cannot be guessed."""
     files: dict[str, Path] = {}
+    wanted = {_nfc(image_id) for image_id in image_ids}
+    twice: list[str] = []
     for folder_name in IMAGE_FOLDERS:
         folder = data_dir / folder_name
         if not folder.is_dir():
             continue
-        for path in folder.iterdir():
+        for path in sorted(folder.iterdir()):
             if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-                files.setdefault(path.stem, path)
-    wanted = set(image_ids)
-    found = {image_id: files[image_id] for image_id in image_ids if image_id in files}
-    missing = [image_id for image_id in image_ids if image_id not in files]
+                stem = _nfc(path.stem)
+                first = files.setdefault(stem, path)
+                if first != path and stem in wanted and not _same_file(first, path):
+                    twice.append(f"image_id '{stem}' has two files: {first} and {path}")
+    if twice:
+        raise DataValidationError(twice, f"{data_dir} (searched {', '.join(IMAGE_FOLDERS)})")
+    found = {image_id: files[_nfc(image_id)] for image_id in image_ids if _nfc(image_id) in files}
+    missing = [image_id for image_id in image_ids if _nfc(image_id) not in files]
     unlisted = len(set(files) - wanted)
     return found, missing, unlisted
+
+
+def _nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", str(text))
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    try:
+        return first.samefile(second)
+    except OSError:
+        return False
 
 
 def _decode(path: Path, size: int, jpeg_draft: bool) -> np.ndarray | str:

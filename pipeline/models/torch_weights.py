@@ -46,16 +46,38 @@ class WeightsFileError(PipelineError):
     """A weights file that is not a readable, safe PyTorch state dict."""
 
 
-class _StorageType:
+#: At most this many dimensions per tensor (PyTorch's own limit is 25; state dicts use 1 to 5).
+MAX_DIMENSIONS = 25
+#: What a malformed file can make the reading raise; each becomes one :class:`WeightsFileError`.
+_MALFORMED = (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+              struct.error, OverflowError, RecursionError, MemoryError, UnicodeDecodeError)
+
+
+class _Sealed:
+    """What the unpickler hands out may not be changed by the file: pickle's BUILD opcode calls
+    ``__setstate__``, which refuses. (Each load also gets objects of its own, see
+    :class:`_RestrictedUnpickler`, so nothing a file does outlives its load.)"""
+
+    __slots__ = ()
+
+    def __setstate__(self, state: Any) -> None:
+        raise WeightsFileError(f"a weights file may not set the state of {type(self).__name__.strip('_')} (pickle BUILD)")
+
+
+class _StorageType(_Sealed):
     """Stands in for ``torch.FloatStorage`` & co. while unpickling: only its dtype is kept."""
+
+    __slots__ = ("name", "dtype")
 
     def __init__(self, name: str):
         self.name = name
         self.dtype = STORAGE_DTYPES[name]
 
 
-class _Storage:
+class _Storage(_Sealed):
     """A storage whose bytes come later in the file (filled in by :func:`read_state_dict`)."""
+
+    __slots__ = ("dtype", "numel", "data")
 
     def __init__(self, dtype: np.dtype, numel: int):
         self.dtype = dtype
@@ -63,64 +85,114 @@ class _Storage:
         self.data: np.ndarray | None = None
 
 
-class _PendingTensor:
+class _PendingTensor(_Sealed):
     """What ``torch._utils._rebuild_tensor_v2`` returned: a view to cut once storages are read."""
 
+    __slots__ = ("storage", "offset", "size", "stride")
+
     def __init__(self, storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...]):
-        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
     def to_numpy(self) -> np.ndarray:
         data = self.storage.data
         assert data is not None
+        count = int(np.prod(self.size, dtype=object)) if self.size else 1
+        if count == 0:
+            return np.zeros(self.size, dtype=data.dtype)
+        needed = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride, strict=True)) + 1
+        if needed > data.size or count > data.size:  # a view never holds more elements than its storage
+            raise WeightsFileError(f"tensor of shape {self.size} reaches outside its storage ({data.size} elements)")
         if not self.size:
             return data[self.offset].copy()
-        itemsize = data.dtype.itemsize
-        needed = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1
-        if any(n == 0 for n in self.size):
-            return np.zeros(self.size, dtype=data.dtype)
-        if self.offset < 0 or needed > data.size or any(s < 0 for s in self.stride):
-            raise WeightsFileError(f"tensor of shape {self.size} reaches outside its storage ({data.size} elements)")
         view = np.lib.stride_tricks.as_strided(
-            data[self.offset:], shape=self.size, strides=[s * itemsize for s in self.stride], writeable=False
+            data[self.offset:], shape=self.size, strides=[s * data.dtype.itemsize for s in self.stride], writeable=False
         )
         return np.array(view)
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
-    if not isinstance(storage, _Storage):
-        raise WeightsFileError("a tensor refers to something that is not a storage")
-    return _PendingTensor(storage, int(storage_offset), tuple(size), tuple(stride))
+def _natural(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    **{("torch", name): _StorageType(name) for name in STORAGE_DTYPES},
-}
+class _Rebuild(_Sealed):
+    """``torch._utils._rebuild_tensor_v2``: checks what a file passes, calls nothing of it."""
+
+    __slots__ = ()
+
+    def __call__(self, storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+        if not isinstance(storage, _Storage):
+            raise WeightsFileError("a tensor refers to something that is not a storage")
+        if not (isinstance(size, tuple) and isinstance(stride, tuple) and len(size) == len(stride) <= MAX_DIMENSIONS
+                and all(_natural(n) for n in (storage_offset, *size, *stride))):
+            raise WeightsFileError(f"a tensor has a malformed shape (offset, sizes and strides must be counts, "
+                                   f"as many strides as sizes, at most {MAX_DIMENSIONS})")
+        return _PendingTensor(storage, storage_offset, size, stride)
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only the globals of a tensor state dict; storages come as persistent ids."""
+#: What a dict key in a state dict may be. A tuple nested a million deep, hashed as a key, overflows
+#: the C stack (a segmentation fault, not an exception): keys are checked before they are hashed.
+_KEY_TYPES = (str, int, float, bytes, type(None))
+
+
+def _scalar_keys(unpickler: pickle._Unpickler, keys: list) -> None:
+    if not all(isinstance(key, _KEY_TYPES) for key in keys):
+        raise WeightsFileError("a dict key that is not a string or a number (a state dict's keys are names)")
+
+
+def _refuse_sets(unpickler: pickle._Unpickler) -> None:
+    raise WeightsFileError("a set (a state dict holds none)")
+
+
+def _guarded(opcode: bytes, keys_of) -> Any:
+    original = pickle._Unpickler.dispatch[opcode[0]]
+
+    def load(unpickler: pickle._Unpickler) -> None:
+        _scalar_keys(unpickler, keys_of(unpickler.stack))
+        original(unpickler)
+
+    return load
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """Resolves only the globals of a tensor state dict, as objects of this load alone;
+    storages come as persistent ids. Python's own unpickler (not the C one), so that every
+    opcode that hashes what the file built checks it first (a state dict's pickle is small: its
+    tensors' bytes are read apart)."""
+
+    dispatch = {
+        **pickle._Unpickler.dispatch,
+        pickle.SETITEM[0]: _guarded(pickle.SETITEM, lambda stack: stack[-2:-1]),
+        pickle.SETITEMS[0]: _guarded(pickle.SETITEMS, lambda stack: stack[0::2]),  # the items after the mark
+        pickle.DICT[0]: _guarded(pickle.DICT, lambda stack: stack[0::2]),
+        **{opcode[0]: _refuse_sets for opcode in (pickle.EMPTY_SET, pickle.ADDITEMS, pickle.FROZENSET)},
+    }
 
     def __init__(self, stream, storages: dict[str, _Storage] | None = None):
         super().__init__(stream)
         self.storages = storages if storages is not None else {}
+        self.allowed: dict[tuple[str, str], Any] = {
+            ("collections", "OrderedDict"): OrderedDict,  # a built-in type: a file cannot change it
+            ("torch._utils", "_rebuild_tensor_v2"): _Rebuild(),
+            **{("torch", name): _StorageType(name) for name in STORAGE_DTYPES},
+        }
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
+            return self.allowed[(module, name)]
+        except (KeyError, TypeError):
             raise WeightsFileError(
-                f"refused to load '{module}.{name}': a weights file may only hold tensors"
+                f"refused to load '{str(module)[:80]}.{str(name)[:80]}': a weights file may only hold tensors"
             ) from None
 
     def persistent_load(self, pid: Any) -> Any:
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
-            raise WeightsFileError(f"unsupported persistent id {str(pid)[:60]!r}")
+            raise pickle.UnpicklingError("unsupported persistent id (expected a storage)")
         _, storage_type, key, _location, numel = pid[:5]
-        key = str(key)
+        if not isinstance(key, (str, int)) or isinstance(key, bool) or not _natural(numel):
+            raise WeightsFileError("a storage's key must be a string and its size a count")
+        key = str(key)[:100]
         if key not in self.storages:
-            self.storages[key] = _Storage(storage_type.dtype, int(numel))
+            self.storages[key] = _Storage(storage_type.dtype, numel)
         return self.storages[key]
 
 
@@ -153,9 +225,9 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         if not isinstance(state, dict) or not isinstance(keys, list):
             raise WeightsFileError(f"{path}: does not hold a state dict")
         for key in keys:
-            storage = storages.get(str(key))
+            storage = storages.get(str(key)[:100]) if isinstance(key, (str, int)) else None
             if storage is None:
-                raise WeightsFileError(f"{path}: storage {key} is listed but never used")
+                raise WeightsFileError(f"{path}: storage {str(key)[:100]!r} is listed but never used")
             header = stream.read(8)
             if len(header) != 8:
                 raise WeightsFileError(f"{path}: truncated (storage {key} missing)")
@@ -167,17 +239,18 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
             if len(chunk) != nbytes:
                 raise WeightsFileError(f"{path}: truncated (storage {key} has {len(chunk)} of {nbytes} bytes)")
             storage.data = np.frombuffer(chunk, dtype=storage.dtype)
+        missing = [key for key, storage in storages.items() if storage.data is None]
+        if missing:
+            raise WeightsFileError(f"truncated ({len(missing)} storages without data)")
+        tensors = {}
+        for name, value in state.items():
+            if not isinstance(value, _PendingTensor):
+                raise WeightsFileError(f"entry {str(name)[:100]!r} is not a tensor")
+            tensors[str(name)[:1000]] = value.to_numpy()
     except WeightsFileError as error:
         message = str(error)
         raise WeightsFileError(message if message.startswith(str(path)) else f"{path}: {message}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, AttributeError, struct.error) as error:
-        raise WeightsFileError(f"{path}: not a valid PyTorch weights file ({type(error).__name__}: {error})") from None
-    missing = [key for key, storage in storages.items() if storage.data is None]
-    if missing:
-        raise WeightsFileError(f"{path}: truncated ({len(missing)} storages without data)")
-    tensors = {}
-    for name, value in state.items():
-        if not isinstance(value, _PendingTensor):
-            raise WeightsFileError(f"{path}: entry {name!r} is not a tensor")
-        tensors[str(name)] = value.to_numpy()
+    except _MALFORMED as error:
+        detail = " ".join(str(error).split())[:160]
+        raise WeightsFileError(f"{path}: not a valid PyTorch weights file ({type(error).__name__}: {detail})") from None
     return tensors

@@ -6,6 +6,7 @@ PostgreSQL is not started this way: ``pg_ctl`` detaches and records the server i
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.io import write_text_atomic
 
 
 def tls_context(ca: str | Path | None = None, insecure: bool = False):
@@ -69,21 +71,25 @@ def spawn(
     ready: Callable[[], bool],
     env: Mapping[str, str] | None = None,
     wait_s: float = 90.0,
+    inherit_env: bool = True,
 ) -> int:
     """Start ``command`` detached (its own session, so it outlives the caller), its output in
-    ``folder/<name>.log`` and its PID in ``folder/<name>.pid``; return once ``ready()`` is true.
+    ``folder/<name>.log`` (0600) and in ``folder/<name>.pid`` its PID, start time and command
+    line (what :func:`stop` checks before it signals); return once ``ready()`` is true.
 
-    ``env`` is added to this process's environment for the service only: secrets passed this
-    way never appear on a command line (``ps``) or in a log.
+    ``env`` is added to this process's environment for the service only (``inherit_env=False``:
+    it is the whole environment): secrets passed this way never appear on a command line
+    (``ps``) or in a log.
     """
     folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / f"{name}.log"
-    with open(log_path, "ab") as log:
+    with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
         process = subprocess.Popen(
             list(command), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env={**os.environ, **(env or {})},
+            start_new_session=True, env={**(os.environ if inherit_env else {}), **(env or {})},
         )
-    (folder / f"{name}.pid").write_text(str(process.pid))
+    record = {"pid": process.pid, "start": start_time(process.pid), "command": [str(part) for part in command]}
+    write_text_atomic(folder / f"{name}.pid", json.dumps(record) + "\n")
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -113,13 +119,67 @@ def log_tail(path: Path, lines: int = 5) -> list[str]:
     return [line.strip() for line in text.strip().splitlines() if line.strip()][-lines:]
 
 
+def start_time(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, Linux' /proc), None where unknown: a
+    PID reused by another process has another start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[19]  # field 22; the command name in parentheses may hold spaces
+
+
+def _command_line(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.decode(errors="replace").rstrip("\0").split("\0")
+
+
+def _recorded_process(pid_file: Path, folder: Path) -> tuple[int, str | None]:
+    """The PID of ``pid_file`` and, when a running process with that PID is not the one
+    :func:`spawn` started (it exited and the PID was reused, or the file was changed), why not.
+    A PID whose process is gone is returned as it is: while any process of its group lives the
+    PID is not reused, so signalling the group reaches only what the service left behind."""
+    text = pid_file.read_text().strip()
+    try:
+        record = json.loads(text)
+    except ValueError:
+        record = None
+    if isinstance(record, int) or not isinstance(record, dict):  # an earlier version's file: the PID alone
+        pid = int(text) if text.isdigit() else 0
+        command = _command_line(pid) if pid else None
+        if pid and start_time(pid) is not None and str(folder.resolve()) not in " ".join(command or []):
+            return pid, "the file has no start time and the process's command line does not name this folder"
+        return pid, None if pid else "no PID"
+    pid = record.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return 0, "no PID"
+    current = start_time(pid)
+    if current is None:
+        return pid, None
+    if record.get("start") is not None and current != record.get("start"):
+        return pid, "another process has that PID now (another start time)"
+    command = _command_line(pid)
+    if command not in (None, [""]) and command != record.get("command"):  # a zombie's command line is empty
+        return pid, "another process has that PID now (another command line)"
+    return pid, None
+
+
 def stop(name: str, folder: Path, wait_s: float = 10.0) -> bool:
     """Stop the service recorded in ``folder/<name>.pid`` (its whole process group); return
-    whether one was running."""
+    whether one was running. A PID file whose process is not the one :func:`spawn` started
+    (same PID, start time and command line) is removed without signalling anything."""
     pid_file = folder / f"{name}.pid"
     if not pid_file.is_file():
         return False
-    pid = int(pid_file.read_text().strip())
+    pid, stale = _recorded_process(pid_file, folder)
+    if stale:
+        pid_file.unlink(missing_ok=True)
+        if pid:
+            print(f"note: {pid_file} names PID {pid}, but {stale}: not signalled")
+        return False
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:

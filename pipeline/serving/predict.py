@@ -32,10 +32,14 @@ from pipeline.data.images import ImageDecodeError, find_image_files, load_square
 
 
 def _decode(path: Path, source_size: int) -> np.ndarray | str:
+    """The image, or one line saying why not: one bad file never loses the rest of the batch."""
     try:
         return load_square_image(path, source_size)
     except ImageDecodeError as error:
-        return str(error)
+        return " ".join(str(error).split())
+    except Exception as error:  # a decoder's bug on a crafted file: still one file, one line
+        detail = " ".join(str(error).split())[:200] or type(error).__name__
+        return f"{path}: cannot decode image ({type(error).__name__}: {detail})"
 
 
 def decoded_batches(paths: list[Path], source_size: int, batch_size: int) -> Iterator[tuple[list[Path], np.ndarray, list[str]]]:

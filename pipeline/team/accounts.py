@@ -29,6 +29,7 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.io import read_yaml
+from pipeline.team import guard
 from pipeline.team.settings import CA_KEYS, TeamConfig, new_password, read_env, write_env
 
 #: ``make team-user ROLE=...`` -> MLflow's permission on the project's experiment and models.
@@ -58,6 +59,7 @@ def as_admin(config: TeamConfig) -> Iterator[None]:
     password = read_env(config.server_env).get("MLFLOW_AUTH_ADMIN_PASSWORD")
     if not password:
         raise PipelineError(f"{config.server_env} has no MLFLOW_AUTH_ADMIN_PASSWORD: start the servers with `make team-up`")
+    guard.refuse_foreign_listener(config.host, config.mlflow_port, config.secure, "the admin password")
     admin = {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": password}
     if config.trusted_ca:
         admin["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(config.trusted_ca)

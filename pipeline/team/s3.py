@@ -13,6 +13,7 @@ serves HTTPS only. A lab's own S3 or MinIO takes its place through the same sett
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import sys
@@ -35,6 +36,10 @@ ACTIONS = ("Read", "Write", "List", "Tagging", "Admin")
 INTERNAL = ("master", "volume", "filer", "admin")
 #: The gateway's own gRPC port (filer notifications), on loopback too.
 GATEWAY_GRPC = "s3.port.grpc"
+#: What ``weed`` keeps of the caller's environment; nothing else reaches it. SeaweedFS takes
+#: ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` as one more admin identity (besides its
+#: identities file) and ``WEED_*`` as its settings: only the ones made here are given.
+WEED_ENVIRONMENT = ("PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "TZ", "USER")
 
 
 @dataclass(frozen=True)
@@ -86,9 +91,14 @@ def _internal_ports(data: Path) -> dict[str, int]:
     if record.is_file():
         return json.loads(record.read_text())
     names = [f"{server}.port" for server in INTERNAL] + [f"{server}.port.grpc" for server in (*INTERNAL, "s3")]
-    ports = dict(zip(names, _free_ports(len(names))))
-    record.write_text(json.dumps(ports))
+    ports = dict(zip(names, _free_ports(len(names)), strict=True))
+    write_private(record, json.dumps(ports))
     return ports
+
+
+def weed_environment(settings: dict[str, str]) -> dict[str, str]:
+    """``weed``'s whole environment: :data:`WEED_ENVIRONMENT` from this process, then ``settings``."""
+    return {**{key: os.environ[key] for key in WEED_ENVIRONMENT if key in os.environ}, **settings}
 
 
 def write_identities(path: Path, keys: dict[str, Credentials], buckets: dict[str, str]) -> None:
@@ -120,17 +130,27 @@ def _mutual_tls(internal: TLSFiles | None) -> dict[str, str]:
     return settings
 
 
+#: SeaweedFS' signing keys (``jwt.signing`` & co. of its security.toml, as ``WEED_*`` variables):
+#: with them its volume server takes reads and writes, and its filer any request, only with a
+#: token signed by the key, which the gateway makes for itself. Without them anyone who reaches
+#: those loopback ports reads and writes every bucket's objects without a key.
+JWT_KEYS = ("WEED_JWT_SIGNING_KEY", "WEED_JWT_SIGNING_READ_KEY", "WEED_JWT_FILER_SIGNING_KEY", "WEED_JWT_FILER_SIGNING_READ_KEY")
+
+
 def start(host: str, port: int, folder: Path, identities: Path, tls: tuple[Path, Path] | None = None,
-          ca: Path | None = None, internal: TLSFiles | None = None) -> bool:
+          ca: Path | None = None, internal: TLSFiles | None = None, jwt: dict[str, str] | None = None) -> bool:
     """Start SeaweedFS' S3 gateway at ``host:port`` (HTTPS with ``tls=(certificate, key)``, which
     ``ca`` vouches for) and its store on loopback (objects under ``folder/s3``, keys from
     ``identities``) unless the gateway answers already; return whether it was started.
-    ``internal``: the certificate for their gRPC in mutual TLS."""
+    ``internal``: the certificate for their gRPC in mutual TLS; ``jwt``: the :data:`JWT_KEYS`
+    (the same for both processes and across restarts)."""
+    settings = weed_environment({**_mutual_tls(internal), **{key: value for key, value in (jwt or {}).items() if key in JWT_KEYS}})
     endpoint = f"{'https' if tls else 'http'}://{host}:{port}"
     if up(endpoint, ca):
         return False
     data = folder.resolve() / "s3"
     data.mkdir(parents=True, exist_ok=True)
+    os.chmod(data, 0o700)  # the volume files are 0644: the folder keeps them to this user
     ports = _internal_ports(data)
     store_ports = {name: value for name, value in ports.items() if name != GATEWAY_GRPC}
     filer = f"127.0.0.1:{ports['filer.port']}.{ports['filer.port.grpc']}"  # SeaweedFS' host:port.grpcPort
@@ -138,16 +158,17 @@ def start(host: str, port: int, folder: Path, identities: Path, tls: tuple[Path,
     if not services.answers(filer_health):
         store = [
             str(weed()), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3=false",
-            "-admin.ui=false", "-webdav=false", *(f"-{name}={value}" for name, value in store_ports.items()),
+            "-admin.ui=false", "-webdav=false", "-master.telemetry=false",
+            *(f"-{name}={value}" for name, value in store_ports.items()),
         ]
-        services.spawn(STORE_SERVICE, store, folder, lambda: services.answers(filer_health), env=_mutual_tls(internal))
+        services.spawn(STORE_SERVICE, store, folder, lambda: services.answers(filer_health), env=settings, inherit_env=False)
     gateway = [
         str(weed()), "s3", f"-filer={filer}", "-ip=127.0.0.1", f"-ip.bind={host}", f"-port={port}",
         f"-port.grpc={ports[GATEWAY_GRPC]}", f"-config={identities.resolve()}", "-iam=false",
         "-port.iceberg=0", "-port.lance=0",
         *([f"-cert.file={tls[0]}", f"-key.file={tls[1]}"] if tls else []),
     ]
-    services.spawn(SERVICE, gateway, folder, lambda: up(endpoint, ca), env=_mutual_tls(internal))
+    services.spawn(SERVICE, gateway, folder, lambda: up(endpoint, ca), env=settings, inherit_env=False)
     return True
 
 

@@ -18,9 +18,14 @@ from pipeline.errors import PipelineError
 from pipeline.io import write_private
 from pipeline.team.certificates import is_loopback
 
-#: Keys a client env file must set (it may set any other environment variable too, e.g.
-#: ``TEAM_S3_ENDPOINT_URL`` for MinIO, ``AWS_DEFAULT_REGION``, ``MLFLOW_TRACKING_TOKEN``).
+#: Keys a client env file must set (it may set other environment variables too, e.g.
+#: ``TEAM_S3_ENDPOINT_URL`` for MinIO, ``AWS_DEFAULT_REGION``, ``MLFLOW_TRACKING_TOKEN``; not
+#: those of :data:`REFUSED_KEYS` / :data:`REFUSED_PREFIXES`).
 REQUIRED_CLIENT_KEYS = ("MLFLOW_TRACKING_URI", "TEAM_DVC_REMOTE_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+#: Settings an env file may not make: they choose what every wrapped command loads or runs
+#: (the dynamic loader's, Python's, the shell's), and an env file travels between people.
+REFUSED_KEYS = ("PATH", "BASH_ENV", "ENV", "SHELLOPTS", "PS4", "IFS", "PERL5OPT", "PERL5LIB", "RUBYOPT", "NODE_OPTIONS")
+REFUSED_PREFIXES = ("LD_", "DYLD_", "PYTHON", "GIT_")
 #: The DVC remote's name in ``.dvc/config.local``.
 REMOTE_NAME = "team"
 #: Settings naming the CA file that clients trust (MLflow's and boto3's/DVC's). In an env file a
@@ -103,9 +108,13 @@ def read_env(path: Path) -> dict[str, str]:
         if not line or line.startswith("#"):
             continue
         key, sep, value = line.removeprefix("export ").partition("=")
-        if not sep or not key.strip().isidentifier():
+        key = key.strip()
+        if not sep or not key.isidentifier():
             raise PipelineError(f"{path}, line {number}: expected KEY=VALUE")
-        values[key.strip()] = value.strip().strip("'\"")
+        if key.upper() in REFUSED_KEYS or key.upper().startswith(REFUSED_PREFIXES):
+            raise PipelineError(f"{path}, line {number}: {key} may not be set by an env file "
+                                "(it changes what every command it wraps loads or runs)")
+        values[key] = value.strip().strip("'\"")
     return values
 
 

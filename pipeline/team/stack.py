@@ -16,7 +16,7 @@ from pipeline.services import mlflow_server as server
 from pipeline.services import detached as services
 from pipeline.errors import PipelineError
 from pipeline.io import write_private
-from pipeline.team import certificates, postgres, s3
+from pipeline.team import certificates, guard, postgres, s3
 from pipeline.team.settings import CA_KEYS, TeamConfig, new_password, read_env, write_env
 
 SERVER_ENV_HEADER = "Secrets of the local team servers, written by `make team-up`. Never commit or share this file."
@@ -43,6 +43,8 @@ def _server_secrets(config: TeamConfig) -> dict[str, str]:
     secrets.setdefault("TEAM_PG_PASSWORD", new_password())
     secrets.setdefault("MLFLOW_AUTH_ADMIN_PASSWORD", new_password())  # MLflow wants 12+ characters
     secrets.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", new_password())
+    for key in s3.JWT_KEYS:  # SeaweedFS' internal ports take only requests signed with these
+        secrets.setdefault(key, new_password())
     return secrets
 
 
@@ -77,8 +79,8 @@ def tls_files(config: TeamConfig) -> certificates.TLSFiles | None:
 
 def up(config: TeamConfig) -> None:
     """Start (or reuse) the three servers and write the env files."""
+    guard.private_folder(config.folder)  # before anything is written in it
     tls = tls_files(config)
-    config.folder.mkdir(parents=True, exist_ok=True)
     secrets = _server_secrets(config)
     db = database(config)
     fresh_database = _start_postgres(config, db, secrets)
@@ -133,7 +135,8 @@ def _start_s3(config: TeamConfig, secrets: dict[str, str], fresh_database: bool,
     s3.write_identities(config.folder / S3_IDENTITIES, keys, buckets)
     ca = config.trusted_ca
     started = s3.start(config.host, config.s3_port, config.folder, config.folder / S3_IDENTITIES,
-                       (tls.cert, tls.key) if tls else None, ca, certificates.internal(config.folder / "tls") if tls else None)
+                       (tls.cert, tls.key) if tls else None, ca, certificates.internal(config.folder / "tls") if tls else None,
+                       jwt={key: secrets[key] for key in s3.JWT_KEYS})
     if not started:  # something answers there already: it must take our keys (one line if not)
         s3.check(config.s3_endpoint, config.dvc_bucket, keys["dvc"], ca)
     made = s3.ensure_buckets(config.s3_endpoint, buckets, keys, ca)
@@ -195,6 +198,7 @@ def _start_mlflow(config: TeamConfig, db: postgres.Postgres, secrets: dict[str, 
     server.start(config.host, config.mlflow_port, config.folder.resolve(), backend=db.uri(),
                  artifacts=f"s3://{config.artifacts_bucket}/artifacts", env=environment, app_name="basic-auth",
                  tls=(tls.cert, tls.key) if tls else None, ca=config.trusted_ca)
+    guard.refuse_foreign_listener(config.host, config.mlflow_port, config.secure, "the admin password")
     problem = server.backend_problem(config.tracking_uri, headers=server.basic_auth(ADMIN, secrets["MLFLOW_AUTH_ADMIN_PASSWORD"]),
                                      ca=config.trusted_ca)
     if problem == server.NEEDS_ACCOUNT:

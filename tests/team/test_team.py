@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -377,6 +378,26 @@ def test_each_s3_key_reaches_only_its_own_bucket(team):
             s3.check(team.s3_endpoint, bucket, key)
     identities = team.folder / stack.S3_IDENTITIES
     assert identities.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_stores_internal_ports_refuse_anyone_without_its_signing_key(team):
+    """SeaweedFS' filer and volume ports on 127.0.0.1 answer only requests signed with the keys of
+    server.env (the gateway signs its own); the team folder and the objects on disk are private."""
+    keys = read_env(team.client_env)
+    storage = s3.client(team.s3_endpoint, s3.Credentials(keys["AWS_ACCESS_KEY_ID"], keys["AWS_SECRET_ACCESS_KEY"]))
+    storage.put_object(Bucket=team.dvc_bucket, Key="probe/internal", Body=b"through the gateway")
+    try:
+        assert storage.get_object(Bucket=team.dvc_bucket, Key="probe/internal")["Body"].read() == b"through the gateway"
+        filer = f"http://127.0.0.1:{json.loads((team.folder / 's3' / 'ports.json').read_text())['filer.port']}"
+        for method, path, body in (("GET", f"/buckets/{team.dvc_bucket}/probe/internal", None), ("GET", f"/buckets/{team.dvc_bucket}/", None),
+                                   ("PUT", f"/buckets/{team.artifacts_bucket}/planted.txt", b"planted")):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(urllib.request.Request(filer + path, data=body, method=method), timeout=10)
+            assert refused.value.code == 401, (method, path)
+    finally:
+        storage.delete_object(Bucket=team.dvc_bucket, Key="probe/internal")
+    assert team.folder.stat().st_mode & 0o777 == (0o711 if os.geteuid() == 0 else 0o700)
+    assert (team.folder / "s3").stat().st_mode & 0o777 == 0o700
 
 
 def _stage(root: Path, out: Path, **env: str) -> subprocess.CompletedProcess:

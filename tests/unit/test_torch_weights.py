@@ -148,3 +148,87 @@ def test_the_import_stage_prints_one_error_line_and_keeps_earlier_output(tmp_pat
         f"error: {evil}: refused to load 'os.system': a weights file may only hold tensors"
     ]
     assert (out / "imagenet_notop.weights.h5").read_bytes() == b"earlier"
+
+
+def _text(value):
+    data = value.encode()
+    return b"X" + struct.pack("<I", len(data)) + data
+
+
+def legacy_raw(state_pickle, keys=()):
+    """The legacy layout around a hand-written state pickle (opcodes an attacker would choose)."""
+    out = io.BytesIO()
+    for value in (LEGACY_MAGIC, LEGACY_PROTOCOL, {"protocol_version": LEGACY_PROTOCOL, "little_endian": True}):
+        pickle.dump(value, out, protocol=2)
+    out.write(state_pickle)
+    pickle.dump(list(keys), out, protocol=2)
+    return out.getvalue()
+
+
+#: BUILD on the shared ``torch.FloatStorage`` stand-in: sets its dtype to a string.
+POISON = b"\x80\x02ctorch\nFloatStorage\n}" + _text("dtype") + _text("<f8") + b"sb."
+#: BUILD on the tensor rebuild function: takes away its defaults.
+POISON_REBUILD = b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nN}" + _text("__defaults__") + b")s\x86b."
+
+
+@pytest.mark.parametrize("poison", [POISON, POISON_REBUILD], ids=["storage_type", "rebuild_function"])
+def test_a_crafted_file_cannot_poison_later_valid_loads(tmp_path, weights, poison):
+    crafted = tmp_path / "crafted.pth"
+    crafted.write_bytes(legacy_raw(poison))
+    with pytest.raises(WeightsFileError) as raised:
+        read_state_dict(crafted)
+    assert "\n" not in str(raised.value) and str(raised.value).startswith(f"{crafted}: ")
+    raw, data = weights
+    valid = tmp_path / "valid.pth"
+    valid.write_bytes(raw)
+    np.testing.assert_array_equal(read_state_dict(valid)["conv"], data[:12].reshape(2, 3, 2))
+
+
+@pytest.mark.parametrize(
+    ("offset", "size", "stride"),
+    [
+        (0, (-1, 2), (2, 1)),  # a negative dimension
+        (100, (), ()),  # a scalar past the end of its storage
+        (0, (10**6, 10**6), (0, 0)),  # 10^12 elements out of 4 (stride 0): terabytes if copied
+        (0, ("a",), (1,)),  # not a number
+        (0, (2, 2), (1,)),  # fewer strides than dimensions
+        (-1, (2,), (1,)),  # a negative offset
+    ],
+    ids=["negative_dim", "scalar_past_end", "stride_zero_terabytes", "not_a_number", "strides_short", "negative_offset"],
+)
+def test_bad_sizes_and_shapes_are_its_own_one_line_error(tmp_path, offset, size, stride):
+    storage = _Storage("1", np.zeros(4, dtype=np.float32))
+    path = tmp_path / "bad.pth"
+    path.write_bytes(legacy_file(OrderedDict(w=_Tensor(storage, offset, size, stride)), [storage]))
+    with pytest.raises(WeightsFileError) as raised:
+        read_state_dict(path)
+    assert "\n" not in str(raised.value) and str(raised.value).startswith(f"{path}: ")
+
+
+def test_a_deeply_nested_storage_key_is_its_own_one_line_error(tmp_path):
+    depth = 20_000
+    deep = b"]" * depth + b"a" * (depth - 1)  # [[[...]]], built without recursion
+    pid = b"(" + _text("storage") + b"ctorch\nFloatStorage\n" + deep + _text("cpu") + b"K\x02tQ"
+    tensor = b"ctorch._utils\n_rebuild_tensor_v2\n(" + pid + b"K\x00K\x02\x85K\x01\x85tR"
+    path = tmp_path / "deep.pth"
+    path.write_bytes(legacy_raw(b"\x80\x02}" + _text("w") + tensor + b"s.", ["1"]))
+    with pytest.raises(WeightsFileError) as raised:
+        read_state_dict(path)
+    assert "\n" not in str(raised.value) and len(str(raised.value)) < 400
+
+
+
+def test_a_deeply_nested_dict_key_is_refused_instead_of_crashing_the_interpreter(tmp_path):
+    """Hashing a tuple nested a million deep overflows the C stack (a segmentation fault, no
+    exception): a state dict's keys are strings, so nothing else is hashed."""
+    depth = 1_000_000
+    key = b")" + b"\x85" * depth  # ((((),),),...), built without recursion
+    path = tmp_path / "deep_key.pth"
+    path.write_bytes(legacy_raw(b"\x80\x02}" + key + b"Ns."))
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from pipeline.errors import run_cli; from pipeline.models.torch_weights import read_state_dict; "
+         "sys.exit(run_cli(lambda argv: read_state_dict(sys.argv[1])))", str(path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1 and result.stderr.startswith(f"error: {path}: "), (result.returncode, result.stderr[-300:])
+    assert len(result.stderr.splitlines()) == 1
