@@ -74,13 +74,14 @@ def tls_files(config: TeamConfig) -> certificates.TLSFiles | None:
         if not (config.cert and config.key):
             raise PipelineError("a lab's own certificate needs both --cert and --key")
         return certificates.given(config.cert, config.key, config.ca)
+    guard.private_folder(config.folder)  # before the key is written in it
     return certificates.ensure(config.folder / "tls", config.host)
 
 
 def up(config: TeamConfig) -> None:
     """Start (or reuse) the three servers and write the env files."""
+    tls = tls_files(config)  # refuses a bad address before anything is written
     guard.private_folder(config.folder)  # before anything is written in it
-    tls = tls_files(config)
     secrets = _server_secrets(config)
     db = database(config)
     fresh_database = _start_postgres(config, db, secrets)
