@@ -38,12 +38,14 @@ from pipeline.config import (
 )
 from pipeline.data.datasets import LabelledImages, load_augmented_images, load_split_images, make_dataset, subsample
 from pipeline.errors import PipelineError, TrackingError
-from pipeline.io import read_json, write_json
+from pipeline.io import read_json, write_json, write_text_atomic
 from pipeline.models.builders import average_models, build_cnn, build_effnet_lite0, build_effnetb7, unfreeze_top_layers
 
 #: Optional wall-clock budget of a training stage, in minutes (e.g. a GPU job's time slot).
 #: Environment variables that once changed a trained model, and the parameter that does it now:
 #: refused rather than ignored, so an old job script does not silently train something else.
+#: The best epoch's record in a checkpoint folder (its score, metrics and the weights file it names).
+BEST_FILE = "best.json"
 MOVED_SETTINGS = {"PIPELINE_PRECISION": "precision", "PIPELINE_MAX_TRAIN_MINUTES": "max_train_minutes"}
 
 
@@ -118,12 +120,16 @@ def class_alpha(counts: np.ndarray, mode: str) -> list[float] | None:
 
 
 def build_loss(params: TrainParams, alpha: list[float] | None) -> keras.losses.Loss:
-    """Keras' categorical focal cross-entropy with per-class alpha (gamma 0 = weighted CE)."""
+    """Keras' categorical focal cross-entropy with per-class alpha (gamma 0 = weighted CE).
+
+    Computed in float32 whatever the precision (``dtype``: the predictions are cast to float32
+    first), as Keras' mixed-precision recipe asks; in a float32 run this changes nothing."""
     return keras.losses.CategoricalFocalCrossentropy(
         alpha=alpha if alpha is not None else 1.0,
         gamma=params.focal_gamma,
         label_smoothing=params.label_smoothing,
         name="focal_loss",
+        dtype="float32",
     )
 
 
@@ -186,8 +192,7 @@ class ValidationMetrics(keras.callbacks.Callback):
         self.loss = loss
         self.melanoma = classes.index("mel")
         self.monitor = monitor
-        self.state_file = state_dir / "best.json"
-        self.weights_file = state_dir / "best.weights.h5"
+        self.state_file = state_dir / BEST_FILE
         self.epoch_offset = epoch_offset
         self.best = read_json(self.state_file) if self.state_file.is_file() else {"value": -1.0, "epoch": -1, "metrics": {}}
         self._started = 0.0
@@ -232,9 +237,15 @@ class ValidationMetrics(keras.callbacks.Callback):
             logs.update(metrics)
             global_epoch = epoch + self.epoch_offset
             if metrics[self.monitor] > self.best["value"]:
-                self.model.save_weights(self.weights_file)
-                self.best = {"value": metrics[self.monitor], "epoch": global_epoch, "metrics": metrics}
+                # The weights first, under a name of their own, then the record that names them: a
+                # crash at any point leaves the previous record and the weights it names intact.
+                weights = f"best-epoch{global_epoch + 1}.weights.h5"
+                save_weights_atomically(self.model, self.state_file.parent / weights)
+                previous = self.best.get("weights")
+                self.best = {"value": metrics[self.monitor], "epoch": global_epoch, "metrics": metrics, "weights": weights}
                 write_json(self.state_file, self.best)
+                if previous and previous != weights:
+                    (self.state_file.parent / previous).unlink(missing_ok=True)
         finally:
             if self.averages is not None:
                 self.averages.on_test_end()  # the trained weights back, for the next epoch
@@ -376,7 +387,7 @@ def fit_phases(model: keras.Model, phases: list[Phase], params: TrainParams, los
             model.load_weights(done_weights)
             epoch_offset += phase.epochs
             continue
-        if deadline is not None and time.time() >= deadline and (state_dir / "best.json").is_file():
+        if deadline is not None and time.time() >= deadline and (state_dir / BEST_FILE).is_file():
             # (Before any epoch has finished the phase runs anyway: one epoch, then TimeLimit stops it.)
             print(f"time limit reached: phase '{phase.name}' skipped", flush=True)
             break
@@ -396,7 +407,7 @@ def fit_phases(model: keras.Model, phases: list[Phase], params: TrainParams, los
         frame.insert(0, "epoch", np.asarray(history.epoch) + epoch_offset + 1)
         frame.insert(1, "phase", phase.name)
         history_frames.append(frame)
-        model.save_weights(done_weights)
+        save_weights_atomically(model, done_weights)
         epoch_offset += phase.epochs
     return history_frames
 
@@ -488,8 +499,8 @@ def run_training(
             frames = fit_phases(model, phases, params, loss, devices, train_dataset, val, val_dataset, base.classes,
                                 member_dir, recorder, len(train), deadline, first_epoch=member * sum(phase.epochs for phase in phases))
             history_frames += [frame.assign(member=member + 1) if params.members > 1 else frame for frame in frames]
-            bests.append(read_json(member_dir / "best.json"))
-            model.load_weights(member_dir / "best.weights.h5")
+            bests.append(read_json(member_dir / BEST_FILE))
+            model.load_weights(member_dir / bests[-1].get("weights", "best.weights.h5"))
             models.append(model)
         if group is not None:  # from here on one process alone saves and logs: a local model
             keras.distribution.set_distribution(None)
@@ -518,7 +529,7 @@ def run_training(
         paths.out_dir.mkdir(parents=True, exist_ok=True)
         save_for_inference(model, paths.out_dir / MODEL_FILE)
         if history_frames:
-            pd.concat(history_frames, ignore_index=True).to_csv(paths.out_dir / HISTORY_FILE, index=False)
+            write_text_atomic(paths.out_dir / HISTORY_FILE, pd.concat(history_frames, ignore_index=True).to_csv(index=False))
         write_json(paths.metrics, summary)
         recorder.log_metrics(summary)
         run_record = recorder.log_model(
@@ -549,13 +560,30 @@ def outcome(summary: dict[str, Any]) -> str:
     return f"registered {summary['registered_model']} v{summary['version']}"
 
 
+def save_weights_atomically(model: keras.Model, path: Path) -> None:
+    """``model.save_weights(path)`` so that ``path`` holds the old weights or all the new ones,
+    never part (a temporary file beside it, then ``os.replace``)."""
+    partial = path.with_name(f".{os.getpid()}.partial.weights.h5")
+    try:
+        model.save_weights(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def save_for_inference(model: keras.Model, path: Path) -> None:
     """Save the architecture and weights only (the optimizer state would triple the file), in
     float32: a model trained in mixed precision on a GPU must predict in full precision on a
-    CPU (its variables are float32 already; only the layers' compute policy changes)."""
+    CPU (its variables are float32 already; only the layers' compute policy changes). Atomic:
+    a crash leaves no half-written model file for a later stage to trust."""
     clean = keras.Model.from_config(_portable(model.get_config()))
     clean.set_weights(model.get_weights())
-    clean.save(path)
+    partial = path.with_name(f".{os.getpid()}.partial.keras")
+    try:
+        clean.save(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _portable(config: Any) -> Any:

@@ -111,7 +111,7 @@ def test_effnetb7_stage_with_a_weights_file_in_keras_layout_runs_both_phases(tin
     base, root = tiny_artifacts
     paths = make_paths(root, "b7_pretrained")
     params = _effnet(weights=str(weights_file), epochs=1, fine_tune_epochs=1, fine_tune_layers=20, batch_size=16,
-                     max_train_images=48, use_augmented=False, fine_tune_learning_rate=1e-4)
+                     max_train_images=48, use_augmented=False, fine_tune_learning_rate=1e-4, run_eagerly=True)
     train_effnetb7(base, params, paths)
 
     assert pd.read_csv(paths.out_dir / HISTORY_FILE)["phase"].tolist() == ["head", "fine_tune"]

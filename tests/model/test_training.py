@@ -131,6 +131,41 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tiny_artifacts, mlflow_s
     assert summary["run_id"] == interrupted_run, "a resumed stage continues its MLflow run"
 
 
+def test_a_crash_while_weights_are_written_leaves_the_last_record_whole_and_the_run_resumes(tiny_artifacts, mlflow_store, monkeypatch):
+    """Weights go to a file of their own, then the record that names them (best.json): killed in
+    the middle of a write, the checkpoint folder still holds a record whose weights load."""
+    import keras
+
+    from pipeline.training.train import BEST_FILE
+
+    base, root = tiny_artifacts
+    paths = make_paths(root, "cnn_killed")
+    real_save = keras.Model.save_weights
+    ours = []
+
+    def killed_in_the_second_write(self, filepath, *args, **kwargs):
+        if ".partial." in str(filepath):
+            ours.append(filepath)
+            if len(ours) == 2:  # the second of our writes (a better epoch, or the phase's end)
+                with open(filepath, "wb") as half:
+                    half.write(b"\x89HDF\r\n half a file")
+                raise KeyboardInterrupt("killed mid-write")
+        return real_save(self, filepath, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save_weights", killed_in_the_second_write)
+    with pytest.raises(KeyboardInterrupt):
+        train_cnn_focal(base, tiny_cnn(epochs=3), paths)
+    checkpoint = next(paths.checkpoints.iterdir())
+    record = read_json(checkpoint / BEST_FILE)
+    assert not list(checkpoint.glob("*partial*")), "no half-written file is left where the record could point"
+    build_cnn(tiny_cnn(), base.classes).load_weights(checkpoint / record["weights"])  # the record's weights are whole
+
+    monkeypatch.setattr(keras.Model, "save_weights", real_save)
+    summary = train_cnn_focal(base, tiny_cnn(epochs=3), paths)
+    assert summary["best_epoch"] >= record["epoch"] + 1
+    assert load_model(paths.out_dir).predict(np.zeros((1, 32, 32, 3), np.float32), verbose=0).shape == (1, 7)
+
+
 def test_mlflow_down_fails_fast_before_training(tiny_artifacts, monkeypatch):
     import time
 
@@ -251,7 +286,7 @@ def test_weight_averaging_judges_and_keeps_the_averaged_model_and_trains_on(base
     # After scoring the model holds the raw weights again: training continues from them.
     assert any(not np.allclose(r, a) for r, a in zip(raw, averages))
     kept = build_cnn(params, base_params.classes)
-    kept.load_weights(tmp_path / "best.weights.h5")
+    kept.load_weights(tmp_path / best["weights"])
     for kept_variable, average in zip(kept.trainable_variables, averages):
         np.testing.assert_allclose(np.array(kept_variable), average, rtol=1e-6, atol=1e-7)
     # The score logged is the averaged model's: predicting with the kept weights gives it again.
