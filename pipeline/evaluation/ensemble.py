@@ -10,11 +10,13 @@ and applies them to the test split. The test split never influences the weights.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, log_loss
 
 from pipeline.errors import PipelineError
+from pipeline.evaluation.scoring import Scored
 
 
 def simplex_grid(count: int, step: float) -> np.ndarray:
@@ -50,3 +52,27 @@ def choose_weights(val_probabilities: list[np.ndarray], val_labels: np.ndarray, 
             best_key, best_weights = key, weights
     assert best_weights is not None and best_key is not None
     return best_weights, best_key[0]
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """The ensemble's test probabilities and how they were made."""
+
+    name: str
+    probabilities: np.ndarray
+    weights: dict[str, float]
+    val_balanced_accuracy: float
+
+
+def ensemble_of(test: list[Scored], val: list[Scored], step: float, all_models: list[str] | None = None) -> Ensemble:
+    """Weights chosen on the validation predictions, applied to the test predictions. The
+    models of ``all_models`` that are not members (smoke runs) are listed with weight 0."""
+    weights, val_score = choose_weights([item.probabilities for item in val], val[0].labels, step)
+    chosen = {item.name: round(float(w), 6) for item, w in zip(test, weights)}
+    return Ensemble(
+        "ensemble",
+        combine([item.probabilities for item in test], weights),
+        {name: chosen.get(name, 0.0) for name in (all_models or list(chosen))},
+        val_score,
+    )
+

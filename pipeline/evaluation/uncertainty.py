@@ -52,7 +52,7 @@ def weighted_metrics(labels: np.ndarray, probabilities: np.ndarray, weights: np.
                      ranking: bool = True) -> dict[str, np.ndarray]:
     """Each metric of ``INTERVAL_METRICS`` and each class's recall, one value per resample.
 
-    Definitions match :func:`pipeline.evaluation.evaluate.classification_metrics` on the unweighted set
+    Definitions match :func:`pipeline.evaluation.scoring.classification_metrics` on the unweighted set
     (weights all 1): balanced accuracy is the mean recall over the classes present, macro-F1
     averages all classes (0 where a class is neither present nor predicted), ROC AUC is the
     one-vs-rest mean over the classes present, ECE the top-label calibration error in

@@ -3,7 +3,8 @@
 import pytest
 
 from pipeline.config import EvaluateParams
-from pipeline.evaluation.evaluate import is_smoke_run, run_evaluation
+from pipeline.evaluation.evaluate import run_evaluation
+from pipeline.evaluation.runs import is_smoke_run
 from pipeline.io import read_json
 from pipeline.tracking.recorder import RUN_FILE
 from pipeline.training.train import train_cnn_focal
@@ -122,7 +123,7 @@ def test_external_isic2018_test_set_is_scored_separately(tiny_artifacts, mlflow_
 
 def test_external_folder_errors_are_clear(tmp_path):
     from pipeline.errors import PipelineError
-    from pipeline.evaluation.evaluate import load_isic2018_test
+    from pipeline.evaluation.external import load_isic2018_test
 
     with pytest.raises(PipelineError, match="ground truth not found"):
         load_isic2018_test(tmp_path, ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"), 32)

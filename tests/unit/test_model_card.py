@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import HAM10000_CLASSES as CLASSES
-from pipeline.evaluation.evaluate import Scored, classification_metrics
+from pipeline.evaluation.scoring import Scored, classification_metrics
 from pipeline.evaluation.figures import calibration_bins, calibration_figures
 from pipeline.evaluation.model_card import SECTIONS, card_text, publish
 from pipeline.evaluation.subgroups import subgroup_results
@@ -89,7 +89,7 @@ def test_the_reliability_diagram_and_the_confident_errors_are_written_as_pngs(tm
 
 
 def test_the_reliability_bins_are_those_of_the_ece():
-    from pipeline.evaluation.evaluate import expected_calibration_error
+    from pipeline.evaluation.scoring import expected_calibration_error
 
     labels, probabilities, *_ = _test_set(n=200, seed=3)
     probabilities = probabilities + np.random.default_rng(1).random(probabilities.shape) * 0.5

@@ -9,7 +9,7 @@ import pytest
 from pipeline.reproduction import reproduce
 from pipeline.reproduction import tolerances
 from pipeline.errors import PipelineError
-from pipeline.evaluation.evaluate import classification_metrics
+from pipeline.evaluation.scoring import classification_metrics
 from pipeline.evaluation.uncertainty import Bootstrap
 
 CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")

@@ -18,7 +18,7 @@ import pytest
 from pipeline.errors import PipelineError
 from pipeline.services import detached as services
 from pipeline.team import s3, stack
-from pipeline.team.settings import TeamConfig, client_values
+from pipeline.team.settings import TeamConfig, client_values, read_env, write_env
 from tests.conftest import free_port
 
 #: What ``team up`` makes its folder: private; under root ``nobody`` (PostgreSQL) must traverse it.
@@ -189,3 +189,87 @@ def test_a_listener_of_this_user_is_recognised(tmp_path):
         port = listener.getsockname()[1]
         assert guard.listener_uids("127.0.0.1", port) == {os.geteuid()}
     assert guard.listener_uids("127.0.0.1", port) == set()
+
+
+# Per-role S3 keys: a READ member's DVC key may only fetch and list, and pulls re-hash what they fetch.
+
+
+def _team_up_s3(config: TeamConfig, monkeypatch, restarted: list) -> None:
+    """``team up``'s S3 step (keys, identities file, client.env) with the servers caught."""
+    monkeypatch.setattr(s3, "start", lambda *args, **kwargs: True)
+    monkeypatch.setattr(s3, "ensure_buckets", lambda *args, **kwargs: [])
+    monkeypatch.setattr(s3, "check", lambda *args, **kwargs: None)
+    monkeypatch.setattr(services, "stop", lambda name, folder, **kwargs: restarted.append(name) or True)
+    config.folder.mkdir(parents=True, exist_ok=True)
+    stack._start_s3(config, stack._server_secrets(config), False, None)
+
+
+def _identities(config: TeamConfig) -> dict[str, dict]:
+    return {
+        entry["name"]: entry for entry in json.loads((config.folder / stack.S3_IDENTITIES).read_text())["identities"]
+    }
+
+
+def test_a_read_member_gets_a_dvc_key_that_may_only_read_and_list_an_edit_member_the_write_key(tmp_path, monkeypatch):
+    from pipeline.team import accounts
+
+    config = TeamConfig(folder=tmp_path / ".team")
+    _team_up_s3(config, monkeypatch, [])
+    identities, secrets = _identities(config), read_env(config.server_env)
+    print({name: entry["actions"] for name, entry in identities.items()})
+    assert identities["dvc-read"]["actions"] == ["Read:ham10000-dvc", "List:ham10000-dvc"]  # nothing on ham10000-mlflow
+    assert identities["dvc"]["actions"] == [f"{action}:ham10000-dvc" for action in s3.ACTIONS]
+    read_key = (secrets["TEAM_DVC_READ_S3_KEY_ID"], secrets["TEAM_DVC_READ_S3_SECRET"])
+    write_key = (secrets["TEAM_DVC_S3_KEY_ID"], secrets["TEAM_DVC_S3_SECRET"])
+    assert identities["dvc-read"]["credentials"] == [{"accessKey": read_key[0], "secretKey": read_key[1]}]
+    assert read_key[0] != write_key[0] and read_key[1] != write_key[1]
+    team = read_env(config.client_env)  # `make run TEAM=1` and CI push with it
+    assert (team["AWS_ACCESS_KEY_ID"], team["AWS_SECRET_ACCESS_KEY"]) == write_key
+    for name, role, key in (("ci", "read", read_key), ("alice", "edit", write_key)):
+        path = accounts.write_member_env(config, name, accounts.member_values(config, role), "password-of-" + name)
+        member = read_env(path)
+        assert (member["AWS_ACCESS_KEY_ID"], member["AWS_SECRET_ACCESS_KEY"]) == key, (name, role)
+        assert member["MLFLOW_TRACKING_USERNAME"] == name and stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_team_up_adds_the_read_key_to_an_existing_team_keeping_its_keys_and_restarts_the_gateway(tmp_path, monkeypatch):
+    config = TeamConfig(folder=tmp_path / ".team")
+    config.folder.mkdir()
+    old = {
+        "TEAM_DVC_S3_KEY_ID": "DVCOLD",
+        "TEAM_DVC_S3_SECRET": "old-dvc-secret",
+        "TEAM_MLFLOW_S3_KEY_ID": "MLFLOWOLD",
+        "TEAM_MLFLOW_S3_SECRET": "old-mlflow-secret",
+    }
+    write_env(config.server_env, old, "an earlier version's server.env")
+    s3.write_identities(
+        config.folder / stack.S3_IDENTITIES,
+        {"dvc": s3.Credentials("DVCOLD", "old-dvc-secret"), "mlflow": s3.Credentials("MLFLOWOLD", "old-mlflow-secret")},
+        {"dvc": "ham10000-dvc", "mlflow": "ham10000-mlflow"},
+    )
+    restarted = []
+    _team_up_s3(config, monkeypatch, restarted)
+    secrets = read_env(config.server_env)
+    print(sorted(secrets), restarted)
+    assert {key: secrets[key] for key in old} == old and secrets["TEAM_DVC_READ_S3_KEY_ID"].startswith("DVCREAD")
+    assert set(_identities(config)) == {"dvc", "mlflow", "dvc-read"}
+    assert _identities(config)["dvc"]["credentials"] == [{"accessKey": "DVCOLD", "secretKey": "old-dvc-secret"}]
+    assert restarted == [s3.SERVICE]  # the gateway reads its identities at start only
+    _team_up_s3(config, monkeypatch, restarted)  # nothing new: same keys, no restart
+    assert read_env(config.server_env) == secrets and restarted == [s3.SERVICE]
+
+
+def test_the_team_remote_verifies_what_it_pulls(tmp_path, monkeypatch):
+    from pipeline.team import client
+
+    calls = []
+    monkeypatch.setattr(
+        client.subprocess,
+        "run",
+        lambda command, **kwargs: calls.append(command[4:]) or subprocess.CompletedProcess(command, 0),
+    )
+    client.configure_remote(
+        {"TEAM_DVC_REMOTE_URL": "s3://ham10000-dvc/cache", "TEAM_S3_ENDPOINT_URL": "http://127.0.0.1:9010"}, tmp_path
+    )
+    print(calls)
+    assert calls[-1] == ["modify", "--local", "team", "verify", "true"]
