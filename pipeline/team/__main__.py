@@ -25,7 +25,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     user.add_argument("user_action", choices=["add"])
     user.add_argument("name", help="the account's name (letters, digits, . _ -)")
     user.add_argument("--role", choices=sorted(accounts.ROLES), required=True,
-                      help="read: see everything; edit: also log runs and register models of this project")
+                      help="read: see everything, pull (a read-only DVC key); "
+                           "edit: also log runs, register models, push")
     user.add_argument("--params", type=Path, default=Path("params.yaml"), help="where the experiment and model names are")
     for name, text in (("up", "start (or reuse) the local team servers"), ("down", "stop them"), ("status", "show which answer"),
                        ("user", None)):

@@ -12,7 +12,8 @@ permission that deletes runs and changes permissions.
 
 writes ``<team dir>/users/alice.env`` (0600): the client settings plus the account's
 ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``, which MLflow's client (and so every
-stage) sends with each request. When the servers speak TLS the team's CA certificate is copied
+stage) sends with each request, and the DVC key of the role: read-write for ``edit``, read-only
+(the ``dvc-read`` identity: fetch and list) for ``read``. When the servers speak TLS the team's CA certificate is copied
 beside it (``users/team-ca.pem``) and the env file names it by that relative path: the member
 gets both files and keeps them in one folder.
 """
@@ -30,10 +31,13 @@ from typing import Any
 from pipeline.errors import PipelineError
 from pipeline.io import read_yaml
 from pipeline.team import guard
-from pipeline.team.settings import CA_KEYS, TeamConfig, new_password, read_env, write_env
+from pipeline.team.settings import CA_KEYS, DVC_READER, TeamConfig, new_password, read_env, s3_key_names, write_env
 
 #: ``make team-user ROLE=...`` -> MLflow's permission on the project's experiment and models.
 ROLES = {"read": "READ", "edit": "EDIT"}
+#: ``make team-user ROLE=...`` -> the S3 identity whose DVC key the env file holds: a READ member
+#: may only fetch and list the remote, an EDIT member pushes too.
+S3_IDENTITIES = {"read": DVC_READER, "edit": "dvc"}
 ADMIN = "admin"
 USER_ENV_HEADER = (
     "One team member's settings (MLflow account, DVC remote and keys), written by `make team-user`.\n"
@@ -89,6 +93,31 @@ def _ensure_resources(tracking: Any, experiment: str, models: list[str]) -> str:
     return experiment_id
 
 
+def member_values(config: TeamConfig, role: str) -> dict[str, str]:
+    """A member's settings but the account: ``client.env`` with the DVC key of ``role``'s S3
+    identity (:data:`S3_IDENTITIES`, from the server env file)."""
+    key_id, secret = s3_key_names(S3_IDENTITIES[role])
+    secrets = read_env(config.server_env)
+    if not secrets.get(key_id) or not secrets.get(secret):
+        raise PipelineError(f"{config.server_env} has no {key_id}: `make team-up` makes it")
+    key = {"AWS_ACCESS_KEY_ID": secrets[key_id], "AWS_SECRET_ACCESS_KEY": secrets[secret]}
+    return {**read_env(config.client_env), **key}
+
+
+def write_member_env(config: TeamConfig, name: str, values: dict[str, str], password: str) -> Path:
+    """``users/<name>.env`` (0600): ``values`` and the account; the team's CA copied beside it
+    when the servers speak TLS. Returns its path."""
+    path = config.folder / "users" / f"{name}.env"
+    trust = {}
+    if config.trusted_ca:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(config.trusted_ca, path.parent / TEAM_CA)
+        trust = {key: TEAM_CA for key in CA_KEYS}
+    write_env(path, {**values, **trust, "MLFLOW_TRACKING_USERNAME": name, "MLFLOW_TRACKING_PASSWORD": password},
+              USER_ENV_HEADER)
+    return path
+
+
 def add(config: TeamConfig, name: str, role: str, params_file: Path = Path("params.yaml")) -> Path:
     """Make the account ``name`` with ``role`` and write its env file; return the file's path."""
     import warnings
@@ -104,7 +133,7 @@ def add(config: TeamConfig, name: str, role: str, params_file: Path = Path("para
         raise PipelineError(f"user name {name!r}: use letters, digits, '.', '_' or '-' (up to 64), not '{ADMIN}'")
     if role not in ROLES:
         raise PipelineError(f"role {role!r}: one of {', '.join(ROLES)}")
-    client_settings = read_env(config.client_env)
+    settings = member_values(config, role)  # before the account is made: a missing key is one line
     experiment, models = project_resources(params_file)
     password = new_password()
     with as_admin(config):
@@ -120,14 +149,10 @@ def add(config: TeamConfig, name: str, role: str, params_file: Path = Path("para
         auth.grant_user_permission(name, "experiment", experiment_id, permission)
         for model in models:
             auth.grant_user_permission(name, "registered_model", model, permission)
-    path = config.folder / "users" / f"{name}.env"
-    trust = {}
-    if config.trusted_ca:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(config.trusted_ca, path.parent / TEAM_CA)
-        trust = {key: TEAM_CA for key in CA_KEYS}
-    write_env(path, {**client_settings, **trust, "MLFLOW_TRACKING_USERNAME": name, "MLFLOW_TRACKING_PASSWORD": password},
-              USER_ENV_HEADER)
+    path = write_member_env(config, name, settings, password)
+    trust = config.trusted_ca is not None
     handout = f" and {path.parent / TEAM_CA} (keep them in one folder)" if trust else ""
-    print(f"user '{name}' ({permission} on experiment '{experiment}' and models {', '.join(models)}): settings in {path}{handout}")
+    s3_rights = "read-only" if S3_IDENTITIES[role] == DVC_READER else "read-write"
+    print(f"user '{name}' ({permission} on experiment '{experiment}' and models {', '.join(models)}, "
+          f"{s3_rights} DVC key): settings in {path}{handout}")
     return path

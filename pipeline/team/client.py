@@ -1,6 +1,7 @@
 """A team member's side: run a command (``dvc push``, ``dvc exp run``, ...) with the team's
 settings: the env file's variables in the environment, the DVC remote ``team`` in
-``.dvc/config.local`` (git-ignored; its credentials stay in the environment), and a check
+``.dvc/config.local`` (git-ignored; its credentials stay in the environment; ``verify``: what a
+pull fetches is re-hashed against its ``.dvc``/``dvc.lock`` hash), and a check
 that the S3 bucket and the tracking server answer first, so a wrong key or a stopped server
 is one clear line before any work starts.
 """
@@ -31,6 +32,8 @@ def configure_remote(values: Mapping[str, str], repo: Path = Path(".")) -> None:
     endpoint = values.get("TEAM_S3_ENDPOINT_URL")
     if endpoint:
         dvc("modify", "--local", REMOTE_NAME, "endpointurl", endpoint)
+    # Pulls re-hash each fetched file: an object replaced in the bucket is refused, not checked out.
+    dvc("modify", "--local", REMOTE_NAME, "verify", "true")
 
 
 def check(values: Mapping[str, str], need_tracking: bool = True) -> None:

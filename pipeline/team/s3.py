@@ -6,8 +6,10 @@ under ``<team dir>/s3`` so that they outlive ``make team-down``) on loopback por
 kept in ``<team dir>/s3/ports.json``, and its S3 gateway (``weed s3``) on ``host:port``. Only the
 gateway checks keys, so only it may face the network: ``weed mini`` binds every server it runs to
 one address. The gateway's access keys come from a generated identities file (0600): one
-identity per role (``dvc``, ``mlflow``), each allowed only its own bucket. Given a certificate it
-serves HTTPS only. A lab's own S3 or MinIO takes its place through the same settings.
+identity per role (``dvc``, ``mlflow``), each allowed only its own bucket, and a read-only one
+(``dvc-read``: Read and List on the DVC bucket, for READ members). The gateway reads that file at
+start only. Given a certificate it serves HTTPS only. A lab's own S3 or MinIO takes its place
+through the same settings.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ REGION = "us-east-1"
 #: What each identity may do, on its own bucket only (SeaweedFS' ``Action:bucket`` form;
 #: ``Admin`` covers making the bucket).
 ACTIONS = ("Read", "Write", "List", "Tagging", "Admin")
+#: What a read-only identity may do on its bucket: fetch and list objects, nothing else.
+READ_ACTIONS = ("Read", "List")
 #: SeaweedFS' internal servers: each an HTTP and a gRPC port, on loopback only.
 INTERNAL = ("master", "volume", "filer", "admin")
 #: The gateway's own gRPC port (filer notifications), on loopback too.
@@ -54,7 +58,8 @@ class Credentials:
 def new_credentials(role: str) -> Credentials:
     import secrets
 
-    return Credentials(f"{role.upper()}{secrets.token_hex(8).upper()}", secrets.token_urlsafe(30))
+    prefix = "".join(character for character in role.upper() if character.isalnum())  # dvc-read -> DVCREAD
+    return Credentials(f"{prefix}{secrets.token_hex(8).upper()}", secrets.token_urlsafe(30))
 
 
 def up(endpoint: str, ca: str | Path | None = None) -> bool:
@@ -101,13 +106,17 @@ def weed_environment(settings: dict[str, str]) -> dict[str, str]:
     return {**{key: os.environ[key] for key in WEED_ENVIRONMENT if key in os.environ}, **settings}
 
 
-def write_identities(path: Path, keys: dict[str, Credentials], buckets: dict[str, str]) -> None:
-    """SeaweedFS' S3 identities file (0600): each role's key, allowed only on its bucket."""
+def write_identities(path: Path, keys: dict[str, Credentials], buckets: dict[str, str],
+                     readers: dict[str, str] | None = None) -> None:
+    """SeaweedFS' S3 identities file (0600): each role's key, allowed only on its bucket (every
+    :data:`ACTIONS`); each of ``readers`` (role -> bucket) only :data:`READ_ACTIONS` on its bucket."""
+    grants = [(role, bucket, ACTIONS) for role, bucket in buckets.items()]
+    grants += [(role, bucket, READ_ACTIONS) for role, bucket in (readers or {}).items()]
     identities = [{
         "name": role,
         "credentials": [{"accessKey": keys[role].key_id, "secretKey": keys[role].secret}],
-        "actions": [f"{action}:{bucket}" for action in ACTIONS],
-    } for role, bucket in buckets.items()]
+        "actions": [f"{action}:{bucket}" for action in actions],
+    } for role, bucket, actions in grants]
     write_private(path, json.dumps({"identities": identities}, indent=1))
 
 

@@ -1,9 +1,9 @@
 """Team mode's settings: where the local servers live, and the two env files.
 
 ``<team dir>/client.env`` is what a team member needs (the tracking URI, the DVC remote and its
-endpoint, S3 keys for DVC); ``<team dir>/server.env`` only what the servers need (the database
-password, the MLflow server's S3 keys). Both are written with mode 0600 in a git-ignored folder
-and read as environment variables: secrets are generated, never written in the repository.
+endpoint, the read-write S3 key for DVC); ``<team dir>/server.env`` only what the servers need
+(the database password, every S3 identity's key). Both are written with mode 0600 in a git-ignored
+folder and read as environment variables: secrets are generated, never written in the repository.
 A lab with its own servers writes a ``client.env`` from ``team.env.example`` and points
 ``TEAM_ENV`` at it.
 """
@@ -28,6 +28,10 @@ REFUSED_KEYS = ("PATH", "BASH_ENV", "ENV", "SHELLOPTS", "PS4", "IFS", "PERL5OPT"
 REFUSED_PREFIXES = ("LD_", "DYLD_", "PYTHON", "GIT_")
 #: The DVC remote's name in ``.dvc/config.local``.
 REMOTE_NAME = "team"
+#: The read-only S3 identity of the DVC bucket (Read and List, nothing else): the key of READ
+#: members' env files. ``dvc`` (read-write, the team's own ``client.env`` and EDIT members) and
+#: ``mlflow`` (the tracking server's) each own their bucket.
+DVC_READER = "dvc-read"
 #: Settings naming the CA file that clients trust (MLflow's and boto3's/DVC's). In an env file a
 #: relative path is relative to the file's folder, so a member keeps both files together.
 CA_KEYS = ("MLFLOW_TRACKING_SERVER_CERT_PATH", "AWS_CA_BUNDLE")
@@ -140,6 +144,13 @@ def client_values(path: Path) -> dict[str, str]:
                                     f"this file, as `make team-user` hands them out)")
             values[key] = str(ca.resolve())
     return values
+
+
+def s3_key_names(identity: str) -> tuple[str, str]:
+    """The server env file's names for an S3 identity's key id and secret (``dvc-read`` ->
+    ``TEAM_DVC_READ_S3_KEY_ID``, ``TEAM_DVC_READ_S3_SECRET``)."""
+    stem = identity.upper().replace("-", "_")
+    return f"TEAM_{stem}_S3_KEY_ID", f"TEAM_{stem}_S3_SECRET"
 
 
 def bucket_of(url: str) -> str:

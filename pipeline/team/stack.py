@@ -17,7 +17,7 @@ from pipeline.services import detached as services
 from pipeline.errors import PipelineError
 from pipeline.io import write_private
 from pipeline.team import certificates, guard, postgres, s3
-from pipeline.team.settings import CA_KEYS, TeamConfig, new_password, read_env, write_env
+from pipeline.team.settings import CA_KEYS, DVC_READER, TeamConfig, new_password, read_env, s3_key_names, write_env
 
 SERVER_ENV_HEADER = "Secrets of the local team servers, written by `make team-up`. Never commit or share this file."
 #: SeaweedFS' S3 identities (each role's key and bucket), written from the server env file.
@@ -122,20 +122,28 @@ def _client_trust(config: TeamConfig) -> dict[str, str]:
 
 def _start_s3(config: TeamConfig, secrets: dict[str, str], fresh_database: bool,
               tls: certificates.TLSFiles | None) -> s3.Credentials:
-    """Start SeaweedFS (or reuse it) with one key per role, each allowed only its bucket; make the
-    buckets that are missing; write the client env file. The keys are made once and kept in the
-    server env file, the objects on disk: a restart keeps both. Returns the MLflow server's keys."""
+    """Start SeaweedFS (or reuse it) with one key per role, each allowed only its bucket, and a
+    read-only key of the DVC bucket (READ members'); make the buckets that are missing; write the
+    client env file (the read-write DVC key: it pushes). Each key is made once, when missing, and
+    kept in the server env file, the objects on disk: a restart keeps both. A running gateway
+    reads its identities at start only: it is restarted when the file changes. Returns the MLflow
+    server's keys."""
     buckets = {"dvc": config.dvc_bucket, "mlflow": config.artifacts_bucket}
-    names = {role: (f"TEAM_{role.upper()}_S3_KEY_ID", f"TEAM_{role.upper()}_S3_SECRET") for role in buckets}
-    if not all(key in secrets for pair in names.values() for key in pair):
-        for role, (key_id, secret) in names.items():
-            made = s3.new_credentials(role)
-            secrets.update({key_id: made.key_id, secret: made.secret})
+    readers = {DVC_READER: config.dvc_bucket}
+    missing = [role for role in (*buckets, *readers) if not all(secrets.get(name) for name in s3_key_names(role))]
+    for role in missing:  # an earlier version's server.env lacks the read key: only it is made
+        made = s3.new_credentials(role)
+        secrets.update(dict(zip(s3_key_names(role), (made.key_id, made.secret), strict=True)))
+    if missing:
         write_env(config.server_env, secrets, SERVER_ENV_HEADER)
-    keys = {role: s3.Credentials(secrets[key_id], secrets[secret]) for role, (key_id, secret) in names.items()}
-    s3.write_identities(config.folder / S3_IDENTITIES, keys, buckets)
+    keys = {role: s3.Credentials(*(secrets[name] for name in s3_key_names(role))) for role in (*buckets, *readers)}
+    identities = config.folder / S3_IDENTITIES
+    before = identities.read_bytes() if identities.is_file() else None
+    s3.write_identities(identities, keys, buckets, readers)
+    if before not in (None, identities.read_bytes()) and services.stop(s3.SERVICE, config.folder):
+        print("S3 gateway stopped to take the new identities file (it reads it at start only)")
     ca = config.trusted_ca
-    started = s3.start(config.host, config.s3_port, config.folder, config.folder / S3_IDENTITIES,
+    started = s3.start(config.host, config.s3_port, config.folder, identities,
                        (tls.cert, tls.key) if tls else None, ca, certificates.internal(config.folder / "tls") if tls else None,
                        jwt={key: secrets[key] for key in s3.JWT_KEYS})
     if not started:  # something answers there already: it must take our keys (one line if not)
@@ -158,6 +166,11 @@ def _start_s3(config: TeamConfig, secrets: dict[str, str], fresh_database: bool,
     new = f"; new buckets {', '.join(made)}" if made else ""
     print(f"S3 (SeaweedFS) on {config.s3_endpoint}, {state}: objects in {config.folder / 's3'}{new}; keys in {config.client_env}")
     s3.check(config.s3_endpoint, config.artifacts_bucket, keys["mlflow"], ca)
+    try:
+        s3.check(config.s3_endpoint, config.dvc_bucket, keys[DVC_READER], ca)
+    except PipelineError as error:
+        raise PipelineError(f"{error} (the S3 gateway there does not take {identities}: "
+                            "`make team-down team-up` restarts it)") from None
     return keys["mlflow"]
 
 

@@ -380,6 +380,75 @@ def test_each_s3_key_reaches_only_its_own_bucket(team):
     assert identities.stat().st_mode & 0o777 == 0o600
 
 
+def _keys(env_file: Path) -> s3.Credentials:
+    values = read_env(env_file)
+    return s3.Credentials(values["AWS_ACCESS_KEY_ID"], values["AWS_SECRET_ACCESS_KEY"])
+
+
+def test_a_read_members_dvc_key_lists_and_fetches_and_may_write_nothing(team, users, pushed_workspace, tmp_path):
+    """bob (READ) holds the read-only DVC key: he lists, fetches and pulls the remote; a put, an
+    overwrite or a delete is AccessDenied, his `dvc push` fails, the MLflow bucket refuses him."""
+    from botocore.exceptions import ClientError
+
+    bob_env = team.folder / "users" / "bob.env"
+    reader = s3.client(team.s3_endpoint, _keys(bob_env))
+    stored = _remote_objects(team)[0]
+    original = reader.get_object(Bucket=team.dvc_bucket, Key=stored)["Body"].read()
+    for attempt in (lambda: reader.put_object(Bucket=team.dvc_bucket, Key="planted", Body=b"planted"),
+                    lambda: reader.put_object(Bucket=team.dvc_bucket, Key=stored, Body=b"replaced"),
+                    lambda: reader.delete_object(Bucket=team.dvc_bucket, Key=stored)):
+        with pytest.raises(ClientError) as refused:
+            attempt()
+        assert refused.value.response["Error"]["Code"] == "AccessDenied"
+    assert reader.get_object(Bucket=team.dvc_bucket, Key=stored)["Body"].read() == original
+    with pytest.raises(PipelineError, match="AccessDenied"):
+        s3.check(team.s3_endpoint, team.artifacts_bucket, _keys(bob_env))
+    read_key = read_env(team.server_env)["TEAM_DVC_READ_S3_KEY_ID"]
+    assert _keys(bob_env).key_id == read_key != _keys(team.client_env).key_id
+
+    clone = tmp_path / "bob"
+    _git(tmp_path, "clone", "-q", str(pushed_workspace), str(clone))
+    pulled = _team_exec(clone, bob_env, sys.executable, "-m", "dvc", "pull", "--with-deps", "split")
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    train = Path("data") / "split" / "train.csv"
+    assert (clone / train).read_bytes() == (pushed_workspace / train).read_bytes()
+    (clone / "notes.txt").write_text("bob's notes\n")
+    subprocess.run([sys.executable, "-m", "dvc", "add", "notes.txt"], cwd=clone, check=True, capture_output=True,
+                   env=_env())
+    before = _remote_objects(team)
+    pushed = _team_exec(clone, bob_env, sys.executable, "-m", "dvc", "push", "notes.txt.dvc")
+    assert pushed.returncode != 0 and _remote_objects(team) == before, pushed.stdout + pushed.stderr
+
+
+def test_a_pull_rehashes_what_it_fetches_and_refuses_a_replaced_object(team, users, pushed_workspace, tmp_path):
+    """The team remote has `verify = true`: an object replaced in the bucket (by whoever holds the
+    write key) is refused by the pull, not checked out."""
+    work = tmp_path / "work"
+    _git(tmp_path, "clone", "-q", str(pushed_workspace), str(work))
+    (work / "victim.txt").write_text("the content that was pushed\n")
+    subprocess.run([sys.executable, "-m", "dvc", "add", "victim.txt"], cwd=work, check=True, capture_output=True,
+                   env=_env())
+    pushed = _team_exec(work, team.client_env, sys.executable, "-m", "dvc", "push", "victim.txt.dvc")
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    _git(work, "add", "-A")
+    _git(work, "commit", "-qm", "victim")
+    digest = (work / "victim.txt.dvc").read_text().split("md5: ", 1)[1].split()[0]
+    stored = next(key for key in _remote_objects(team) if key.endswith(f"{digest[:2]}/{digest[2:]}"))
+    writer = s3.client(team.s3_endpoint, _keys(team.client_env))
+    writer.put_object(Bucket=team.dvc_bucket, Key=stored, Body=b"planted by a holder of the write key\n")
+    try:
+        clone = tmp_path / "bob"
+        _git(tmp_path, "clone", "-q", str(work), str(clone))
+        bob_env = team.folder / "users" / "bob.env"
+        pulled = _team_exec(clone, bob_env, sys.executable, "-m", "dvc", "pull", "victim.txt.dvc")
+        print(pulled.returncode, (pulled.stdout + pulled.stderr)[-1500:])
+        assert pulled.returncode != 0, pulled.stdout + pulled.stderr
+        assert not (clone / "victim.txt").exists() or b"planted" not in (clone / "victim.txt").read_bytes()
+        assert "verify = true" in (clone / ".dvc" / "config.local").read_text()
+    finally:
+        writer.delete_object(Bucket=team.dvc_bucket, Key=stored)
+
+
 def test_the_stores_internal_ports_refuse_anyone_without_its_signing_key(team):
     """SeaweedFS' filer and volume ports on 127.0.0.1 answer only requests signed with the keys of
     server.env (the gateway signs its own); the team folder and the objects on disk are private."""
