@@ -41,11 +41,10 @@ from pipeline.errors import PipelineError, TrackingError
 from pipeline.io import read_json, write_json, write_text_atomic
 from pipeline.models.builders import average_models, build_cnn, build_effnet_lite0, build_effnetb7, unfreeze_top_layers
 
-#: Optional wall-clock budget of a training stage, in minutes (e.g. a GPU job's time slot).
-#: Environment variables that once changed a trained model, and the parameter that does it now:
-#: refused rather than ignored, so an old job script does not silently train something else.
 #: The best epoch's record in a checkpoint folder (its score, metrics and the weights file it names).
 BEST_FILE = "best.json"
+#: Environment variables that once changed a trained model, and the parameter that does it now:
+#: refused rather than ignored, so an old job script does not silently train something else.
 MOVED_SETTINGS = {"PIPELINE_PRECISION": "precision", "PIPELINE_MAX_TRAIN_MINUTES": "max_train_minutes"}
 
 
