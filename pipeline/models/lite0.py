@@ -102,7 +102,9 @@ def build_lite0(input_size: int, include_top: bool = False, name: str = "efficie
     x = layers.ReLU(6.0, name="head_relu6")(bn(x, "head_bn"))
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if include_top:
-        x = layers.Dense(IMAGENET_CLASSES, activation="softmax", name="predictions")(x)
+        # float32 like the transfer models' head: under a mixed policy a bfloat16 softmax over
+        # 1000 classes rounds its probabilities (a no-op in float32).
+        x = layers.Dense(IMAGENET_CLASSES, activation="softmax", name="predictions", dtype="float32")(x)
     return keras.Model(inputs, x, name=name)
 
 
