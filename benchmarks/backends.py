@@ -33,7 +33,7 @@ def worker(params_path: Path, repeats: int, count: int) -> dict:
     from pipeline.config import CnnParams, load_params
     from pipeline.data.datasets import make_dataset
     from pipeline.models.builders import build_cnn
-    from pipeline.training.train import build_loss, build_optimizer
+    from pipeline.training.recipe import build_loss, build_optimizer
 
     base, params = load_params(params_path, "train_cnn_focal", CnnParams)
     devices = configure(base.seed)

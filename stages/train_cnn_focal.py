@@ -4,7 +4,8 @@ import sys
 
 from pipeline.config import CnnParams, load_params
 from pipeline.training.cluster import run_stage
-from pipeline.training.train import kept, outcome, train_cnn_focal, training_arguments
+from pipeline.training.paths import training_arguments
+from pipeline.training.train import train_cnn_focal, kept, outcome
 
 
 def main(argv=None):

@@ -5,7 +5,8 @@ from pathlib import Path
 
 from pipeline.config import Lite0Params, load_params
 from pipeline.training.cluster import run_stage
-from pipeline.training.train import kept, outcome, train_effnet_lite0, training_arguments
+from pipeline.training.paths import training_arguments
+from pipeline.training.train import train_effnet_lite0, kept, outcome
 
 
 def main(argv=None):

@@ -4,7 +4,8 @@ import sys
 
 from pipeline.config import EffNetParams, load_params
 from pipeline.training.cluster import run_stage
-from pipeline.training.train import kept, outcome, train_effnetb7, training_arguments
+from pipeline.training.paths import training_arguments
+from pipeline.training.train import train_effnetb7, kept, outcome
 
 
 def main(argv=None):

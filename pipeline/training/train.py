@@ -11,269 +11,38 @@ stopped when rerun with the same params and data. Any Keras 3 backend trains
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
-import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 import pandas as pd
-from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
-from sklearn.utils.class_weight import compute_class_weight
 
-from pipeline.training import backend, cluster
-from pipeline.tracking.choose import open_recorder
-from pipeline.tracking.provenance import fingerprint, git_commit
-from pipeline.tracking.recorder import HISTORY_FILE, MODEL_FILE, RUN_FILE, NullRecorder, Recorder
-from pipeline.config import (
-    BaseParams, CnnParams, EffNetParams, Lite0Params, TrainParams, TransferParams, as_flat_dict, data_name, data_source,
-)
+from pipeline.config import BaseParams, CnnParams, EffNetParams, Lite0Params, TrainParams, as_flat_dict, data_name
 from pipeline.data.datasets import LabelledImages, load_augmented_images, load_split_images, make_dataset, subsample
-from pipeline.errors import PipelineError, TrackingError
+from pipeline.errors import PipelineError
 from pipeline.io import read_json, write_json, write_text_atomic
-from pipeline.models.builders import average_models, build_cnn, build_effnet_lite0, build_effnetb7, unfreeze_top_layers
+from pipeline.models.builders import average_models, build_cnn, build_effnet_lite0, build_effnetb7
+from pipeline.tracking.choose import open_recorder
+from pipeline.tracking.provenance import git_commit
+from pipeline.tracking.recorder import HISTORY_FILE, MODEL_FILE, RUN_FILE, NullRecorder, Recorder
+from pipeline.training import backend, cluster
+from pipeline.training.callbacks import EpochLogger, TimeLimit, ValidationMetrics, validation_scores
+from pipeline.training.checkpoints import BEST_FILE, resume_state, save_weights_atomically
+from pipeline.training.export import save_for_inference
+from pipeline.training.paths import TrainPaths
+from pipeline.training.recipe import Phase, build_loss, build_optimizer, class_alpha, transfer_phases
 
-#: The best epoch's record in a checkpoint folder (its score, metrics and the weights file it names).
-BEST_FILE = "best.json"
 #: Environment variables that once changed a trained model, and the parameter that does it now:
 #: refused rather than ignored, so an old job script does not silently train something else.
 MOVED_SETTINGS = {"PIPELINE_PRECISION": "precision", "PIPELINE_MAX_TRAIN_MINUTES": "max_train_minutes"}
-
-
-@dataclass(frozen=True)
-class TrainPaths:
-    """Where a training stage reads and writes (all given by dvc.yaml)."""
-
-    ingested: Path
-    split: Path
-    augmented: Path
-    out_dir: Path
-    metrics: Path
-    checkpoints: Path
-    #: The raw data folder ingest read (from params.yaml): names the run and its MLflow input.
-    source: Path | None = None
-
-
-@dataclass
-class Phase:
-    """One ``fit`` call: its epoch count and how to prepare (freeze/compile) the model for it."""
-
-    name: str
-    epochs: int
-    learning_rate: float
-    prepare: Callable[[keras.Model], None] = field(default=lambda model: None)
-
-
-def training_arguments(description: str, argv=None, extra: dict[str, str] | None = None) -> tuple[argparse.Namespace, TrainPaths]:
-    """Parse the command line shared by the training stages (plus ``extra`` required options)."""
-    parser = argparse.ArgumentParser(description=description)
-    for name, help_text in (extra or {}).items():
-        parser.add_argument(f"--{name}", required=True, help=help_text)
-    parser.add_argument("--params", required=True, help="params.yaml")
-    for name, help_text in (
-        ("ingested", "ingest output folder"),
-        ("split", "split output folder"),
-        ("augmented", "augment output folder"),
-        ("out", "model output folder (model.keras, history.csv, mlflow_run.json)"),
-        ("metrics", "JSON file for the best validation metrics"),
-        ("checkpoints", "folder for resumable per-epoch checkpoints"),
-    ):
-        parser.add_argument(f"--{name}", required=True, help=help_text)
-    args = parser.parse_args(argv)
-    paths = TrainPaths(
-        ingested=Path(args.ingested),
-        split=Path(args.split),
-        augmented=Path(args.augmented),
-        out_dir=Path(args.out),
-        metrics=Path(args.metrics),
-        checkpoints=Path(args.checkpoints),
-        source=data_source(args.params),
-    )
-    return args, paths
-
-
-def class_alpha(counts: np.ndarray, mode: str) -> list[float] | None:
-    """Per-class focal-loss alpha from train class counts.
-
-    ``inverse_frequency`` is scikit-learn's "balanced" weight ``n / (k * n_c)``;
-    ``sqrt_inverse_frequency`` its square root, a milder correction that trades less overall
-    accuracy for balance; ``none`` gives no alpha (all classes weigh 1).
-    """
-    if mode == "none":
-        return None
-    if np.any(counts == 0):
-        raise PipelineError(f"class_alpha={mode}: a class has no training images (counts {counts.tolist()})")
-    labels = np.repeat(np.arange(len(counts)), counts)
-    weights = compute_class_weight("balanced", classes=np.arange(len(counts)), y=labels)
-    if mode == "sqrt_inverse_frequency":
-        weights = np.sqrt(weights)
-    return [float(w) for w in weights]
-
-
-def build_loss(params: TrainParams, alpha: list[float] | None) -> keras.losses.Loss:
-    """Keras' categorical focal cross-entropy with per-class alpha (gamma 0 = weighted CE).
-
-    Computed in float32 whatever the precision (``dtype``: the predictions are cast to float32
-    first), as Keras' mixed-precision recipe asks; in a float32 run this changes nothing."""
-    return keras.losses.CategoricalFocalCrossentropy(
-        alpha=alpha if alpha is not None else 1.0,
-        gamma=params.focal_gamma,
-        label_smoothing=params.label_smoothing,
-        name="focal_loss",
-        dtype="float32",
-    )
-
-
-def build_optimizer(params: TrainParams, learning_rate: float, steps_per_epoch: int, epochs: int,
-                    ema_momentum: float = 0.0) -> keras.optimizers.Optimizer:
-    """AdamW with a constant or warm-up + cosine-decay learning rate, keeping a moving average
-    of the weights when ``ema_momentum`` is set (see :class:`ValidationMetrics` for its use)."""
-    if params.lr_schedule == "cosine":
-        warmup_steps = min(params.warmup_epochs, max(epochs - 1, 0)) * steps_per_epoch
-        schedule: Any = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=learning_rate / 10 if warmup_steps else learning_rate,
-            decay_steps=max(1, epochs * steps_per_epoch - warmup_steps),
-            alpha=0.01,
-            warmup_target=learning_rate if warmup_steps else None,
-            warmup_steps=warmup_steps,
-        )
-    else:
-        schedule = learning_rate
-    if ema_momentum:
-        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=params.weight_decay, use_ema=True, ema_momentum=ema_momentum)
-    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=params.weight_decay)
-
-
-def validation_scores(probabilities: np.ndarray, labels: np.ndarray, loss: keras.losses.Loss, melanoma: int) -> dict[str, float]:
-    """The validation numbers of one epoch (or of the averaged members) from the probabilities."""
-    predicted = probabilities.argmax(axis=1)
-    one_hot = np.eye(probabilities.shape[1], dtype=np.float32)[labels]
-    return {
-        "val_loss": float(loss(one_hot, probabilities)),
-        "val_accuracy": float(np.mean(predicted == labels)),
-        "val_balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
-        "val_macro_f1": float(f1_score(labels, predicted, labels=np.arange(probabilities.shape[1]), average="macro", zero_division=0)),
-        "val_melanoma_recall": float(recall_score(labels, predicted, labels=[melanoma], average="macro", zero_division=0)),
-    }
-
-
-class ValidationMetrics(keras.callbacks.Callback):
-    """Adds validation loss, accuracy, balanced accuracy, macro-F1 and melanoma recall to logs.
-
-    It also keeps the best weights by ``monitor`` in the checkpoint folder, with the best
-    score in ``best.json`` so a resumed run still knows what it has to beat. It must come
-    before callbacks that read these keys (EarlyStopping, the MLflow logger).
-
-    In a training group each process predicts the validation images with a local copy of the
-    weights (``local``), and all take process 0's numbers, so they agree on the best epoch
-    and on when to stop.
-
-    With weight averaging (an optimizer with ``use_ema``) the epoch is judged, and kept, as the
-    averaged model: Keras' ``SwapEMAWeights`` puts the averages into the model around the
-    scoring and puts the trained weights back before the next epoch, so training itself and
-    ``BackupAndRestore`` (which saves the optimizer's averages with it) see the raw weights.
-    """
-
-    def __init__(self, data: LabelledImages, dataset: Any, loss: keras.losses.Loss, classes: tuple[str, ...], monitor: str, state_dir: Path,
-                 epoch_offset: int, train_images: int, devices: backend.Devices | None = None, local: keras.Model | None = None):
-        super().__init__()
-        self.devices, self.local = devices, local
-        self.labels = data.labels
-        self.dataset = dataset
-        self.loss = loss
-        self.melanoma = classes.index("mel")
-        self.monitor = monitor
-        self.state_file = state_dir / BEST_FILE
-        self.epoch_offset = epoch_offset
-        self.best = read_json(self.state_file) if self.state_file.is_file() else {"value": -1.0, "epoch": -1, "metrics": {}}
-        self._started = 0.0
-        self.images_per_epoch = train_images
-        self.averages: keras.callbacks.SwapEMAWeights | None = None
-
-    def set_model(self, model):
-        super().set_model(model)
-        if getattr(model.optimizer, "use_ema", False):
-            self.averages = keras.callbacks.SwapEMAWeights()
-            self.averages.set_model(model)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._started = time.perf_counter()
-
-    def _scores(self) -> dict[str, float]:
-        if self.local is not None:
-            self.local.set_weights(self.model.get_weights())
-            with self.devices.local():
-                probabilities = self.local.predict(self.dataset, verbose=0)
-        else:
-            # (On several devices the last batch may be padded: keep one output per image.)
-            probabilities = self.model.predict(self.dataset, verbose=0)[: len(self.labels)]
-        return validation_scores(probabilities, self.labels, self.loss, self.melanoma)
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs if logs is not None else {}
-        train_seconds = time.perf_counter() - self._started
-        if not np.isfinite(logs.get("loss", 0.0)):
-            raise PipelineError(
-                f"training diverged: the loss is {logs.get('loss')} in epoch {epoch + self.epoch_offset + 1} "
-                f"(precision {keras.mixed_precision.global_policy().name}); no model is kept. "
-                "Try the parameter precision: float32 or a lower learning rate"
-            )
-        if self.averages is not None:
-            self.averages.on_test_begin()  # the averaged weights into the model
-        try:
-            metrics = {**self._scores(), "epoch_seconds": train_seconds,
-                       "train_images_per_second": self.images_per_epoch / train_seconds if train_seconds else 0.0}
-            if self.devices is not None and self.devices.group is not None:
-                metrics = dict(zip(metrics, cluster.broadcast(list(metrics.values()))))
-            logs.update(metrics)
-            global_epoch = epoch + self.epoch_offset
-            if metrics[self.monitor] > self.best["value"]:
-                # The weights first, under a name of their own, then the record that names them: a
-                # crash at any point leaves the previous record and the weights it names intact.
-                weights = f"best-epoch{global_epoch + 1}.weights.h5"
-                save_weights_atomically(self.model, self.state_file.parent / weights)
-                previous = self.best.get("weights")
-                self.best = {"value": metrics[self.monitor], "epoch": global_epoch, "metrics": metrics, "weights": weights}
-                write_json(self.state_file, self.best)
-                if previous and previous != weights:
-                    (self.state_file.parent / previous).unlink(missing_ok=True)
-        finally:
-            if self.averages is not None:
-                self.averages.on_test_end()  # the trained weights back, for the next epoch
-                # (on_test_*: its on_predict_end does not swap back, Keras 3.15)
-        print(
-            f"epoch {global_epoch + 1}: loss {logs.get('loss', float('nan')):.4f} "
-            f"val_balanced_accuracy {metrics['val_balanced_accuracy']:.4f} val_accuracy {metrics['val_accuracy']:.4f} "
-            f"val_melanoma_recall {metrics['val_melanoma_recall']:.4f} ({train_seconds:.0f} s)",
-            flush=True,
-        )
-
-
-class TimeLimit(keras.callbacks.Callback):
-    """Ends training after the epoch during which the wall-clock ``deadline`` passed (the
-    best epoch so far is kept as usual): a job on a shared GPU node ends on time with its model."""
-
-    def __init__(self, deadline: float, epoch_offset: int, group: cluster.Group | None = None):
-        super().__init__()
-        self.deadline = deadline
-        self.epoch_offset = epoch_offset
-        self.group = group
-
-    def on_epoch_end(self, epoch, logs=None):
-        passed = time.time() >= self.deadline
-        if self.group is not None:  # process 0's clock decides for the whole group
-            passed = bool(cluster.broadcast([float(passed)])[0])
-        if passed:
-            self.model.stop_training = True
-            print(f"time limit reached after epoch {epoch + self.epoch_offset + 1}: training stops, the best epoch so far is kept", flush=True)
 
 
 def time_limit_deadline(minutes: float) -> float | None:
@@ -291,30 +60,6 @@ def refuse_moved_settings(stage: str) -> None:
             )
 
 
-class EpochLogger(keras.callbacks.Callback):
-    """Logs every epoch's metrics to the run (MLflow or an offline bundle).
-
-    A tracking failure mid-run is reported once and logging stops, but training goes on: a
-    lost server must not cost the model. The stage still fails at the end, when the final
-    logging raises, after the model file is saved.
-    """
-
-    def __init__(self, recorder: Recorder, epoch_offset: int):
-        super().__init__()
-        self.recorder = recorder
-        self.epoch_offset = epoch_offset
-        self.failed = False
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.failed or not logs:
-            return
-        try:
-            self.recorder.log_metrics(logs, step=epoch + self.epoch_offset)
-        except TrackingError as error:
-            self.failed = True
-            print(f"warning: {error}; per-epoch logging stopped, training continues", flush=True)
-
-
 def load_training_data(paths: TrainPaths, base: BaseParams, params: TrainParams) -> tuple[LabelledImages, LabelledImages]:
     """(train, val) at the model's input size; train is the augmented set when configured."""
     if params.use_augmented:
@@ -323,39 +68,6 @@ def load_training_data(paths: TrainPaths, base: BaseParams, params: TrainParams)
         train = load_split_images(paths.ingested, paths.split, "train", base.classes, params.input_size)
     val = load_split_images(paths.ingested, paths.split, "val", base.classes, params.input_size)
     return subsample(train, params.max_train_images, params.seed), val
-
-
-@dataclass
-class RunState:
-    """Where one training run keeps its resumable state, and the run it continues (if any)."""
-
-    checkpoint_dir: Path
-    resume_run_id: str | None
-    data_hash: str
-    params_hash: str
-
-
-def resume_state(stage: str, base: BaseParams, params: TrainParams, paths: TrainPaths, recorder: Recorder, fresh: bool = False) -> RunState:
-    """The checkpoint folder of these params and data, and the run to resume if it still exists.
-
-    ``fresh`` empties it first: a training group always starts over, because its processes
-    could only resume together from the same epoch, which nothing guarantees after a failure."""
-    input_files = [paths.split / "train.csv", paths.split / "val.csv"]
-    if params.use_augmented:
-        input_files.append(paths.augmented / "index.csv")
-    data_hash = fingerprint(files=tuple(input_files))
-    params_hash = fingerprint(as_flat_dict(base, "base"), as_flat_dict(params, stage))
-    checkpoint_dir = paths.checkpoints / f"{stage}-{params_hash}-{data_hash}"
-    if fresh:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    resume_file = checkpoint_dir / RUN_FILE
-    resume_run_id = read_json(resume_file)["run_id"] if resume_file.is_file() else None
-    if resume_run_id and not recorder.run_exists(resume_run_id):
-        resume_run_id = None
-    if resume_run_id:
-        print(f"resuming {stage} from {checkpoint_dir} (run {resume_run_id})", flush=True)
-    return RunState(checkpoint_dir, resume_run_id, data_hash, params_hash)
 
 
 def fit_phases(model: keras.Model, phases: list[Phase], params: TrainParams, loss: keras.losses.Loss, devices: backend.Devices,
@@ -559,46 +271,6 @@ def outcome(summary: dict[str, Any]) -> str:
     return f"registered {summary['registered_model']} v{summary['version']}"
 
 
-def save_weights_atomically(model: keras.Model, path: Path) -> None:
-    """``model.save_weights(path)`` so that ``path`` holds the old weights or all the new ones,
-    never part (a temporary file beside it, then ``os.replace``)."""
-    partial = path.with_name(f".{os.getpid()}.partial.weights.h5")
-    try:
-        model.save_weights(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def save_for_inference(model: keras.Model, path: Path) -> None:
-    """Save the architecture and weights only (the optimizer state would triple the file), in
-    float32: a model trained in mixed precision on a GPU must predict in full precision on a
-    CPU (its variables are float32 already; only the layers' compute policy changes). Atomic:
-    a crash leaves no half-written model file for a later stage to trust."""
-    clean = keras.Model.from_config(_portable(model.get_config()))
-    clean.set_weights(model.get_weights())
-    partial = path.with_name(f".{os.getpid()}.partial.keras")
-    try:
-        clean.save(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def _portable(config: Any) -> Any:
-    """``config`` with every mixed-precision dtype policy replaced by float32 and BatchNorm's
-    TensorFlow-only ``synchronized`` (set for several devices) switched off."""
-    if isinstance(config, list):
-        return [_portable(item) for item in config]
-    if not isinstance(config, dict):
-        return config
-    if config.get("class_name") == "DTypePolicy" and str(config.get("config", {}).get("name", "")).startswith("mixed_"):
-        return {**config, "config": {**config["config"], "name": "float32"}}
-    if config.get("class_name") == "BatchNormalization" and config.get("config", {}).get("synchronized"):
-        config = {**config, "config": {**config["config"], "synchronized": False}}  # and on into its dtype policy
-    return {key: _portable(value) for key, value in config.items()}
-
-
 def train_cnn_focal(base: BaseParams, params: CnnParams, paths: TrainPaths) -> dict[str, Any]:
     """Train the focal-loss CNN (one phase)."""
 
@@ -606,21 +278,6 @@ def train_cnn_focal(base: BaseParams, params: CnnParams, paths: TrainPaths) -> d
         return build_cnn(params, base.classes, base.image_size), [Phase("train", params.epochs, params.learning_rate)]
 
     return run_training("train_cnn_focal", base, params, paths, build)
-
-
-def transfer_phases(params: TransferParams, backbone: keras.Model, pretrained: bool) -> list[Phase]:
-    """Head training on the frozen backbone, then fine-tuning (pretrained weights only)."""
-    phases = [Phase("head" if pretrained else "train", params.epochs, params.learning_rate)]
-    if pretrained and params.fine_tune_epochs:
-        phases.append(
-            Phase(
-                "fine_tune",
-                params.fine_tune_epochs,
-                params.fine_tune_learning_rate,
-                prepare=lambda _model: unfreeze_top_layers(backbone, params.fine_tune_layers, params.fine_tune_batch_norm),
-            )
-        )
-    return phases
 
 
 def train_effnetb7(base: BaseParams, params: EffNetParams, paths: TrainPaths) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from pipeline.config import AugmentParams, BaseParams, CnnParams, HAM10000_CLASSES, IngestParams, SplitParams
-from pipeline.training.train import TrainPaths
+from pipeline.training.paths import TrainPaths
 
 TINY_CNN = CnnParams(
     input_size=32, epochs=3, batch_size=32, learning_rate=0.003, lr_schedule="cosine", warmup_epochs=1,

@@ -5,7 +5,7 @@ import pytest
 
 from pipeline.config import HAM10000_CLASSES
 from pipeline.errors import PipelineError
-from pipeline.training.train import build_loss, class_alpha
+from pipeline.training.recipe import build_loss, class_alpha
 from tests.model.conftest import tiny_cnn
 
 

@@ -61,7 +61,8 @@ def train_mixed(kind: str, folder: str) -> dict:
 
     from pipeline.data.datasets import make_dataset
     from pipeline.models.builders import build_cnn, build_effnet_lite0
-    from pipeline.training.train import build_loss, build_optimizer, class_alpha, save_for_inference
+    from pipeline.training.export import save_for_inference
+    from pipeline.training.recipe import build_loss, build_optimizer, class_alpha
 
     rng = np.random.default_rng(0)
     params = tiny_cnn(batch_size=16) if kind == "cnn" else TINY_LITE0
@@ -198,7 +199,7 @@ def _loss_case():
 def test_the_focal_loss_is_finite_and_float32_on_bfloat16_predictions_that_round_to_0_and_1(mixed_bfloat16):
     import keras
 
-    from pipeline.training.train import build_loss, class_alpha
+    from pipeline.training.recipe import build_loss, class_alpha
 
     alpha = class_alpha(np.array([327, 514, 1099, 115, 1113, 6705, 142]), "sqrt_inverse_frequency")
     labels, probabilities = _loss_case()
@@ -216,7 +217,7 @@ def test_the_focal_loss_computes_in_float32_even_when_floatx_is_not():
     gives the float32 value (a loss in bfloat16 is rounded to about 3 significant digits)."""
     import keras
 
-    from pipeline.training.train import build_loss
+    from pipeline.training.recipe import build_loss
 
     labels, probabilities = _loss_case()
     reference = float(build_loss(tiny_cnn(focal_gamma=2.0), None)(labels, probabilities))

@@ -40,7 +40,8 @@ SCRIPT = textwrap.dedent(
     from pipeline.data.datasets import make_dataset
     from pipeline.models.builders import build_cnn
     from pipeline.training import backend
-    from pipeline.training.train import build_loss, save_for_inference
+    from pipeline.training.export import save_for_inference
+    from pipeline.training.recipe import build_loss
 
     found = backend.configure(3)
     rng = np.random.default_rng(0)

@@ -11,7 +11,8 @@ from pipeline.serving.inference import load_model, predict_probabilities
 from pipeline.io import read_json
 from pipeline.models.builders import build_cnn, model_class_names, model_input_size
 from pipeline.tracking.recorder import HISTORY_FILE, MODEL_FILE, RUN_FILE
-from pipeline.training.train import EpochLogger, kept, train_cnn_focal
+from pipeline.training.callbacks import EpochLogger
+from pipeline.training.train import kept, train_cnn_focal
 from tests.model.conftest import make_paths, tiny_cnn
 
 pytestmark = pytest.mark.slow
@@ -22,7 +23,7 @@ def test_a_tiny_training_run_lowers_the_loss(base_params):
 
     from pipeline.data.datasets import make_dataset
     from pipeline.training.backend import configure
-    from pipeline.training.train import build_loss, build_optimizer
+    from pipeline.training.recipe import build_loss, build_optimizer
 
     configure(base_params.seed)
     rng = np.random.default_rng(0)
@@ -136,7 +137,7 @@ def test_a_crash_while_weights_are_written_leaves_the_last_record_whole_and_the_
     the middle of a write, the checkpoint folder still holds a record whose weights load."""
     import keras
 
-    from pipeline.training.train import BEST_FILE
+    from pipeline.training.checkpoints import BEST_FILE
 
     base, root = tiny_artifacts
     paths = make_paths(root, "cnn_killed")
@@ -182,7 +183,7 @@ def test_mlflow_down_fails_fast_before_training(tiny_artifacts, monkeypatch):
 def test_a_mixed_precision_model_is_saved_for_full_precision_inference(base_params, tmp_path):
     import keras
 
-    from pipeline.training.train import save_for_inference
+    from pipeline.training.export import save_for_inference
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
@@ -254,7 +255,8 @@ def test_weight_averaging_judges_and_keeps_the_averaged_model_and_trains_on(base
 
     from pipeline.data.datasets import LabelledImages, make_dataset
     from pipeline.training.backend import configure
-    from pipeline.training.train import ValidationMetrics, build_loss, build_optimizer
+    from pipeline.training.callbacks import ValidationMetrics
+    from pipeline.training.recipe import build_loss, build_optimizer
 
     configure(base_params.seed)
     rng = np.random.default_rng(0)
