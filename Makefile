@@ -32,6 +32,8 @@ DATA ?= data/demo
 PROFILE ?= $(if $(filter data/demo data/demo/ ./data/demo ./data/demo/,$(DATA)),demo,cpu)
 STORE ?= mlflow
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist; each test file runs whole in one of them): 2 on 2 cores, 0 = in this process.
+TEST_WORKERS ?= 2
 # Extra parameter values for `make run`, space-separated KEY=VALUE (Hydra overrides).
 SET ?=
 # Team mode: TEAM=1 runs the pipeline's commands with the settings in TEAM_ENV.
@@ -103,7 +105,8 @@ run: $(if $(TEAM),venv,server)
 
 test: venv
 	@$(MAKE) --no-print-directory $(PLOTS_TEMPLATE) >/dev/null 2>&1 || echo "note: no offline plots template (npm missing?): its browser test is skipped"
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/ruff check --quiet . && $(BIN)/ruff format --check --quiet .
+	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 MODEL ?= models:/ham10000-cnn-focal@champion
 SERVE_PORT ?= 5002

@@ -29,10 +29,10 @@ def worker(params_path: Path, repeats: int, count: int) -> dict:
     """Runs inside a subprocess whose ``KERAS_BACKEND`` is set: the backend's figures."""
     import numpy as np
 
-    from pipeline.training.backend import configure
     from pipeline.config import CnnParams, load_params
     from pipeline.data.datasets import make_dataset
     from pipeline.models.builders import build_cnn
+    from pipeline.training.backend import configure
     from pipeline.training.recipe import build_loss, build_optimizer
 
     base, params = load_params(params_path, "train_cnn_focal", CnnParams)

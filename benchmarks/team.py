@@ -58,9 +58,9 @@ def bench_tracking(repeats: int, servers: dict[str, tuple[str, dict[str, str]]])
     """``servers``: name -> (tracking URI, the MLflow settings to send), the first the baseline."""
     import numpy as np
 
-    from pipeline.training.backend import configure
     from pipeline.config import CnnParams, load_params
     from pipeline.models.builders import build_cnn
+    from pipeline.training.backend import configure
 
     with tempfile.TemporaryDirectory() as scratch, chdir(REPO_ROOT):
         base, params = load_params(profiles.write("demo", Path(scratch) / "params.yaml"), "train_cnn_focal", CnnParams)

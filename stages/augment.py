@@ -3,11 +3,11 @@
 import argparse
 import sys
 
-from pipeline.data.augment import augment_train
 from pipeline.config import AugmentParams, load_params
-from pipeline.errors import run_cli
+from pipeline.data.augment import augment_train
 from pipeline.data.ingest import load_ingested, select_images, write_atomically
 from pipeline.data.split import read_split
+from pipeline.errors import run_cli
 
 
 def main(argv=None):

@@ -7,8 +7,8 @@ from pathlib import Path
 from pipeline.config import EvaluateParams, data_name, data_source, load_params
 from pipeline.errors import PipelineError, run_cli
 from pipeline.evaluation.evaluate import run_evaluation
-from pipeline.evaluation.runs import is_smoke_run
 from pipeline.evaluation.report import summary_table
+from pipeline.evaluation.runs import is_smoke_run
 
 
 def main(argv=None):

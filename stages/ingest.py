@@ -4,8 +4,8 @@ import argparse
 import sys
 
 from pipeline.config import IngestParams, load_params
-from pipeline.errors import run_cli
 from pipeline.data.ingest import ingest
+from pipeline.errors import run_cli
 from pipeline.io import write_json
 
 

@@ -4,10 +4,10 @@ import argparse
 import sys
 
 from pipeline.config import SplitParams, load_params
-from pipeline.errors import run_cli
 from pipeline.data.ingest import load_ingested
-from pipeline.io import write_json
 from pipeline.data.split import split_dataset, split_statistics, write_splits
+from pipeline.errors import run_cli
+from pipeline.io import write_json
 
 
 def main(argv=None):

@@ -5,7 +5,7 @@ import sys
 from pipeline.config import CnnParams, load_params
 from pipeline.training.cluster import run_stage
 from pipeline.training.paths import training_arguments
-from pipeline.training.train import train_cnn_focal, kept, outcome
+from pipeline.training.train import kept, outcome, train_cnn_focal
 
 
 def main(argv=None):

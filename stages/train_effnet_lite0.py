@@ -6,7 +6,7 @@ from pathlib import Path
 from pipeline.config import Lite0Params, load_params
 from pipeline.training.cluster import run_stage
 from pipeline.training.paths import training_arguments
-from pipeline.training.train import train_effnet_lite0, kept, outcome
+from pipeline.training.train import kept, outcome, train_effnet_lite0
 
 
 def main(argv=None):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import BaseParams, HAM10000_CLASSES
+from pipeline.config import HAM10000_CLASSES, BaseParams
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,16 +19,16 @@ import numpy as np
 
 from pipeline.config import EvaluateParams
 from pipeline.errors import PipelineError
-from pipeline.io import read_json, write_json
 from pipeline.evaluation import model_card
 from pipeline.evaluation.ensemble import ensemble_of
 from pipeline.evaluation.external import ISIC2018_TRUTH, load_isic2018_test
-from pipeline.evaluation.runs import log_to_mlflow
-from pipeline.evaluation.scoring import Scored, classification_metrics, evaluate_models, write_plot_data
 from pipeline.evaluation.figures import calibration_figures, draw_figures
 from pipeline.evaluation.report import comparison_report, summary_table
+from pipeline.evaluation.runs import log_to_mlflow
+from pipeline.evaluation.scoring import Scored, classification_metrics, evaluate_models, write_plot_data
 from pipeline.evaluation.subgroups import external_metadata, split_metadata, subgroup_results
 from pipeline.evaluation.uncertainty import Bootstrap, comparisons
+from pipeline.io import read_json, write_json
 
 
 def run_evaluation(
@@ -60,11 +60,11 @@ def run_evaluation(
     ``subgroups_file`` and their runs; each real model a card in ``cards_dir``
     (:mod:`pipeline.evaluation.model_card`).
     """
-    from pipeline.tracking import mlflow_runs as tracking
     from pipeline.data.datasets import label_indices, resize_images
-    from pipeline.serving.inference import load_model
     from pipeline.data.ingest import load_ingested, select_images
     from pipeline.data.split import read_split
+    from pipeline.serving.inference import load_model
+    from pipeline.tracking import mlflow_runs as tracking
 
     tracking.connect(experiment)
     images, index = load_ingested(ingested)

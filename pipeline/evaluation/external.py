@@ -9,7 +9,6 @@ import pandas as pd
 
 from pipeline.errors import PipelineError
 
-
 ISIC2018_INPUT = "ISIC2018_Task3_Test_Input"
 
 
@@ -25,8 +24,8 @@ def load_isic2018_test(folder: Path, classes: tuple[str, ...], size: int) -> tup
     """
     import os
 
-    from pipeline.errors import DataValidationError
     from pipeline.data.ingest import decode_all
+    from pipeline.errors import DataValidationError
 
     truth_path = folder / ISIC2018_TRUTH
     if not truth_path.is_file():

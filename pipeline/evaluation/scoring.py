@@ -10,7 +10,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score, roc_curve
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
 
 from pipeline.config import EvaluateParams
 from pipeline.errors import PipelineError
@@ -83,8 +90,8 @@ def write_plot_data(scored: Scored, classes: tuple[str, ...], out_dir: Path) -> 
 
 def evaluate_models(models: dict[str, Any], images_by_size: Any, labels: np.ndarray, classes: tuple[str, ...], params: EvaluateParams) -> tuple[dict[str, dict[str, Any]], list[Scored]]:
     """Score each model; ``images_by_size(size)`` gives the test images at a model's input size."""
-    from pipeline.serving.inference import predict_probabilities
     from pipeline.models.builders import model_class_names, model_input_size
+    from pipeline.serving.inference import predict_probabilities
 
     results, scored_models = {}, []
     for name, model in models.items():

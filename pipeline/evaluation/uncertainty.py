@@ -133,7 +133,7 @@ class Bootstrap:
 
     @classmethod
     def of(cls, labels: np.ndarray, groups: np.ndarray | None, resamples: int, seed: int, confidence: float,
-           melanoma: int, ece_bins: int = 15) -> "Bootstrap":
+           melanoma: int, ece_bins: int = 15) -> Bootstrap:
         weights = resample_weights(groups, len(labels), resamples, seed)
         return cls(np.asarray(labels), weights, confidence, melanoma, "lesion" if groups is not None else "image", ece_bins)
 

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from pipeline import profiles
 from pipeline.errors import PipelineError, run_cli
 from pipeline.io import pipeline_path, read_json, write_json

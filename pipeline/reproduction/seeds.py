@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import math
+import re
 import statistics
 import subprocess
 import sys

@@ -21,8 +21,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from pipeline.services import detached as services
 from pipeline.errors import PipelineError, redact, run_cli
+from pipeline.services import detached as services
 
 #: Name of the PID and log files (``server.pid``, ``server.log``) in the store folder.
 SERVICE = "server"

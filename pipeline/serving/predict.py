@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.errors import PipelineError, run_cli
 from pipeline.data.images import ImageDecodeError, find_image_files, load_square_image
+from pipeline.errors import PipelineError, run_cli
 
 
 def _decode(path: Path, source_size: int) -> np.ndarray | str:
@@ -131,8 +131,8 @@ def predict(
 ) -> Iterator[dict | str]:
     """Yield one result dict per image, or an error string per unreadable file."""
     from pipeline.data.datasets import resize_images
-    from pipeline.serving.inference import load_model, predict_probabilities
     from pipeline.models.builders import model_class_names, model_input_size, model_source_size
+    from pipeline.serving.inference import load_model, predict_probabilities
 
     model = load_model(model_reference)
     classes = model_class_names(model)

@@ -114,7 +114,7 @@ def _issue(folder: Path, stem: str, host: str, ca: str, title: str, client: bool
 
     folder.mkdir(parents=True, exist_ok=True)
     files = TLSFiles(folder / f"{stem}.pem", folder / f"{stem}.key", folder / f"{ca}.pem")
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     if not files.ca.is_file() or not (folder / f"{ca}.key").is_file():
         _make_ca(folder, ca, title, now)
     if _is_current(files.cert, host, now):

@@ -19,8 +19,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.services import detached as services
 from pipeline.errors import PipelineError
+from pipeline.services import detached as services
 
 ROLE = "mlflow"
 DATABASE = "mlflow"

@@ -22,9 +22,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.services import detached as services
 from pipeline.errors import PipelineError
 from pipeline.io import write_private
+from pipeline.services import detached as services
 from pipeline.team.certificates import TLSFiles
 
 SERVICE = "s3"

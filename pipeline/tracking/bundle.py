@@ -26,7 +26,15 @@ from typing import Any
 from pipeline.errors import PipelineError, run_cli
 from pipeline.io import read_yaml
 from pipeline.tracking.offline import (
-    FORMAT, HISTORY, MANIFEST, METRICS, MODEL, PARTIAL, REQUIRED_KEYS, STAGE_METRICS, VERSION,
+    FORMAT,
+    HISTORY,
+    MANIFEST,
+    METRICS,
+    MODEL,
+    PARTIAL,
+    REQUIRED_KEYS,
+    STAGE_METRICS,
+    VERSION,
 )
 from pipeline.tracking.recorder import HISTORY_FILE, MODEL_FILE, OFFLINE_ENV, RUN_FILE
 

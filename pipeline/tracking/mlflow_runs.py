@@ -148,12 +148,11 @@ def log_and_register_model(model: Any, sample_images: Any, registered_name: str,
     Every new version gets the ``candidate`` alias; it also becomes ``champion`` when its
     validation score beats the current champion's (or there is none).
     """
-    import mlflow
-    from mlflow.models import infer_signature
-
     # A direct call, not model.predict on an array: that builds a tf.data map whose attribute
     # TensorFlow 2.21 does not know and logs an "E0000 ... use_unbounded_threadpool" line.
     import keras
+    import mlflow
+    from mlflow.models import infer_signature
 
     predictions = keras.ops.convert_to_numpy(model(sample_images, training=False))
     signature = infer_signature(sample_images, predictions)

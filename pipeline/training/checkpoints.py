@@ -16,7 +16,6 @@ from pipeline.tracking.provenance import fingerprint
 from pipeline.tracking.recorder import RUN_FILE, Recorder
 from pipeline.training.paths import TrainPaths
 
-
 #: The best epoch's record in a checkpoint folder (its score, metrics and the weights file it names).
 BEST_FILE = "best.json"
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from pipeline.config import AugmentParams, BaseParams, CnnParams, HAM10000_CLASSES, IngestParams, SplitParams
+from pipeline.config import HAM10000_CLASSES, AugmentParams, BaseParams, CnnParams, IngestParams, SplitParams
 from pipeline.training.paths import TrainPaths
 
 TINY_CNN = CnnParams(

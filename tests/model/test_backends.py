@@ -17,8 +17,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from pipeline.tracking.bundle import MANIFEST, MODEL, BundleError, import_bundle, read_bundle
 from pipeline.io import read_json
+from pipeline.tracking.bundle import MANIFEST, MODEL, BundleError, import_bundle, read_bundle
 from pipeline.tracking.recorder import RUN_FILE
 from tests.conftest import free_port
 from tests.model.conftest import train_stage_command

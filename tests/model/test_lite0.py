@@ -10,7 +10,15 @@ import pytest
 
 from pipeline.config import Lite0Params
 from pipeline.io import read_json
-from pipeline.models.lite0 import KERAS_WEIGHTS_FILE, RECORD_FILE, WHEEL_SHA256, build_lite0, convert_weights, load_torch_weights, wheel_weights_path
+from pipeline.models.lite0 import (
+    KERAS_WEIGHTS_FILE,
+    RECORD_FILE,
+    WHEEL_SHA256,
+    build_lite0,
+    convert_weights,
+    load_torch_weights,
+    wheel_weights_path,
+)
 from pipeline.models.torch_weights import WeightsFileError, read_state_dict
 from pipeline.tracking.recorder import HISTORY_FILE, MODEL_FILE
 from pipeline.training.train import train_effnet_lite0

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.tracking import mlflow_runs as tracking
-from pipeline.serving.inference import load_model, predict_probabilities
 from pipeline.io import read_json
 from pipeline.models.builders import build_cnn, model_class_names, model_input_size
+from pipeline.serving.inference import load_model, predict_probabilities
+from pipeline.tracking import mlflow_runs as tracking
 from pipeline.tracking.recorder import HISTORY_FILE, MODEL_FILE, RUN_FILE
 from pipeline.training.callbacks import EpochLogger
 from pipeline.training.train import kept, train_cnn_focal
@@ -202,8 +202,8 @@ def test_a_diverged_run_fails_in_one_line_and_keeps_no_model(tiny_artifacts, mlf
     import keras
     import mlflow
 
-    from pipeline.training import train
     from pipeline.errors import PipelineError
+    from pipeline.training import train
 
     base, root = tiny_artifacts
     paths = make_paths(root, "diverged")

@@ -25,11 +25,14 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.team import client as team_client, postgres, s3, stack
+from pipeline.team import client as team_client
+from pipeline.team import postgres, s3, stack
 from pipeline.team.settings import TeamConfig, read_env, write_env
 from tests.conftest import REPO_ROOT, free_port
 from tests.model.conftest import make_paths, tiny_artifacts, tiny_cnn  # noqa: F401 (fixture)
-from tests.team.conftest import child_env as _env, copy_project, git as _git
+from tests.team.conftest import child_env as _env
+from tests.team.conftest import copy_project
+from tests.team.conftest import git as _git
 
 pytestmark = pytest.mark.slow
 

@@ -20,11 +20,9 @@ metrics), and the lock file is where a version changes.
 import ast
 import copy
 import sys
-from pathlib import Path
-
-import yaml
 
 import pytest
+import yaml
 
 #: Modules of a stage's import closure left out of its deps on purpose, each with why it cannot
 #: change the stage's outputs (model weights, metrics JSON, plots, report). They decide where a run

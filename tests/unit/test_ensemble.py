@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from pipeline.evaluation.ensemble import choose_weights, combine, simplex_grid
 from pipeline.errors import PipelineError
+from pipeline.evaluation.ensemble import choose_weights, combine, simplex_grid
 
 
 def test_the_grid_covers_the_simplex():

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import HAM10000_CLASSES as CLASSES
-from pipeline.evaluation.scoring import Scored, classification_metrics
 from pipeline.evaluation.figures import calibration_bins, calibration_figures
 from pipeline.evaluation.model_card import SECTIONS, card_text, publish
+from pipeline.evaluation.scoring import Scored, classification_metrics
 from pipeline.evaluation.subgroups import subgroup_results
 from pipeline.evaluation.uncertainty import Bootstrap
 

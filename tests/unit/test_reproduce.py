@@ -6,11 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.reproduction import reproduce
-from pipeline.reproduction import tolerances
 from pipeline.errors import PipelineError
 from pipeline.evaluation.scoring import classification_metrics
 from pipeline.evaluation.uncertainty import Bootstrap
+from pipeline.reproduction import reproduce, tolerances
 
 CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 RULES = tolerances.Rules(factor=3, floor=0.005, compared=("accuracy", "balanced_accuracy", "macro_f1", "ece", "melanoma_recall", "recall"))

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from pipeline.reproduction import seeds
 from pipeline.errors import PipelineError
+from pipeline.reproduction import seeds
 
 
 def _metrics(bal, acc):

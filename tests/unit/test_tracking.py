@@ -6,10 +6,10 @@ import time
 
 import pytest
 
+from pipeline.errors import TrackingError
 from pipeline.services import mlflow_server as server
 from pipeline.tracking import mlflow_runs as tracking
 from pipeline.tracking import provenance
-from pipeline.errors import TrackingError
 from tests.conftest import free_port
 
 

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from pipeline.evaluation.scoring import classification_metrics
-from pipeline.evaluation.uncertainty import Bootstrap, comparisons, interval, mcnemar_exact, resample_weights, weighted_metrics
+from pipeline.evaluation.uncertainty import (
+    Bootstrap,
+    comparisons,
+    interval,
+    mcnemar_exact,
+    resample_weights,
+    weighted_metrics,
+)
 
 CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 MEL = CLASSES.index("mel")
