@@ -42,9 +42,19 @@ def worker(params_path: Path, repeats: int, count: int) -> dict:
     images = rng.integers(0, 255, (count, params.input_size, params.input_size, 3), dtype=np.uint8)
     model = build_cnn(params, base.classes)
     steps = int(np.ceil(count / params.batch_size))
-    model.compile(optimizer=build_optimizer(params, params.learning_rate, steps, 1 + repeats), loss=build_loss(params, None))
-    dataset = make_dataset(images, labels, 7, params.batch_size, training=True, seed=0,
-                           random_flip=params.random_flip, random_rotate90=params.random_rotate90)
+    model.compile(
+        optimizer=build_optimizer(params, params.learning_rate, steps, 1 + repeats), loss=build_loss(params, None)
+    )
+    dataset = make_dataset(
+        images,
+        labels,
+        7,
+        params.batch_size,
+        training=True,
+        seed=0,
+        random_flip=params.random_flip,
+        random_rotate90=params.random_rotate90,
+    )
     started = time.perf_counter()
     model.fit(dataset, epochs=1, verbose=0, shuffle=False)
     first = time.perf_counter() - started
@@ -68,15 +78,31 @@ def bench_backends(repeats: int, params_path: Path, count: int = IMAGES) -> dict
     for backend in BACKENDS:
         env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO_ROOT)}
         done = subprocess.run(
-            [sys.executable, "-m", "benchmarks.backends", "--worker", "--repeats", str(repeats), "--params", str(params_path), "--images", str(count)],
-            capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.backends",
+                "--worker",
+                "--repeats",
+                str(repeats),
+                "--params",
+                str(params_path),
+                "--images",
+                str(count),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO_ROOT,
         )
         if done.returncode:
             results[backend] = {"failed": (done.stderr.strip().splitlines() or ["no output"])[-1]}
             continue
         results[backend] = json.loads(done.stdout.strip().splitlines()[-1])
     if all("images_per_second" in results.get(backend, {}) for backend in BACKENDS):
-        results["jax_vs_tensorflow"] = round(results["jax"]["images_per_second"] / results["tensorflow"]["images_per_second"], 2)
+        results["jax_vs_tensorflow"] = round(
+            results["jax"]["images_per_second"] / results["tensorflow"]["images_per_second"], 2
+        )
     return results
 
 

@@ -38,7 +38,11 @@ def compiled(model, params, jit_compile: bool | str = "auto"):
     """``model`` compiled with the pipeline's own loss and optimizer for ``params``."""
     from pipeline.training.recipe import build_loss, build_optimizer
 
-    model.compile(optimizer=build_optimizer(params, params.learning_rate, 10, 1), loss=build_loss(params, None), jit_compile=jit_compile)
+    model.compile(
+        optimizer=build_optimizer(params, params.learning_rate, 10, 1),
+        loss=build_loss(params, None),
+        jit_compile=jit_compile,
+    )
     return model
 
 

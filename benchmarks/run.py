@@ -29,52 +29,68 @@ from benchmarks.common import REPO_ROOT, RESULTS
 # imported only when their benchmark runs: TensorFlow, DVC and the team servers are heavy.
 def _ingest(args: argparse.Namespace, work: Path) -> dict:
     from benchmarks.ingest import bench_ingest
+
     return bench_ingest(args.repeats, work)
 
 
 def _input_pipeline(args: argparse.Namespace, work: Path) -> dict:
     from benchmarks.training import bench_input_pipeline
+
     return bench_input_pipeline(args.repeats, args.params, work)
 
 
 def _compute(args: argparse.Namespace, work: Path) -> dict:
     from benchmarks.training import bench_compute
+
     return bench_compute(args.repeats, args.params, work)
 
 
 def _backends(args: argparse.Namespace, work: Path) -> dict:
     from benchmarks.backends import bench_backends
+
     return bench_backends(args.repeats, args.params)
 
 
 def _predict(args: argparse.Namespace, work: Path) -> dict:
     from benchmarks.predict import bench_predict
+
     return bench_predict(args.repeats, work, args.batch_size)
 
 
 def _dvc(args: argparse.Namespace, work: Path) -> dict:
     from benchmarks.repro import bench_dvc
+
     return bench_dvc()
 
 
 def _team(args: argparse.Namespace, work: Path) -> dict:
     from benchmarks.team import bench_team
+
     return bench_team(args.repeats, megabytes=256)
 
 
 def _intervals(args: argparse.Namespace, work: Path) -> dict:
     from benchmarks.uncertainty import bench_intervals
+
     return bench_intervals(args.repeats)
 
 
 def _gpu(args: argparse.Namespace, work: Path) -> dict:
     from benchmarks.training import bench_gpu
+
     return bench_gpu(args.repeats)
 
 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace, Path], dict]] = {
-    "ingest": _ingest, "input_pipeline": _input_pipeline, "compute": _compute, "backends": _backends,
-    "predict": _predict, "intervals": _intervals, "dvc": _dvc, "team": _team, "gpu": _gpu,
+    "ingest": _ingest,
+    "input_pipeline": _input_pipeline,
+    "compute": _compute,
+    "backends": _backends,
+    "predict": _predict,
+    "intervals": _intervals,
+    "dvc": _dvc,
+    "team": _team,
+    "gpu": _gpu,
 }
 
 

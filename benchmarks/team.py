@@ -47,9 +47,22 @@ def _logged_run(uri: str, credentials: dict[str, str], model, images, round_: in
     with recorder.run(f"bench-{round_}", {"stage": "bench"}):
         recorder.log_params({f"param_{index}": index for index in range(60)})
         for epoch in range(EPOCHS):
-            recorder.log_metrics({name: 0.5 + epoch / 100 for name in (
-                "loss", "accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1",
-                "val_melanoma_recall", "epoch_seconds")}, step=epoch)
+            recorder.log_metrics(
+                {
+                    name: 0.5 + epoch / 100
+                    for name in (
+                        "loss",
+                        "accuracy",
+                        "val_loss",
+                        "val_accuracy",
+                        "val_balanced_accuracy",
+                        "val_macro_f1",
+                        "val_melanoma_recall",
+                        "epoch_seconds",
+                    )
+                },
+                step=epoch,
+            )
         tracking.log_and_register_model(model, images, "bench-team-cnn", score=0.5)
     return time.perf_counter() - started
 
@@ -78,7 +91,13 @@ def bench_tracking(repeats: int, servers: dict[str, tuple[str, dict[str, str]]])
     baseline = next(iter(servers))
     figures = {"epochs": EPOCHS, "model_megabytes": round(model_bytes / 1e6, 1)}
     figures.update({f"{name}_seconds": value for name, value in result.items()})
-    figures.update({f"{name}_vs_{baseline}": round(value / result[baseline], 2) for name, value in result.items() if name != baseline})
+    figures.update(
+        {
+            f"{name}_vs_{baseline}": round(value / result[baseline], 2)
+            for name, value in result.items()
+            if name != baseline
+        }
+    )
     return figures
 
 
@@ -117,7 +136,9 @@ def bench_dvc(work: Path, megabytes: int, client_envs: dict[str, Path]) -> dict:
         figures[f"{remote}_pull_seconds"] = round(_dvc(workspace, "pull", "-q", "-r", remote, env=env), 2)
     for remote in client_envs:
         for way in ("push", "pull"):
-            figures[f"{remote}_vs_local_{way}"] = round(figures[f"{remote}_{way}_seconds"] / figures[f"local_{way}_seconds"], 2)
+            figures[f"{remote}_vs_local_{way}"] = round(
+                figures[f"{remote}_{way}_seconds"] / figures[f"local_{way}_seconds"], 2
+            )
     return figures
 
 
@@ -128,11 +149,26 @@ def bench_team(repeats: int, megabytes: int) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="bench-team-"))
     work.chmod(0o711)  # PostgreSQL runs as `nobody` under root
-    configs = {name: TeamConfig(folder=work / name / ".team", mlflow_port=free_port(), s3_port=free_port(),
-                                postgres_port=free_port(), tls=name == "team_tls") for name in ("team", "team_tls")}
+    configs = {
+        name: TeamConfig(
+            folder=work / name / ".team",
+            mlflow_port=free_port(),
+            s3_port=free_port(),
+            postgres_port=free_port(),
+            tls=name == "team_tls",
+        )
+        for name in ("team", "team_tls")
+    }
     store = work / "embedded"
-    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-                                                  "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_URI")}
+    saved = {
+        key: os.environ.get(key)
+        for key in (
+            "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD",
+            "MLFLOW_TRACKING_SERVER_CERT_PATH",
+            "MLFLOW_TRACKING_URI",
+        )
+    }
     try:
         servers = {"embedded": (server.start("127.0.0.1", free_port(), store), {})}
         for name, config in configs.items():
@@ -141,11 +177,16 @@ def bench_team(repeats: int, megabytes: int) -> dict:
             # The team servers have accounts: the runs are logged as a member who may edit
             # (the embedded server ignores the credentials).
             member = read_env(accounts.add(config, "bench", "edit", REPO_ROOT / "params.yaml"))
-            servers[name] = (config.tracking_uri, {key: member[key] for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")})
+            servers[name] = (
+                config.tracking_uri,
+                {key: member[key] for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")},
+            )
         # Only the TLS server's requests use it; the others are plain HTTP.
         os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(configs["team_tls"].trusted_ca)
-        return {"tracking": bench_tracking(repeats, servers),
-                "dvc": bench_dvc(work, megabytes, {name: config.client_env for name, config in configs.items()})}
+        return {
+            "tracking": bench_tracking(repeats, servers),
+            "dvc": bench_dvc(work, megabytes, {name: config.client_env for name, config in configs.items()}),
+        }
     finally:
         for key, value in saved.items():
             if value is None:

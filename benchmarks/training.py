@@ -32,14 +32,22 @@ def bench_input_pipeline(repeats: int, params_path: Path, work: Path) -> dict:
         images, labels = training_data(count, params.input_size)
         model = compiled(build(), params)
         dataset = make_dataset(
-            images, labels, 7, params.batch_size, training=True, seed=0,
-            random_flip=params.random_flip, random_rotate90=params.random_rotate90,
+            images,
+            labels,
+            7,
+            params.batch_size,
+            training=True,
+            seed=0,
+            random_flip=params.random_flip,
+            random_rotate90=params.random_rotate90,
         )
         tensors = (tf.constant(images, tf.float32), tf.one_hot(labels, 7))
         model.fit(dataset, epochs=1, verbose=0, shuffle=False)  # build the graph once (B7: minutes)
         model.fit(*tensors, batch_size=params.batch_size, epochs=1, verbose=0)
         pipeline_s = median_seconds(lambda: model.fit(dataset, epochs=1, verbose=0, shuffle=False), repeats)
-        memory_s = median_seconds(lambda: model.fit(*tensors, batch_size=params.batch_size, epochs=1, verbose=0), repeats)
+        memory_s = median_seconds(
+            lambda: model.fit(*tensors, batch_size=params.batch_size, epochs=1, verbose=0), repeats
+        )
         results[name] = {
             "images": count,
             "input_size": params.input_size,
@@ -140,7 +148,8 @@ def bench_compute(repeats: int, params_path: Path, work: Path) -> dict:
             "fraction_of_matmul_ceiling": round(achieved / matmul_gflops, 3),
         }
     results["effnet_lite0_xla_vs_default"] = round(
-        results["effnet_lite0_xla"]["train_images_per_second"] / results["effnet_lite0"]["train_images_per_second"], 2)
+        results["effnet_lite0_xla"]["train_images_per_second"] / results["effnet_lite0"]["train_images_per_second"], 2
+    )
     return results
 
 
@@ -162,7 +171,9 @@ def bench_gpu(repeats: int) -> dict:
     for policy in ("float32", "mixed_float16"):
         for xla in (False, True):
             keras.mixed_precision.set_global_policy(policy)
-            backbone = keras.applications.EfficientNetB7(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")
+            backbone = keras.applications.EfficientNetB7(
+                include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg"
+            )
             outputs = keras.layers.Dense(7, activation="softmax", dtype="float32")(backbone.output)
             model = keras.Model(backbone.input, outputs)
             model.compile(optimizer="adam", loss="categorical_crossentropy", jit_compile=xla)
@@ -170,7 +181,11 @@ def bench_gpu(repeats: int) -> dict:
             seconds = median_seconds(lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0), repeats)
             results[f"{policy}_xla_{'on' if xla else 'off'}_images_per_second"] = round(len(images) / seconds, 1)
     keras.mixed_precision.set_global_policy("float32")
-    results["mixed_vs_float32"] = round(results["mixed_float16_xla_off_images_per_second"] / results["float32_xla_off_images_per_second"], 2)
+    results["mixed_vs_float32"] = round(
+        results["mixed_float16_xla_off_images_per_second"] / results["float32_xla_off_images_per_second"], 2
+    )
     results["goal_mixed_vs_float32"] = 2.0
-    results["device"] = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0]).get("device_name", "gpu")
+    results["device"] = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0]).get(
+        "device_name", "gpu"
+    )
     return results

@@ -36,5 +36,13 @@ def bench_intervals(repeats: int, images: int = 1431, lesions: int = 1000, resam
     lesion_of_image = np.sort(rng.integers(0, lesions, images))
     timings = [one_set(images, lesion_of_image) + one_set(1512, None) for _ in range(max(1, repeats))]
     seconds = float(np.median(timings))
-    return {"models": 4, "pairs": 6, "resamples": resamples, "test_images": images, "external_images": 1512,
-            "seconds": round(seconds, 2), "budget_seconds": BUDGET_SECONDS, "fraction_of_budget": round(seconds / BUDGET_SECONDS, 3)}
+    return {
+        "models": 4,
+        "pairs": 6,
+        "resamples": resamples,
+        "test_images": images,
+        "external_images": 1512,
+        "seconds": round(seconds, 2),
+        "budget_seconds": BUDGET_SECONDS,
+        "fraction_of_budget": round(seconds / BUDGET_SECONDS, 3),
+    }

@@ -65,8 +65,7 @@ class SplitParams:
     def validate(self, where: str) -> None:
         if self.test_fraction + self.val_fraction >= 0.8:
             raise ParamsError(
-                f"{where}: test_fraction + val_fraction must be < 0.8, "
-                f"got {self.test_fraction + self.val_fraction:g}"
+                f"{where}: test_fraction + val_fraction must be < 0.8, got {self.test_fraction + self.val_fraction:g}"
             )
 
 
@@ -321,4 +320,3 @@ def as_flat_dict(section: Any, prefix: str) -> dict[str, Any]:
     for name, value in dataclasses.asdict(section).items():
         flat[f"{prefix}.{name}"] = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else value
     return flat
-

@@ -74,12 +74,17 @@ def write(profile: str, path: Path, overrides: Sequence[str] = (), conf_dir: Pat
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Compose conf/config.yaml with a profile into a params file.")
     parser.add_argument("profile", help=f"a profile of conf/{GROUP}/")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a value on top (Hydra override)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a value on top (Hydra override)"
+    )
     parser.add_argument("--out", help="write here (atomically) instead of standard output")
     args = parser.parse_args(argv)
     if args.out:
         write(args.profile, Path(args.out), args.set)
-        print(f"{args.out} <- conf/config.yaml + conf/{GROUP}/{args.profile}.yaml" + "".join(f" + {item}" for item in args.set))
+        print(
+            f"{args.out} <- conf/config.yaml + conf/{GROUP}/{args.profile}.yaml"
+            + "".join(f" + {item}" for item in args.set)
+        )
     else:
         sys.stdout.write(dump(compose(args.profile, args.set)))
 

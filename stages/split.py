@@ -23,7 +23,10 @@ def main(argv=None):
     write_splits(splits, args.out)
     statistics = split_statistics(splits, base.classes)
     write_json(args.metrics, statistics)
-    print("split (images / lesions): " + ", ".join(f"{name} {s['images']}/{s['lesions']}" for name, s in statistics.items()))
+    print(
+        "split (images / lesions): "
+        + ", ".join(f"{name} {s['images']}/{s['lesions']}" for name, s in statistics.items())
+    )
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ import sys
 
 from pipeline.config import CnnParams, load_params
 from pipeline.training.cluster import run_stage
+from pipeline.training.console import kept, outcome
 from pipeline.training.paths import training_arguments
-from pipeline.training.train import kept, outcome, train_cnn_focal
+from pipeline.training.train import train_cnn_focal
 
 
 def main(argv=None):

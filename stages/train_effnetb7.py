@@ -4,8 +4,9 @@ import sys
 
 from pipeline.config import EffNetParams, load_params
 from pipeline.training.cluster import run_stage
+from pipeline.training.console import kept, outcome
 from pipeline.training.paths import training_arguments
-from pipeline.training.train import kept, outcome, train_effnetb7
+from pipeline.training.train import train_effnetb7
 
 
 def main(argv=None):

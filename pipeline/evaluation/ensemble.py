@@ -34,7 +34,9 @@ def combine(probabilities: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
     return np.tensordot(np.asarray(weights, dtype=np.float64), stacked, axes=1).astype(np.float32)
 
 
-def choose_weights(val_probabilities: list[np.ndarray], val_labels: np.ndarray, step: float) -> tuple[np.ndarray, float]:
+def choose_weights(
+    val_probabilities: list[np.ndarray], val_labels: np.ndarray, step: float
+) -> tuple[np.ndarray, float]:
     """The grid weights with the best validation balanced accuracy; returns (weights, score)."""
     if not val_probabilities:
         raise PipelineError("an ensemble needs at least one model")
@@ -75,4 +77,3 @@ def ensemble_of(test: list[Scored], val: list[Scored], step: float, all_models: 
         {name: chosen.get(name, 0.0) for name in (all_models or list(chosen))},
         val_score,
     )
-

@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline.config import EvaluateParams
 from pipeline.errors import PipelineError
-from pipeline.evaluation import model_card
+from pipeline.evaluation import runs
 from pipeline.evaluation.ensemble import ensemble_of
 from pipeline.evaluation.external import ISIC2018_TRUTH, load_isic2018_test
 from pipeline.evaluation.figures import calibration_figures, draw_figures
@@ -81,7 +81,9 @@ def run_evaluation(
         _, val_scored = evaluate_models(
             members, lambda size: resize_images(val_images, size), label_indices(val["dx"], classes), classes, params
         )
-        ensemble = ensemble_of([item for item in scored if item.name in members], val_scored, params.ensemble_grid_step, list(models))
+        ensemble = ensemble_of(
+            [item for item in scored if item.name in members], val_scored, params.ensemble_grid_step, list(models)
+        )
         results[ensemble.name] = {
             **classification_metrics(labels, ensemble.probabilities, classes, params.ece_bins),
             "weights": ensemble.weights,
@@ -93,18 +95,26 @@ def run_evaluation(
     paired = {"bootstrap": bootstrap_info, "test": _with_intervals(results, scored, bootstrap, classes, smoke_runs)}
     groups: dict[str, Any] = {"bootstrap": bootstrap_info}
     real = {item.name: item.probabilities for item in scored if item.name not in smoke_runs}
-    groups["test"], groups["test_skipped"] = subgroup_results(real, labels, test_groups, split_metadata(index, test), classes, params)
+    groups["test"], groups["test_skipped"] = subgroup_results(
+        real, labels, test_groups, split_metadata(index, test), classes, params
+    )
 
     write_json(metrics_file, results)
     report_file.parent.mkdir(parents=True, exist_ok=True)
-    report_file.write_text(comparison_report(results, classes, REPORT_TITLE, paired["test"], bootstrap_info), encoding="utf-8")
+    report_file.write_text(
+        comparison_report(results, classes, REPORT_TITLE, paired["test"], bootstrap_info), encoding="utf-8"
+    )
     run_ids: dict[str, str] = {}
     for item in scored:
         model_plots = plots_dir / item.name
         write_plot_data(item, classes, model_plots)
         figures = draw_figures(item, classes, model_plots)
-        figures += calibration_figures(item, test_images, classes, model_plots, params.ece_bins, test["image_id"].to_numpy())
-        run_ids[item.name] = log_to_mlflow(item.name, model_dirs.get(item.name), results[item.name], figures + [report_file], data=data)
+        figures += calibration_figures(
+            item, test_images, classes, model_plots, params.ece_bins, test["image_id"].to_numpy()
+        )
+        run_ids[item.name] = log_to_mlflow(
+            item.name, model_dirs.get(item.name), results[item.name], figures + [report_file], data=data
+        )
 
     external: dict[str, Any] = {}
 
@@ -119,9 +129,13 @@ def run_evaluation(
             if ensemble is not None:
                 from pipeline.evaluation.ensemble import combine
 
-                probabilities = combine([item.probabilities for item in external_scored], list(ensemble.weights.values()))
-                external[ensemble.name] = {**classification_metrics(external_labels, probabilities, classes, params.ece_bins),
-                                           "weights": ensemble.weights}
+                probabilities = combine(
+                    [item.probabilities for item in external_scored], list(ensemble.weights.values())
+                )
+                external[ensemble.name] = {
+                    **classification_metrics(external_labels, probabilities, classes, params.ece_bins),
+                    "weights": ensemble.weights,
+                }
                 external_scored.append(Scored(ensemble.name, external_labels, probabilities))
             # No lesion ids in the ISIC layout: the external bootstrap resamples images.
             external_bootstrap, external_info = _bootstrap(external_labels, None, params, classes)
@@ -131,7 +145,9 @@ def run_evaluation(
                 log_to_mlflow(name, model_dirs.get(name), model_metrics, [], prefix="external", data=data)
             metadata, lesions = external_metadata(Path(params.external_dir), ISIC2018_TRUTH)
             real = {item.name: item.probabilities for item in external_scored if item.name not in smoke_runs}
-            groups["external"], groups["external_skipped"] = subgroup_results(real, external_labels, lesions, metadata, classes, params)
+            groups["external"], groups["external_skipped"] = subgroup_results(
+                real, external_labels, lesions, metadata, classes, params
+            )
             groups["external_source"] = params.external_dir
             write_json(external_metrics_file, {"source": params.external_dir, **external})
         else:
@@ -141,21 +157,51 @@ def run_evaluation(
         write_json(paired_file, paired)
     if subgroups_file is not None:
         write_json(subgroups_file, groups)
-        model_card.publish(cards_dir, subgroups_file, groups, results, external, model_dirs, run_ids, index, test, data,
-                           params.ece_bins, plots_dir)
+        runs.publish(
+            cards_dir,
+            subgroups_file,
+            groups,
+            results,
+            external,
+            model_dirs,
+            run_ids,
+            index,
+            test,
+            data,
+            params.ece_bins,
+            plots_dir,
+        )
     return results
 
 
-def _bootstrap(labels: np.ndarray, groups: np.ndarray | None, params: EvaluateParams, classes: tuple[str, ...]) -> tuple[Bootstrap, dict[str, Any]]:
-    bootstrap = Bootstrap.of(labels, groups, params.bootstrap_resamples, params.bootstrap_seed, params.confidence, classes.index("mel"),
-                              params.ece_bins)
-    info = {"resamples": params.bootstrap_resamples, "seed": params.bootstrap_seed, "confidence": params.confidence,
-            "grouped_by": bootstrap.grouped_by}
+def _bootstrap(
+    labels: np.ndarray, groups: np.ndarray | None, params: EvaluateParams, classes: tuple[str, ...]
+) -> tuple[Bootstrap, dict[str, Any]]:
+    bootstrap = Bootstrap.of(
+        labels,
+        groups,
+        params.bootstrap_resamples,
+        params.bootstrap_seed,
+        params.confidence,
+        classes.index("mel"),
+        params.ece_bins,
+    )
+    info = {
+        "resamples": params.bootstrap_resamples,
+        "seed": params.bootstrap_seed,
+        "confidence": params.confidence,
+        "grouped_by": bootstrap.grouped_by,
+    }
     return bootstrap, info
 
 
-def _with_intervals(results: dict[str, dict[str, Any]], scored: list[Scored], bootstrap: Bootstrap,
-                    classes: tuple[str, ...], smoke_runs: frozenset[str]) -> dict[str, dict[str, Any]]:
+def _with_intervals(
+    results: dict[str, dict[str, Any]],
+    scored: list[Scored],
+    bootstrap: Bootstrap,
+    classes: tuple[str, ...],
+    smoke_runs: frozenset[str],
+) -> dict[str, dict[str, Any]]:
     """Add every model's intervals (and its smoke-run mark) to ``results``; return the paired
     comparisons of the models that are not smoke runs."""
     for item in scored:

@@ -39,7 +39,9 @@ def load_isic2018_test(folder: Path, classes: tuple[str, ...], size: int) -> tup
     bad_rows = np.flatnonzero(~np.isclose(one_hot.sum(axis=1), 1.0) | ~np.isin(one_hot, (0, 1)).all(axis=1))
     if len(bad_rows):
         raise DataValidationError([f"line {row + 2}: not a one-hot row" for row in bad_rows], str(truth_path))
-    labels = np.array([classes.index(columns[name]) for name in np.asarray(list(columns))[one_hot.argmax(axis=1)]], dtype=np.int32)
+    labels = np.array(
+        [classes.index(columns[name]) for name in np.asarray(list(columns))[one_hot.argmax(axis=1)]], dtype=np.int32
+    )
     paths = [folder / ISIC2018_INPUT / f"{image}.jpg" for image in truth["image"]]
     absent = [str(path) for path in paths if not path.is_file()]
     if absent:
@@ -48,4 +50,3 @@ def load_isic2018_test(folder: Path, classes: tuple[str, ...], size: int) -> tup
     if problems:
         raise DataValidationError(problems, str(folder))
     return images, labels
-

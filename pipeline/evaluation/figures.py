@@ -52,10 +52,24 @@ def draw_figures(scored: Any, classes: tuple[str, ...], out_dir: Path) -> list[P
         figure, axes = plt.subplots(figsize=(6.5, 5.5))
         image = axes.imshow(matrix, cmap="Blues")
         for (row, column), value in np.ndenumerate(matrix):
-            axes.text(column, row, format(value, fmt), ha="center", va="center",
-                      color="white" if value > matrix.max() / 2 else "black", fontsize=8)
-        axes.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
-                 xlabel="predicted", ylabel="actual", title=f"{scored.name}: confusion matrix ({kind})")
+            axes.text(
+                column,
+                row,
+                format(value, fmt),
+                ha="center",
+                va="center",
+                color="white" if value > matrix.max() / 2 else "black",
+                fontsize=8,
+            )
+        axes.set(
+            xticks=range(len(classes)),
+            yticks=range(len(classes)),
+            xticklabels=classes,
+            yticklabels=classes,
+            xlabel="predicted",
+            ylabel="actual",
+            title=f"{scored.name}: confusion matrix ({kind})",
+        )
         figure.colorbar(image, ax=axes)
         paths.append(_save(figure, out_dir / f"confusion_{kind}.png"))
     figure, axes = plt.subplots(figsize=(6, 5.5))
@@ -91,13 +105,28 @@ def reliability_diagram(scored: Any, out_dir: Path, bins: int) -> Path:
     plt = _pyplot()
     binned = calibration_bins(scored.labels, scored.probabilities, bins)
     counts, filled = binned["counts"], binned["counts"] > 0
-    ece = float(np.sum(counts[filled] / counts.sum() * np.abs(binned["confidence"][filled] - binned["accuracy"][filled])))
+    ece = float(
+        np.sum(counts[filled] / counts.sum() * np.abs(binned["confidence"][filled] - binned["accuracy"][filled]))
+    )
     left, width = binned["edges"][:-1], 1.0 / bins
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(6, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    top.bar(left[filled], binned["accuracy"][filled], width=width, align="edge", edgecolor="black", color="tab:blue",
-            label="accuracy of the bin")
-    top.plot(binned["confidence"][filled], binned["accuracy"][filled], "o", color="tab:orange", markersize=4,
-             label="(mean confidence, accuracy)")
+    top.bar(
+        left[filled],
+        binned["accuracy"][filled],
+        width=width,
+        align="edge",
+        edgecolor="black",
+        color="tab:blue",
+        label="accuracy of the bin",
+    )
+    top.plot(
+        binned["confidence"][filled],
+        binned["accuracy"][filled],
+        "o",
+        color="tab:orange",
+        markersize=4,
+        label="(mean confidence, accuracy)",
+    )
     top.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
     top.set(ylim=(0, 1), ylabel="accuracy", title=f"{scored.name}: reliability (top-label ECE {ece:.3f}, {bins} bins)")
     top.legend(loc="upper left", fontsize=8)
@@ -109,8 +138,14 @@ def reliability_diagram(scored: Any, out_dir: Path, bins: int) -> Path:
     return _save(figure, out_dir / "reliability.png")
 
 
-def confident_errors(scored: Any, images: np.ndarray, classes: tuple[str, ...], out_dir: Path,
-                     image_ids: Any = None, count: int = GALLERY_SIZE) -> Path:
+def confident_errors(
+    scored: Any,
+    images: np.ndarray,
+    classes: tuple[str, ...],
+    out_dir: Path,
+    image_ids: Any = None,
+    count: int = GALLERY_SIZE,
+) -> Path:
     """``confident_errors.png``: the ``count`` wrong predictions with the highest probability
     (true class, predicted class and its probability; the image id when given)."""
     plt = _pyplot()
@@ -126,17 +161,23 @@ def confident_errors(scored: Any, images: np.ndarray, classes: tuple[str, ...], 
     for cell, position in zip(axes.flat, chosen, strict=False):  # more cells than errors
         cell.imshow(np.asarray(images[position]))
         name = f"{image_ids[position]}\n" if image_ids is not None else ""
-        cell.set_title(f"{name}true {classes[scored.labels[position]]}, predicted {classes[predicted[position]]}\n"
-                       f"p = {confidence[position]:.2f}", fontsize=7)
+        cell.set_title(
+            f"{name}true {classes[scored.labels[position]]}, predicted {classes[predicted[position]]}\n"
+            f"p = {confidence[position]:.2f}",
+            fontsize=7,
+        )
     if not len(chosen):
         axes.flat[0].text(0.5, 0.5, "no wrong predictions", ha="center", va="center")
-    figure.suptitle(f"{scored.name}: the {len(chosen)} most confident errors of {len(wrong)} "
-                    f"({len(scored.labels)} test images)", fontsize=9)
+    figure.suptitle(
+        f"{scored.name}: the {len(chosen)} most confident errors of {len(wrong)} ({len(scored.labels)} test images)",
+        fontsize=9,
+    )
     return _save(figure, out_dir / "confident_errors.png", dpi=80)  # photographs: kept small, plots/ is committed
 
 
-def calibration_figures(scored: Any, images: np.ndarray, classes: tuple[str, ...], out_dir: Path, bins: int,
-                        image_ids: Any = None) -> list[Path]:
+def calibration_figures(
+    scored: Any, images: np.ndarray, classes: tuple[str, ...], out_dir: Path, bins: int, image_ids: Any = None
+) -> list[Path]:
     """The reliability diagram and the gallery of confident errors of one model."""
     out_dir.mkdir(parents=True, exist_ok=True)
     return [reliability_diagram(scored, out_dir, bins), confident_errors(scored, images, classes, out_dir, image_ids)]

@@ -11,7 +11,6 @@ and a short description), so ``models:/NAME@champion`` carries its card.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,16 +22,34 @@ from pipeline.evaluation.subgroups import (
     MIN_INTERVAL_LESIONS,
     MIN_SITE_IMAGES,
     flagged,
-    mlflow_subgroup_metrics,
 )
-from pipeline.io import read_json
 
-SECTIONS = ("Model details", "Intended use", "Out-of-scope use", "Training data", "Evaluation data", "Metrics",
-            "Subgroups", "Calibration", "Flagged subgroups", "External test set", "Caveats")
-HEADLINE = (("balanced accuracy (macro recall)", "balanced_accuracy"), ("accuracy", "accuracy"), ("macro-F1", "macro_f1"),
-            ("melanoma recall", "melanoma_recall"), ("ROC AUC (macro, one-vs-rest)", "roc_auc_macro"))
-TITLES = {"sex": "Sex", "age": "Age band (years)", "localization": f"Anatomical site (fewer than {MIN_SITE_IMAGES} images: other)",
-          "dx_type": "How the diagnosis was confirmed (dx_type)"}
+SECTIONS = (
+    "Model details",
+    "Intended use",
+    "Out-of-scope use",
+    "Training data",
+    "Evaluation data",
+    "Metrics",
+    "Subgroups",
+    "Calibration",
+    "Flagged subgroups",
+    "External test set",
+    "Caveats",
+)
+HEADLINE = (
+    ("balanced accuracy (macro recall)", "balanced_accuracy"),
+    ("accuracy", "accuracy"),
+    ("macro-F1", "macro_f1"),
+    ("melanoma recall", "melanoma_recall"),
+    ("ROC AUC (macro, one-vs-rest)", "roc_auc_macro"),
+)
+TITLES = {
+    "sex": "Sex",
+    "age": "Age band (years)",
+    "localization": f"Anatomical site (fewer than {MIN_SITE_IMAGES} images: other)",
+    "dx_type": "How the diagnosis was confirmed (dx_type)",
+}
 #: Registered model version descriptions are short in some MLflow stores (5,000 characters).
 DESCRIPTION_LIMIT = 4000
 
@@ -64,7 +81,7 @@ def _f(value: Any) -> str:
     return "–" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.3f}"
 
 
-def _ci(value: Any, ci: Any) -> str:
+def with_interval(value: Any, ci: Any) -> str:
     if value is None:
         return "–"
     if not ci or ci[0] is None:
@@ -83,13 +100,19 @@ def subgroup_table(results: dict[str, Any]) -> list[str]:
     for grouping in GROUPINGS:
         if grouping not in results:
             continue
-        lines += ["", f"**{TITLES[grouping]}**", "",
-                  "| subgroup | images | lesions | accuracy | macro recall | melanoma recall | ROC AUC | below overall |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"**{TITLES[grouping]}**",
+            "",
+            "| subgroup | images | lesions | accuracy | macro recall | melanoma recall | ROC AUC | below overall |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for subgroup, entry in results[grouping].items():
-            cells = [_ci(entry[name], entry[f"{name}_ci"]) for name in METRICS]
+            cells = [with_interval(entry[name], entry[f"{name}_ci"]) for name in METRICS]
             flag = "**yes**: " + ", ".join(entry["below_overall_in"]) if entry["below_overall"] else ""
-            lines.append(f"| {subgroup} | {entry['images']} | {entry['lesions']} | " + " | ".join(cells) + f" | {flag} |")
+            lines.append(
+                f"| {subgroup} | {entry['images']} | {entry['lesions']} | " + " | ".join(cells) + f" | {flag} |"
+            )
     return lines
 
 
@@ -97,133 +120,147 @@ def _flag_lines(results: dict[str, Any]) -> list[str]:
     found = flagged(results)
     if not found:
         return ["None: no subgroup's interval lies wholly below the whole set's value."]
-    return [f"- {grouping} = {subgroup}: " + ", ".join(f"{metric} {_ci(results[grouping][subgroup][metric], results[grouping][subgroup][metric + '_ci'])}"
-                                                      f" vs {_f(results['overall'][metric])} overall" for metric in metrics)
-            for grouping, subgroup, metrics in found]
+    return [
+        f"- {grouping} = {subgroup}: "
+        + ", ".join(
+            f"{metric} {with_interval(results[grouping][subgroup][metric], results[grouping][subgroup][metric + '_ci'])}"
+            f" vs {_f(results['overall'][metric])} overall"
+            for metric in metrics
+        )
+        for grouping, subgroup, metrics in found
+    ]
 
 
-def card_text(name: str, metrics: dict[str, Any], subgroups: dict[str, Any], skipped: dict[str, str], index: pd.DataFrame,
-              test: pd.DataFrame, data: str, bootstrap: dict[str, Any], registry: dict[str, Any], external: dict[str, Any],
-              ece_bins: int, plots: str) -> str:
+def card_text(
+    name: str,
+    metrics: dict[str, Any],
+    subgroups: dict[str, Any],
+    skipped: dict[str, str],
+    index: pd.DataFrame,
+    test: pd.DataFrame,
+    data: str,
+    bootstrap: dict[str, Any],
+    registry: dict[str, Any],
+    external: dict[str, Any],
+    ece_bins: int,
+    plots: str,
+) -> str:
     """The card's Markdown. ``external``: ``{"metrics", "subgroups", "skipped", "source"}`` or
     ``{"skipped": why}``; ``plots``: the model's figure folder relative to the card."""
     support = metrics["support"]
-    lines = [f"# Model card: `{name}`", "",
-             f"Written by the `evaluate` stage from what it measured on the `{data}` data; `dvc repro evaluate` rewrites it.",
-             *(["", DEMO_NOTE] if data == "demo" else []),
-             "", "## Model details", "",
-             f"- approach: `{name}` (the stage `train_{name}` of dvc.yaml; parameters in params.yaml `train_{name}`)",
-             f"- registered model: `{registry.get('registered_model', '–')}` version {registry.get('version', '–')}"
-             f" (MLflow run `{registry.get('run_id', '–')}`)",
-             "- input: an RGB dermoscopic image, centre square, resized; output: probabilities of the classes "
-             + ", ".join(support),
-             "", "## Intended use", "", INTENDED, "", "## Out-of-scope use", "", OUT_OF_SCOPE,
-             "", "## Training data", "", TRAINING, "",
-             f"The ingested `{data}` set: {len(index)} images of {index['lesion_id'].nunique()} lesions; classes: {_mix(index['dx'])}"
-             + (f"; diagnosis confirmation: {_mix(index['dx_type'])}" if "dx_type" in index.columns else "") + ".",
-             "", "## Evaluation data", "",
-             f"The test split: {len(test)} images of {test['lesion_id'].nunique()} lesions, no lesion shared with training or "
-             f"validation; classes: {_mix(test['dx'])}. Intervals are {bootstrap['confidence']:.0%} percentile intervals of "
-             f"{bootstrap['resamples']} bootstrap resamples of whole lesions (seed {bootstrap['seed']}).",
-             "", "## Metrics", "", "| metric | test split |", "|---|---|"]
-    lines += [f"| {label} | {_ci(metrics.get(key), metrics.get(key + '_ci'))} |" for label, key in HEADLINE]
+    lines = [
+        f"# Model card: `{name}`",
+        "",
+        f"Written by the `evaluate` stage from what it measured on the `{data}` data; `dvc repro evaluate` rewrites it.",
+        *(["", DEMO_NOTE] if data == "demo" else []),
+        "",
+        "## Model details",
+        "",
+        f"- approach: `{name}` (the stage `train_{name}` of dvc.yaml; parameters in params.yaml `train_{name}`)",
+        f"- registered model: `{registry.get('registered_model', '–')}` version {registry.get('version', '–')}"
+        f" (MLflow run `{registry.get('run_id', '–')}`)",
+        "- input: an RGB dermoscopic image, centre square, resized; output: probabilities of the classes "
+        + ", ".join(support),
+        "",
+        "## Intended use",
+        "",
+        INTENDED,
+        "",
+        "## Out-of-scope use",
+        "",
+        OUT_OF_SCOPE,
+        "",
+        "## Training data",
+        "",
+        TRAINING,
+        "",
+        f"The ingested `{data}` set: {len(index)} images of {index['lesion_id'].nunique()} lesions; classes: {_mix(index['dx'])}"
+        + (f"; diagnosis confirmation: {_mix(index['dx_type'])}" if "dx_type" in index.columns else "")
+        + ".",
+        "",
+        "## Evaluation data",
+        "",
+        f"The test split: {len(test)} images of {test['lesion_id'].nunique()} lesions, no lesion shared with training or "
+        f"validation; classes: {_mix(test['dx'])}. Intervals are {bootstrap['confidence']:.0%} percentile intervals of "
+        f"{bootstrap['resamples']} bootstrap resamples of whole lesions (seed {bootstrap['seed']}).",
+        "",
+        "## Metrics",
+        "",
+        "| metric | test split |",
+        "|---|---|",
+    ]
+    lines += [f"| {label} | {with_interval(metrics.get(key), metrics.get(key + '_ci'))} |" for label, key in HEADLINE]
     lines += ["", "| class | test images | recall | precision |", "|---|---|---|---|"]
-    lines += [f"| {dx} | {count} | {_ci(metrics['recall'][dx], (metrics.get('recall_ci') or {}).get(dx))} | {_f(metrics['precision'][dx])} |"
-              for dx, count in support.items()]
-    lines += ["", "## Subgroups", "",
-              "Per subgroup of the test split, each number with its interval from the lesion bootstrap run within the "
-              "subgroup; macro recall averages the classes present in the subgroup, melanoma recall needs a melanoma, "
-              f"ROC AUC two classes; a value without an interval comes from fewer than {MIN_INTERVAL_LESIONS} lesions "
-              "(melanoma recall: melanoma lesions). *below overall*: the interval lies wholly below the whole test set's value "
-              f"(overall: accuracy {_f(subgroups['overall']['accuracy'])}, macro recall {_f(subgroups['overall']['macro_recall'])}, "
-              f"melanoma recall {_f(subgroups['overall']['melanoma_recall'])}, ROC AUC {_f(subgroups['overall']['roc_auc_macro'])}).",
-              *subgroup_table(subgroups), *([""] + [f"- not reported by {key}: {why}" for key, why in skipped.items()] if skipped else [])]
-    lines += ["", "## Calibration", "",
-              f"Top-label expected calibration error (ECE, {ece_bins} equal-width confidence bins): {_f(metrics['ece'])}"
-              + (f" (bootstrap standard error {_f(metrics['ece_se'])})" if "ece_se" in metrics else "") + ".", "",
-              f"![reliability diagram]({plots}/reliability.png)", "",
-              f"The test images it got wrong with the highest confidence: [{plots}/confident_errors.png]({plots}/confident_errors.png).",
-              "", "## Flagged subgroups", "", *_flag_lines(subgroups), "", "## External test set", ""]
+    lines += [
+        f"| {dx} | {count} | {with_interval(metrics['recall'][dx], (metrics.get('recall_ci') or {}).get(dx))} | {_f(metrics['precision'][dx])} |"
+        for dx, count in support.items()
+    ]
+    lines += [
+        "",
+        "## Subgroups",
+        "",
+        "Per subgroup of the test split, each number with its interval from the lesion bootstrap run within the "
+        "subgroup; macro recall averages the classes present in the subgroup, melanoma recall needs a melanoma, "
+        f"ROC AUC two classes; a value without an interval comes from fewer than {MIN_INTERVAL_LESIONS} lesions "
+        "(melanoma recall: melanoma lesions). *below overall*: the interval lies wholly below the whole test set's value "
+        f"(overall: accuracy {_f(subgroups['overall']['accuracy'])}, macro recall {_f(subgroups['overall']['macro_recall'])}, "
+        f"melanoma recall {_f(subgroups['overall']['melanoma_recall'])}, ROC AUC {_f(subgroups['overall']['roc_auc_macro'])}).",
+        *subgroup_table(subgroups),
+        *([""] + [f"- not reported by {key}: {why}" for key, why in skipped.items()] if skipped else []),
+    ]
+    lines += [
+        "",
+        "## Calibration",
+        "",
+        f"Top-label expected calibration error (ECE, {ece_bins} equal-width confidence bins): {_f(metrics['ece'])}"
+        + (f" (bootstrap standard error {_f(metrics['ece_se'])})" if "ece_se" in metrics else "")
+        + ".",
+        "",
+        f"![reliability diagram]({plots}/reliability.png)",
+        "",
+        f"The test images it got wrong with the highest confidence: [{plots}/confident_errors.png]({plots}/confident_errors.png).",
+        "",
+        "## Flagged subgroups",
+        "",
+        *_flag_lines(subgroups),
+        "",
+        "## External test set",
+        "",
+    ]
     if "metrics" in external:
-        lines += [f"`{external['source']}` (ISIC layout, {external['metrics']['images']} images; images resampled one by one "
-                  "unless its metadata has lesion ids):", "",
-                  ", ".join(f"{label} {_ci(external['metrics'].get(key), external['metrics'].get(key + '_ci'))}" for label, key in HEADLINE) + "."]
+        lines += [
+            f"`{external['source']}` (ISIC layout, {external['metrics']['images']} images; images resampled one by one "
+            "unless its metadata has lesion ids):",
+            "",
+            ", ".join(
+                f"{label} {with_interval(external['metrics'].get(key), external['metrics'].get(key + '_ci'))}"
+                for label, key in HEADLINE
+            )
+            + ".",
+        ]
         lines += subgroup_table(external.get("subgroups") or {})
-        lines += [""] + [f"- subgroups not reported by {key}: {why}" for key, why in (external.get("skipped") or {}).items()]
-        lines += ["", "Flagged on the external set:", "", *_flag_lines(external["subgroups"])] if external.get("subgroups") else []
+        lines += [""] + [
+            f"- subgroups not reported by {key}: {why}" for key, why in (external.get("skipped") or {}).items()
+        ]
+        lines += (
+            ["", "Flagged on the external set:", "", *_flag_lines(external["subgroups"])]
+            if external.get("subgroups")
+            else []
+        )
     else:
-        lines.append(f"Not evaluated: {external.get('skipped', 'no external set')}. Its subgroups are reported only where "
-                     "its metadata has sex, age, anatomical site or diagnosis-confirmation columns.")
+        lines.append(
+            f"Not evaluated: {external.get('skipped', 'no external set')}. Its subgroups are reported only where "
+            "its metadata has sex, age, anatomical site or diagnosis-confirmation columns."
+        )
     small = sorted(((count, dx) for dx, count in support.items() if count), key=lambda item: item[0])[:2]
-    lines += ["", "## Caveats", "",
-              *(f"- `{dx}` has {count} test images: one image moves its recall by {1 / count:.2f}." for count, dx in small),
-              "- Subgroups are small: a wide interval is no evidence that the model works there, only that the test "
-              "set cannot tell; subgroups are not independent of class (e.g. most nevi were confirmed by follow-up).",
-              "- Nothing here measures performance on skin types, devices, clinics or prevalences unlike HAM10000's.", ""]
+    lines += [
+        "",
+        "## Caveats",
+        "",
+        *(f"- `{dx}` has {count} test images: one image moves its recall by {1 / count:.2f}." for count, dx in small),
+        "- Subgroups are small: a wide interval is no evidence that the model works there, only that the test "
+        "set cannot tell; subgroups are not independent of class (e.g. most nevi were confirmed by follow-up).",
+        "- Nothing here measures performance on skin types, devices, clinics or prevalences unlike HAM10000's.",
+        "",
+    ]
     return "\n".join(lines)
-
-
-def _registry(model_dir: Path | None) -> dict[str, Any]:
-    from pipeline.tracking.recorder import RUN_FILE
-
-    record = model_dir / RUN_FILE if model_dir is not None else None
-    return read_json(record) if record is not None and record.is_file() else {}
-
-
-def describe_version(registry: dict[str, Any], run_id: str, card: Path, summary: str) -> bool:
-    """Tag the registered model version with its card's artifact URI and put a summary in its
-    description; False when the version is not on this server (a reset store)."""
-    import mlflow
-
-    from pipeline.errors import TrackingError
-
-    name, version = registry.get("registered_model"), registry.get("version")
-    if not name or not version:
-        return False
-    client = mlflow.MlflowClient()
-    try:
-        client.get_model_version(name, str(version))
-    except Exception:
-        return False
-    uri = f"runs:/{run_id}/model_card/{card.name}"  # where publish logged it: the version's run, if it still exists
-    try:
-        client.set_model_version_tag(name, str(version), "model_card", uri)
-        client.update_model_version(name, str(version), description=summary[:DESCRIPTION_LIMIT])
-    except Exception as error:
-        raise TrackingError(f"MLflow: cannot attach the model card to {name} version {version} ({error})") from error
-    return True
-
-
-def publish(cards_dir: Path | None, subgroups_file: Path, groups: dict[str, Any], results: dict[str, Any],
-            external: dict[str, Any], model_dirs: dict[str, Path], run_ids: dict[str, str], index: pd.DataFrame,
-            test: pd.DataFrame, data: str, ece_bins: int, plots_dir: Path) -> list[Path]:
-    """Log the subgroups to every model's run; write, log and register each real model's card."""
-    import os
-
-    from pipeline.tracking import mlflow_runs as tracking
-
-    cards = []
-    for name, subgroups in groups["test"].items():
-        tracking.log_metrics({**mlflow_subgroup_metrics(subgroups, "test"),
-                              **mlflow_subgroup_metrics(groups.get("external", {}).get(name, {}), "external")}, run_id=run_ids[name])
-        tracking.log_artifacts([subgroups_file], artifact_path="evaluation", run_id=run_ids[name])
-        if cards_dir is None or name not in model_dirs:  # the ensemble has no registered model
-            continue
-        registry = _registry(model_dirs[name])
-        outside = ({"metrics": external[name], "subgroups": groups.get("external", {}).get(name),
-                    "skipped": groups.get("external_skipped"), "source": groups.get("external_source")}
-                   if name in external else {"skipped": groups.get("external_skipped", "evaluate.external_dir is not set")})
-        cards_dir.mkdir(parents=True, exist_ok=True)
-        card = cards_dir / f"{name}.md"
-        plots = Path(os.path.relpath(plots_dir / name, cards_dir)).as_posix()
-        card.write_text(card_text(name, results[name], subgroups, groups.get("test_skipped", {}), index, test, data,
-                                  groups["bootstrap"], registry, outside, ece_bins, plots), encoding="utf-8")
-        tracking.log_artifacts([card], artifact_path="model_card", run_id=run_ids[name])
-        summary = (f"Model card: model_card/{card.name} of this version's run (reports/model_cards/{card.name}). "
-                   f"Test split ({data}): " + ", ".join(f"{label} {_ci(results[name].get(key), results[name].get(key + '_ci'))}"
-                                                         for label, key in HEADLINE[:4] if results[name].get(key) is not None)
-                   + ". Flagged subgroups: " + ("; ".join(f"{g}={s} ({', '.join(m)})" for g, s, m in flagged(subgroups)) or "none")
-                   + ". A research model, not a diagnostic device.")
-        describe_version(registry, run_ids[name], card, summary)
-        cards.append(card)
-    return cards

@@ -19,7 +19,11 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError, run_cli
 
-SCRIPTS = (("vega", "build/vega.min.js"), ("vega-lite", "build/vega-lite.min.js"), ("vega-embed", "build/vega-embed.min.js"))
+SCRIPTS = (
+    ("vega", "build/vega.min.js"),
+    ("vega-lite", "build/vega-lite.min.js"),
+    ("vega-embed", "build/vega-embed.min.js"),
+)
 #: What DVC replaces in an HTML template (``{scripts}`` is left out on purpose: it would add the CDN tags).
 PLACEHOLDERS = ("{plot_divs}", "{scripts}", "{refresh_tag}")
 
@@ -33,13 +37,15 @@ def build_template(node_modules: Path) -> str:
             version = json.loads((folder / "package.json").read_text(encoding="utf-8"))["version"]
             code = (folder / script).read_text(encoding="utf-8")
         except (OSError, KeyError, json.JSONDecodeError) as error:
-            raise PipelineError(f"{folder}: {package} is not installed ({error}); run `make plots` (npm ci in vendor/vega)") from error
+            raise PipelineError(
+                f"{folder}: {package} is not installed ({error}); run `make plots` (npm ci in vendor/vega)"
+            ) from error
         if "</script" in code or any(placeholder in code for placeholder in PLACEHOLDERS):
             raise PipelineError(f"{folder / script}: cannot be inlined (contains </script or a DVC placeholder)")
         parts.append(f"<!-- {package} {version} (npm) -->\n<script>\n{code}\n</script>")
     scripts = "\n".join(parts)
     return (
-        "<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n{refresh_tag}\n"
+        '<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n{refresh_tag}\n'
         "<title>HAM10000 pipeline: DVC plots (offline)</title>\n"
         f"{scripts}\n"
         "<style>table { border-spacing: 15px; } body { font-family: sans-serif; }</style>\n"

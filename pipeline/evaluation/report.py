@@ -36,7 +36,11 @@ def _results_table(metrics: dict[str, dict[str, Any]], names: list[str]) -> list
     for key in HEADLINE:
         cells = [with_interval(metrics[name][key], metrics[name].get(f"{key}_ci")) for name in names]
         if key == "ece":  # no interval (see pipeline.evaluation.uncertainty.SE_METRICS): its standard error
-            cells = [f"{metrics[name][key]:.3f}" + (f" (se {metrics[name]['ece_se']:.3f})" if "ece_se" in metrics[name] else "") for name in names]
+            cells = [
+                f"{metrics[name][key]:.3f}"
+                + (f" (se {metrics[name]['ece_se']:.3f})" if "ece_se" in metrics[name] else "")
+                for name in names
+            ]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return lines
 
@@ -52,13 +56,20 @@ def _pairs_table(paired: dict[str, dict[str, Any]]) -> list[str]:
             item = result[key]
             cells += [f"{item['difference']:+.3f} [{item['ci'][0]:+.3f}, {item['ci'][1]:+.3f}]", verdict(pair, item)]
         mcnemar = result["accuracy_mcnemar"]
-        cells.append(f"{mcnemar['p_value']:.2g} ({mcnemar['only_first_right']} vs {mcnemar['only_second_right']} images)")
+        cells.append(
+            f"{mcnemar['p_value']:.2g} ({mcnemar['only_first_right']} vs {mcnemar['only_second_right']} images)"
+        )
         lines.append(f"| {pair} | " + " | ".join(cells) + " |")
     return lines
 
 
-def comparison_report(metrics: dict[str, dict[str, Any]], classes: tuple[str, ...], title: str,
-                      paired: dict[str, dict[str, Any]] | None = None, bootstrap: dict[str, Any] | None = None) -> str:
+def comparison_report(
+    metrics: dict[str, dict[str, Any]],
+    classes: tuple[str, ...],
+    title: str,
+    paired: dict[str, dict[str, Any]] | None = None,
+    bootstrap: dict[str, Any] | None = None,
+) -> str:
     """The Markdown report: results with intervals, paired verdicts, per-class recall, smoke runs."""
     names = [name for name in metrics if not metrics[name].get("smoke_run")]
     smoke = [name for name in metrics if metrics[name].get("smoke_run")]
@@ -71,32 +82,55 @@ def comparison_report(metrics: dict[str, dict[str, Any]], classes: tuple[str, ..
     lines += [""] + _results_table(metrics, names)
     if paired:
         lines += [
-            "", "## Which differences the test set can tell", "",
+            "",
+            "## Which differences the test set can tell",
+            "",
             "The paired difference (the same resamples for both) with its interval; a verdict only where the interval",
-            "excludes 0. McNemar's exact test compares accuracy on the images exactly one of the two gets right.", "",
+            "excludes 0. McNemar's exact test compares accuracy on the images exactly one of the two gets right.",
+            "",
         ] + _pairs_table(paired)
     lines += ["", "## Recall per class (support: test images)", ""]
     lines += ["| dx | support | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for dx in classes:
-        cells = [with_interval(metrics[name]["recall"][dx], (metrics[name].get("recall_ci") or {}).get(dx), 2) for name in names]
+        cells = [
+            with_interval(metrics[name]["recall"][dx], (metrics[name].get("recall_ci") or {}).get(dx), 2)
+            for name in names
+        ]
         label = f"{dx} (melanoma)" if dx == "mel" else dx
         lines.append(f"| {label} | {metrics[names[0]]['support'][dx] if names else ''} | " + " | ".join(cells) + " |")
-    lines += ["", "One image changes a class's recall by 1 / its support (HAM10000's 17 `df` and 20 `vasc` test images: 0.05-0.06):",
-              "read the intervals, not the digits."]
+    lines += [
+        "",
+        "One image changes a class's recall by 1 / its support (HAM10000's 17 `df` and 20 `vasc` test images: 0.05-0.06):",
+        "read the intervals, not the digits.",
+    ]
     for name in names:
         if "weights" in metrics[name]:
             shares = ", ".join(f"{model} {weight:.2f}" for model, weight in metrics[name]["weights"].items())
-            lines += ["", f"`{name}`: the weighted mean of the models' probabilities, weights chosen on the validation "
-                      f"split (validation balanced accuracy {metrics[name]['val_balanced_accuracy']:.4f}): {shares}."]
+            lines += [
+                "",
+                f"`{name}`: the weighted mean of the models' probabilities, weights chosen on the validation "
+                f"split (validation balanced accuracy {metrics[name]['val_balanced_accuracy']:.4f}): {shares}.",
+            ]
     if smoke:
-        lines += ["", "## Smoke runs: prove the stage runs; not a result", "",
-                  "Trained with `smoke_run: true` (bounded size, epochs or images): never compared, no ensemble weight.", ""]
+        lines += [
+            "",
+            "## Smoke runs: prove the stage runs; not a result",
+            "",
+            "Trained with `smoke_run: true` (bounded size, epochs or images): never compared, no ensemble weight.",
+            "",
+        ]
         lines += ["| model | balanced accuracy | accuracy | melanoma recall |", "|---|---|---|---|"]
         for name in smoke:
             row = metrics[name]
-            lines.append(f"| {name} | {row['balanced_accuracy']:.3f} | {row['accuracy']:.3f} | {row['melanoma_recall']:.3f} |")
-    lines += ["", "Balanced accuracy is the mean per-class recall, the ISIC 2018 challenge metric; accuracy alone",
-              "is dominated by `nv` (about two thirds of HAM10000). ECE: expected calibration error, lower is better.", ""]
+            lines.append(
+                f"| {name} | {row['balanced_accuracy']:.3f} | {row['accuracy']:.3f} | {row['melanoma_recall']:.3f} |"
+            )
+    lines += [
+        "",
+        "Balanced accuracy is the mean per-class recall, the ISIC 2018 challenge metric; accuracy alone",
+        "is dominated by `nv` (about two thirds of HAM10000). ECE: expected calibration error, lower is better.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -47,7 +47,9 @@ def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bi
     return float(error)
 
 
-def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...], ece_bins: int) -> dict[str, Any]:
+def classification_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...], ece_bins: int
+) -> dict[str, Any]:
     """Accuracy, balanced accuracy (the ISIC 2018 metric), macro-F1, macro OvR ROC AUC, ECE and per-class scores."""
     predicted = probabilities.argmax(axis=1)
     indices = np.arange(len(classes))
@@ -56,7 +58,11 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classe
     if len(present) == len(classes):
         auc = float(roc_auc_score(labels, probabilities, multi_class="ovr", average="macro", labels=indices))
     else:  # AUC is undefined for a class with no positives; average over the classes present
-        auc = float(np.mean([roc_auc_score(labels == c, probabilities[:, c]) for c in present])) if len(present) > 1 else float("nan")
+        auc = (
+            float(np.mean([roc_auc_score(labels == c, probabilities[:, c]) for c in present]))
+            if len(present) > 1
+            else float("nan")
+        )
     return {
         "images": int(len(labels)),
         "accuracy": float(accuracy_score(labels, predicted)),
@@ -88,7 +94,9 @@ def write_plot_data(scored: Scored, classes: tuple[str, ...], out_dir: Path) -> 
     pd.concat(curves, ignore_index=True).to_csv(out_dir / "roc.csv", index=False)
 
 
-def evaluate_models(models: dict[str, Any], images_by_size: Any, labels: np.ndarray, classes: tuple[str, ...], params: EvaluateParams) -> tuple[dict[str, dict[str, Any]], list[Scored]]:
+def evaluate_models(
+    models: dict[str, Any], images_by_size: Any, labels: np.ndarray, classes: tuple[str, ...], params: EvaluateParams
+) -> tuple[dict[str, dict[str, Any]], list[Scored]]:
     """Score each model; ``images_by_size(size)`` gives the test images at a model's input size."""
     from pipeline.models.builders import model_class_names, model_input_size
     from pipeline.serving.inference import predict_probabilities
@@ -102,4 +110,3 @@ def evaluate_models(models: dict[str, Any], images_by_size: Any, labels: np.ndar
         results[name] = classification_metrics(labels, probabilities, classes, params.ece_bins)
         scored_models.append(scored)
     return results, scored_models
-

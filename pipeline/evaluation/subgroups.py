@@ -40,8 +40,12 @@ OTHER = "other"
 #: melanoma lesions): the percentile interval of a few lesions that all agree has width 0.
 MIN_INTERVAL_LESIONS = 5
 #: Subgroup metric -> the key of :func:`weighted_metrics` that computes it.
-METRICS = {"accuracy": "accuracy", "macro_recall": "balanced_accuracy", "melanoma_recall": "melanoma_recall",
-           "roc_auc_macro": "roc_auc_macro"}
+METRICS = {
+    "accuracy": "accuracy",
+    "macro_recall": "balanced_accuracy",
+    "melanoma_recall": "melanoma_recall",
+    "roc_auc_macro": "roc_auc_macro",
+}
 #: Names an ISIC-layout metadata file may give these columns (ISIC 2018/2019 archive exports).
 ALIASES = {
     "image": ("image", "image_id", "isic_id", "image_name"),
@@ -74,7 +78,9 @@ def pool_small(values: np.ndarray, minimum: int = MIN_SITE_IMAGES) -> np.ndarray
     return np.where(np.isin(values, small), OTHER, values).astype(object)
 
 
-def subgroup_labels(metadata: pd.DataFrame, min_site_images: int = MIN_SITE_IMAGES) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def subgroup_labels(
+    metadata: pd.DataFrame, min_site_images: int = MIN_SITE_IMAGES
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Per grouping, each image's subgroup name; and the groupings skipped, with why."""
     labels, skipped = {}, {}
     for grouping in GROUPINGS:
@@ -112,8 +118,17 @@ def _value(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-def _entry(labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray, melanoma: int, confidence: float,
-           overall: dict[str, float | None], ece_bins: int, lesions: dict[str, int], minimum: int) -> dict[str, Any]:
+def _entry(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    weights: np.ndarray,
+    melanoma: int,
+    confidence: float,
+    overall: dict[str, float | None],
+    ece_bins: int,
+    lesions: dict[str, int],
+    minimum: int,
+) -> dict[str, Any]:
     """One subgroup's numbers for one model, with intervals and the ``below_overall`` flags."""
     with warnings.catch_warnings():  # all-NaN means: undefined in this (re)sample
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -142,10 +157,16 @@ def overall_values(labels: np.ndarray, probabilities: np.ndarray, melanoma: int)
     return {name: _value(point[key][0]) for name, key in METRICS.items()}
 
 
-def subgroup_results(probabilities: dict[str, np.ndarray], labels: np.ndarray, lesions: np.ndarray | None,
-                     metadata: pd.DataFrame, classes: tuple[str, ...], params: Any,
-                     min_site_images: int = MIN_SITE_IMAGES, min_interval_lesions: int = MIN_INTERVAL_LESIONS,
-                     ) -> tuple[dict[str, Any], dict[str, str]]:
+def subgroup_results(
+    probabilities: dict[str, np.ndarray],
+    labels: np.ndarray,
+    lesions: np.ndarray | None,
+    metadata: pd.DataFrame,
+    classes: tuple[str, ...],
+    params: Any,
+    min_site_images: int = MIN_SITE_IMAGES,
+    min_interval_lesions: int = MIN_INTERVAL_LESIONS,
+) -> tuple[dict[str, Any], dict[str, str]]:
     """``({model: {"overall": {...}, grouping: {subgroup: {...}}}}, {skipped grouping: why})``.
 
     ``lesions`` (one id per image; None: every image its own lesion) groups the bootstrap;
@@ -167,13 +188,28 @@ def subgroup_results(probabilities: dict[str, np.ndarray], labels: np.ndarray, l
             weights = subgroup_weights(lesions, mask, params.bootstrap_resamples, params.bootstrap_seed + position)
             position += 1
             ids = np.asarray(lesions)[mask] if lesions is not None else np.arange(int(mask.sum()))
-            counts = {"images": int(mask.sum()), "lesions": int(len(np.unique(ids))), "melanomas": int(np.sum(labels[mask] == melanoma)),
-                      "melanoma_lesions": int(len(np.unique(ids[labels[mask] == melanoma])))}
+            counts = {
+                "images": int(mask.sum()),
+                "lesions": int(len(np.unique(ids))),
+                "melanomas": int(np.sum(labels[mask] == melanoma)),
+                "melanoma_lesions": int(len(np.unique(ids[labels[mask] == melanoma]))),
+            }
             for name, p in probabilities.items():
                 reference = {key: value for key, value in results[name]["overall"].items() if key != "images"}
-                results[name][grouping][subgroup] = {**counts, **_entry(labels[mask], p[mask], weights, melanoma,
-                                                                        params.confidence, reference, params.ece_bins, counts,
-                                                                        min_interval_lesions)}
+                results[name][grouping][subgroup] = {
+                    **counts,
+                    **_entry(
+                        labels[mask],
+                        p[mask],
+                        weights,
+                        melanoma,
+                        params.confidence,
+                        reference,
+                        params.ece_bins,
+                        counts,
+                        min_interval_lesions,
+                    ),
+                }
     return results, skipped
 
 
@@ -233,5 +269,10 @@ def mlflow_subgroup_metrics(results: dict[str, Any], prefix: str) -> dict[str, f
 
 def flagged(results: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
     """``(grouping, subgroup, metrics)`` of every subgroup of one model flagged ``below_overall``."""
-    return [(grouping, subgroup, entry["below_overall_in"]) for grouping, subgroups in results.items() if grouping != "overall"
-            for subgroup, entry in subgroups.items() if entry["below_overall"]]
+    return [
+        (grouping, subgroup, entry["below_overall_in"])
+        for grouping, subgroups in results.items()
+        if grouping != "overall"
+        for subgroup, entry in subgroups.items()
+        if entry["below_overall"]
+    ]

@@ -48,8 +48,14 @@ def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
         return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), np.nan)
 
 
-def weighted_metrics(labels: np.ndarray, probabilities: np.ndarray, weights: np.ndarray, melanoma: int, ece_bins: int = 15,
-                     ranking: bool = True) -> dict[str, np.ndarray]:
+def weighted_metrics(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    weights: np.ndarray,
+    melanoma: int,
+    ece_bins: int = 15,
+    ranking: bool = True,
+) -> dict[str, np.ndarray]:
     """Each metric of ``INTERVAL_METRICS`` and each class's recall, one value per resample.
 
     Definitions match :func:`pipeline.evaluation.scoring.classification_metrics` on the unweighted set
@@ -63,9 +69,9 @@ def weighted_metrics(labels: np.ndarray, probabilities: np.ndarray, weights: np.
     truth = np.eye(classes)[labels]
     guess = np.eye(classes)[predicted]
     correct = (predicted == labels).astype(np.float64)
-    support = weights @ truth                      # resamples x classes
-    hits = weights @ (truth * correct[:, None])    # true positives per class
-    called = weights @ guess                       # predicted per class
+    support = weights @ truth  # resamples x classes
+    hits = weights @ (truth * correct[:, None])  # true positives per class
+    called = weights @ guess  # predicted per class
     recall = _safe_divide(hits, support)
     f1_denominator = support + called
     f1 = np.where(f1_denominator > 0, _safe_divide(2 * hits, f1_denominator), 0.0)
@@ -90,7 +96,7 @@ def _weighted_ece(confidence: np.ndarray, correct: np.ndarray, weights: np.ndarr
     """Top-label ECE per resample: sum over bins of |sum of confidence - sum of hits| / total."""
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)  # right-closed, as evaluate's
-    in_bin = np.eye(bins)[which]                                                       # images x bins
+    in_bin = np.eye(bins)[which]  # images x bins
     gap = np.abs(weights @ (in_bin * confidence[:, None]) - weights @ (in_bin * correct[:, None]))
     return _safe_divide(gap.sum(axis=1), weights.sum(axis=1))
 
@@ -102,7 +108,7 @@ def _weighted_auc(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray)
     sorted_scores, pos = scores[order], positive[order].astype(np.float64)
     w = weights[:, order]
     starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    neg_in_block = np.add.reduceat(w * (1.0 - pos), starts, axis=1)   # resamples x distinct scores
+    neg_in_block = np.add.reduceat(w * (1.0 - pos), starts, axis=1)  # resamples x distinct scores
     pos_in_block = np.add.reduceat(w * pos, starts, axis=1)
     neg_below = np.cumsum(neg_in_block, axis=1) - neg_in_block
     wins = (pos_in_block * (neg_below + 0.5 * neg_in_block)).sum(axis=1)
@@ -132,10 +138,20 @@ class Bootstrap:
     ece_bins: int = 15
 
     @classmethod
-    def of(cls, labels: np.ndarray, groups: np.ndarray | None, resamples: int, seed: int, confidence: float,
-           melanoma: int, ece_bins: int = 15) -> Bootstrap:
+    def of(
+        cls,
+        labels: np.ndarray,
+        groups: np.ndarray | None,
+        resamples: int,
+        seed: int,
+        confidence: float,
+        melanoma: int,
+        ece_bins: int = 15,
+    ) -> Bootstrap:
         weights = resample_weights(groups, len(labels), resamples, seed)
-        return cls(np.asarray(labels), weights, confidence, melanoma, "lesion" if groups is not None else "image", ece_bins)
+        return cls(
+            np.asarray(labels), weights, confidence, melanoma, "lesion" if groups is not None else "image", ece_bins
+        )
 
     def samples(self, probabilities: np.ndarray, ranking: bool = True) -> dict[str, np.ndarray]:
         return weighted_metrics(self.labels, probabilities, self.weights, self.melanoma, self.ece_bins, ranking)
@@ -145,7 +161,9 @@ class Bootstrap:
         samples = self.samples(probabilities)
         out: dict[str, Any] = {f"{key}_ci": interval(samples[key], self.confidence) for key in INTERVAL_METRICS}
         out.update({f"{key}_se": float(np.nanstd(samples[key], ddof=1)) for key in SE_METRICS})
-        out["recall_ci"] = {dx: interval(samples["recall"][:, index], self.confidence) for index, dx in enumerate(classes)}
+        out["recall_ci"] = {
+            dx: interval(samples["recall"][:, index], self.confidence) for index, dx in enumerate(classes)
+        }
         return out
 
     def paired(self, first: np.ndarray, second: np.ndarray) -> dict[str, dict[str, Any]]:
@@ -184,7 +202,7 @@ def comparisons(bootstrap: Bootstrap, probabilities: dict[str, np.ndarray]) -> d
     names = list(probabilities)
     out = {}
     for i, first in enumerate(names):
-        for second in names[i + 1:]:
+        for second in names[i + 1 :]:
             out[f"{first} vs {second}"] = {
                 **bootstrap.paired(probabilities[first], probabilities[second]),
                 "accuracy_mcnemar": mcnemar_exact(bootstrap.labels, probabilities[first], probabilities[second]),

@@ -55,8 +55,10 @@ def choose(elapsed_minutes: float, gflops: float, budget_minutes: float) -> tupl
     """``("cpu" | "quick", why)``: the full profile when its estimate fits in the budget's rest."""
     estimate = estimated_full_minutes(gflops)
     left = budget_minutes - elapsed_minutes
-    summary = (f"matmul {gflops:.0f} GFLOP/s -> full real-data reproduction about {estimate:.0f} min; "
-               f"{left:.0f} of {budget_minutes:.0f} min left")
+    summary = (
+        f"matmul {gflops:.0f} GFLOP/s -> full real-data reproduction about {estimate:.0f} min; "
+        f"{left:.0f} of {budget_minutes:.0f} min left"
+    )
     if estimate <= left:
         return "cpu", f"{summary}: the full CPU profile (metrics/published/ham10000.json)"
     return "quick", f"{summary}: the quick profile instead (profiles/quick.yaml, metrics/published/ham10000_quick.json)"

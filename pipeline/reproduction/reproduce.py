@@ -73,7 +73,9 @@ def reference_name(data_dir: str | Path, profile: str | None = None) -> str:
     return name if stem == default_profile(data_dir) else f"{name}_{stem}"
 
 
-def compare(published: dict[str, Any], fresh: dict[str, Any], allowances: dict[str, dict[str, dict[str, Any]]]) -> list[Comparison]:
+def compare(
+    published: dict[str, Any], fresh: dict[str, Any], allowances: dict[str, dict[str, dict[str, Any]]]
+) -> list[Comparison]:
     """Every compared metric of every published model (those ``allowances`` names), against the fresh run."""
     rows = []
     for model, reference in published.items():
@@ -87,7 +89,16 @@ def compare(published: dict[str, Any], fresh: dict[str, Any], allowances: dict[s
                 raise PipelineError(f"the published metrics of '{model}' have no '{metric}'")
             if metric not in fresh_flat:
                 raise PipelineError(f"fresh metrics of '{model}' have no '{metric}'")
-            rows.append(Comparison(model, metric, reference_flat[metric], fresh_flat[metric], float(allowance["allowed"]), allowance["rule"]))
+            rows.append(
+                Comparison(
+                    model,
+                    metric,
+                    reference_flat[metric],
+                    fresh_flat[metric],
+                    float(allowance["allowed"]),
+                    allowance["rule"],
+                )
+            )
     return rows
 
 
@@ -107,8 +118,18 @@ def format_table(rows: list[Comparison]) -> str:
 def rerun_pipeline(data_dir: str, profile: str) -> None:
     """``dvc exp run --force`` with the profile and ``ingest.data_dir`` set: every stage reruns,
     recorded as an experiment (params.yaml composed from conf/, as ``make run`` does)."""
-    command = [sys.executable, "-m", "dvc", "exp", "run", "--force", "--set-param", f"profile={profile}",
-               "--set-param", f"ingest.data_dir={data_dir}"]
+    command = [
+        sys.executable,
+        "-m",
+        "dvc",
+        "exp",
+        "run",
+        "--force",
+        "--set-param",
+        f"profile={profile}",
+        "--set-param",
+        f"ingest.data_dir={data_dir}",
+    ]
     print("+ " + " ".join(command[2:]), flush=True)
     if subprocess.run(command).returncode != 0:
         raise PipelineError("the pipeline run failed (see the stage output above)")
@@ -138,8 +159,14 @@ def write_tolerances(reference: Path, rules_file: Path, seeds_file: Path) -> Pat
     spread = seed_spread_for(seeds_file, reference.stem)
     allowances = derive(read_json(reference), spread, load_rules(rules_file), confidence)
     tolerance_file = tolerance_path(reference)
-    write_json(tolerance_file, {"rules": str(rules_file), "seeds": str(seeds_file) if spread else None, "models": allowances})
-    source = f"the seed spread in {seeds_file}" if spread else f"no seed spread ({seeds_file} has no '{reference.stem}' table)"
+    write_json(
+        tolerance_file, {"rules": str(rules_file), "seeds": str(seeds_file) if spread else None, "models": allowances}
+    )
+    source = (
+        f"the seed spread in {seeds_file}"
+        if spread
+        else f"no seed spread ({seeds_file} has no '{reference.stem}' table)"
+    )
     print(f"allowed drifts from {source}, the bootstrap intervals and the binomial standard errors: {tolerance_file}")
     return tolerance_file
 
@@ -155,12 +182,24 @@ def tolerance_path(reference: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Rerun the pipeline and compare with the published metrics.")
     parser.add_argument("--data", required=True, help="data folder the pipeline runs on")
-    parser.add_argument("--no-run", action="store_true", help="compare (or publish) the current metrics without rerunning")
-    parser.add_argument("--publish", action="store_true", help="store the fresh metrics as the new reference, with derived tolerances")
-    parser.add_argument("--tolerances", action="store_true",
-                        help="only derive the published reference's tolerances again (after new seed runs)")
-    parser.add_argument("--seeds", default=SEEDS_FILE, help=f"the seed-spread table for --publish (default {SEEDS_FILE})")
-    parser.add_argument("--profile", help="the params profile of the run (conf/profile/: demo, cpu, quick, gpu; default: the data's own)")
+    parser.add_argument(
+        "--no-run", action="store_true", help="compare (or publish) the current metrics without rerunning"
+    )
+    parser.add_argument(
+        "--publish", action="store_true", help="store the fresh metrics as the new reference, with derived tolerances"
+    )
+    parser.add_argument(
+        "--tolerances",
+        action="store_true",
+        help="only derive the published reference's tolerances again (after new seed runs)",
+    )
+    parser.add_argument(
+        "--seeds", default=SEEDS_FILE, help=f"the seed-spread table for --publish (default {SEEDS_FILE})"
+    )
+    parser.add_argument(
+        "--profile",
+        help="the params profile of the run (conf/profile/: demo, cpu, quick, gpu; default: the data's own)",
+    )
     args = parser.parse_args(argv)
     profile = args.profile or default_profile(args.data)
     if profile not in profiles.names():
@@ -173,12 +212,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.no_run:
         rerun_pipeline(args.data, profile)
     if args.publish:
-        publish(metrics_file, reference, published_dir / TOLERANCE_FILE_NAME, Path(args.seeds), pipeline_path("paired_metrics"))
+        publish(
+            metrics_file,
+            reference,
+            published_dir / TOLERANCE_FILE_NAME,
+            Path(args.seeds),
+            pipeline_path("paired_metrics"),
+        )
         return
     if not reference.is_file():
         raise PipelineError(f"no published metrics for this data at {reference}; create them with --publish")
     if not tolerance_path(reference).is_file():
-        raise PipelineError(f"no tolerances beside {reference} ({tolerance_path(reference).name}); publish again with --publish")
+        raise PipelineError(
+            f"no tolerances beside {reference} ({tolerance_path(reference).name}); publish again with --publish"
+        )
     allowances = read_json(tolerance_path(reference))["models"]
     rows = compare(read_json(reference), read_json(metrics_file), allowances)
     print(format_table(rows))

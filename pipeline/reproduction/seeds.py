@@ -23,7 +23,6 @@ import json
 import math
 import re
 import statistics
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,47 +31,11 @@ from typing import Any
 
 from pipeline.errors import PipelineError, run_cli
 from pipeline.io import write_json
+from pipeline.reproduction.seed_queue import SEEDED_STAGES, _dvc, queue_commands, wait_for_queue
 
-#: The approaches whose training seed a seed run varies, with their training stage.
-SEEDED_STAGES = {"cnn_focal": "train_cnn_focal", "effnet_lite0": "train_effnet_lite0"}
 #: The metrics the seed table reports (in ``metrics/evaluate.json`` per model).
 SEED_METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "melanoma_recall", "roc_auc_macro", "ece")
 PARAMS_FILE = "params.yaml"
-
-
-def queue_commands(data_dir: str, seeds: Sequence[int], approaches: Sequence[str], profile: str) -> list[list[str]]:
-    """One ``dvc exp run --queue`` per seed, setting the profile, the data folder and each approach's seed."""
-    unknown = [name for name in approaches if name not in SEEDED_STAGES]
-    if unknown:
-        raise PipelineError(f"no training seed for approach '{unknown[0]}' (known: {', '.join(SEEDED_STAGES)})")
-    if len(set(seeds)) != len(seeds):
-        raise PipelineError(f"seeds must differ, got {list(seeds)}")
-    # A queued experiment runs in a temporary copy of the repository (.dvc/tmp/exps): a folder
-    # outside the repository is named by its absolute path, one inside it relative to the root.
-    resolved = Path(data_dir).resolve()
-    data_dir = str(resolved.relative_to(Path.cwd().resolve()) if resolved.is_relative_to(Path.cwd().resolve()) else resolved)
-    commands = []
-    for seed in seeds:
-        command = ["dvc", "exp", "run", "--queue", "--set-param", f"profile={profile}", "--set-param", f"ingest.data_dir={data_dir}"]
-        for name in approaches:
-            command += ["--set-param", f"{SEEDED_STAGES[name]}.seed={seed}"]
-        commands.append(command)
-    return commands
-
-
-def _dvc(args: list[str], capture: bool = False) -> str:
-    import os
-
-    command = [sys.executable, "-m", *args]
-    print("+ " + " ".join(args), flush=True)
-    # `dvc queue start` starts its worker as `dvc` from PATH: this environment's, also when the
-    # module runs without the venv activated (`make seeds` puts it first anyway).
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    result = subprocess.run(command, capture_output=capture, text=True, env={**os.environ, "PATH": path})
-    if result.returncode != 0:
-        detail = (result.stderr or "").strip().splitlines()[-1:] if capture else []
-        raise PipelineError(f"`{' '.join(args)}` failed" + (f": {detail[0]}" if detail else " (see its output above)"))
-    return result.stdout if capture else ""
 
 
 @dataclass(frozen=True)
@@ -126,8 +89,9 @@ def same_recipe(params: dict[str, Any], profile: dict[str, Any] | None) -> bool:
     return all(ran[key] == value for key, value in _flat(profile).items() if key not in varied and key in ran)
 
 
-def seed_runs(show: Any, data_name: str, metrics_file: str, approaches: Sequence[str],
-              profile: dict[str, Any] | None = None) -> list[SeedRun]:
+def seed_runs(
+    show: Any, data_name: str, metrics_file: str, approaches: Sequence[str], profile: dict[str, Any] | None = None
+) -> list[SeedRun]:
     """The finished experiments of ``dvc exp show --json`` that ran on ``data_name`` (the data
     folder's name) with the params of ``profile`` (when given), one per distinct set of seeds
     (the newest wins when a seed ran twice)."""
@@ -155,13 +119,19 @@ def seed_runs(show: Any, data_name: str, metrics_file: str, approaches: Sequence
     return [run for _, run in sorted(runs.values(), key=lambda item: tuple(item[1].seeds.values()))]
 
 
-def spread(runs: Sequence[SeedRun], approaches: Sequence[str], keys: Sequence[str] = SEED_METRICS) -> dict[str, dict[str, dict[str, float]]]:
+def spread(
+    runs: Sequence[SeedRun], approaches: Sequence[str], keys: Sequence[str] = SEED_METRICS
+) -> dict[str, dict[str, dict[str, float]]]:
     """``{approach: {metric: {"mean", "std", "min", "max", "n"}}}``; ``std`` is the sample
     standard deviation (n - 1), the spread one more training run is expected to show."""
     table: dict[str, dict[str, dict[str, float]]] = {}
     for name in approaches:
         table[name] = {}
-        metric_names = list(keys) + [f"recall.{dx}" for dx in sorted(runs[0].metrics[name].get("recall", {}))] if runs else list(keys)
+        metric_names = (
+            list(keys) + [f"recall.{dx}" for dx in sorted(runs[0].metrics[name].get("recall", {}))]
+            if runs
+            else list(keys)
+        )
         for metric in metric_names:
             values = [_value(run.metrics[name], metric) for run in runs]
             values = [v for v in values if v is not None and math.isfinite(v)]
@@ -195,19 +165,38 @@ def seeds_markdown(tables: dict[str, dict[str, Any]]) -> str:
     for data, entry in tables.items():
         table, runs = entry["spread"], entry["runs"]
         approaches = list(table)
-        lines += ["", f"## {data}: {len(runs)} seeds", "", "| metric | " + " | ".join(approaches) + " |", "|---|" + "---|" * len(approaches)]
+        lines += [
+            "",
+            f"## {data}: {len(runs)} seeds",
+            "",
+            "| metric | " + " | ".join(approaches) + " |",
+            "|---|" + "---|" * len(approaches),
+        ]
         for metric in dict.fromkeys(metric for name in approaches for metric in table[name]):
             cells = []
             for name in approaches:
                 row = table[name].get(metric)
-                cells.append(f"{row['mean']:.3f} ± {row['std']:.3f} [{row['min']:.3f}, {row['max']:.3f}]" if row else "")
+                cells.append(
+                    f"{row['mean']:.3f} ± {row['std']:.3f} [{row['min']:.3f}, {row['max']:.3f}]" if row else ""
+                )
             lines.append(f"| {metric} | " + " | ".join(cells) + " |")
-        lines += ["", "| experiment | " + " | ".join(f"{name} seed" for name in approaches) + " | " +
-                  " | ".join(f"{name} balanced accuracy" for name in approaches) + " |",
-                  "|---|" + "---|" * (2 * len(approaches))]
+        lines += [
+            "",
+            "| experiment | "
+            + " | ".join(f"{name} seed" for name in approaches)
+            + " | "
+            + " | ".join(f"{name} balanced accuracy" for name in approaches)
+            + " |",
+            "|---|" + "---|" * (2 * len(approaches)),
+        ]
         for run in runs:
-            lines.append(f"| {run['name']} | " + " | ".join(str(run["seeds"][name]) for name in approaches) + " | " +
-                         " | ".join(f"{run['balanced_accuracy'][name]:.4f}" for name in approaches) + " |")
+            lines.append(
+                f"| {run['name']} | "
+                + " | ".join(str(run["seeds"][name]) for name in approaches)
+                + " | "
+                + " | ".join(f"{run['balanced_accuracy'][name]:.4f}" for name in approaches)
+                + " |"
+            )
     lines.append("")
     return "\n".join(lines)
 
@@ -228,8 +217,9 @@ def merge_recorded(runs: list[SeedRun], recorded: list[dict[str, Any]], approach
     return sorted(merged, key=lambda run: tuple(run.seeds.values()))
 
 
-def report(data_dir: str, out_md: Path, out_json: Path, approaches: Sequence[str], minimum: int = 2,
-           profile: str | None = None) -> dict[str, Any]:
+def report(
+    data_dir: str, out_md: Path, out_json: Path, approaches: Sequence[str], minimum: int = 2, profile: str | None = None
+) -> dict[str, Any]:
     """Read every experiment (``dvc exp show --json --all-commits``) and write the seed table of
     this data set and profile (the data's own when none is given) into ``out_json`` (one entry per
     published reference name: ``ham10000``, ``ham10000_quick``; the others are kept) and ``out_md``."""
@@ -251,9 +241,16 @@ def report(data_dir: str, out_md: Path, out_json: Path, approaches: Sequence[str
             f"(queue them: python -m pipeline.reproduction.seeds queue --data {data_dir} --seeds 42 43 44 --start)"
         )
     tables[name] = {
-        "runs": [{"name": run.name, "seeds": run.seeds, "data_dir": run.data_dir,
-                  "balanced_accuracy": {a: run.metrics[a]["balanced_accuracy"] for a in approaches},
-                  "metrics": {a: run.metrics[a] for a in approaches}} for run in runs],
+        "runs": [
+            {
+                "name": run.name,
+                "seeds": run.seeds,
+                "data_dir": run.data_dir,
+                "balanced_accuracy": {a: run.metrics[a]["balanced_accuracy"] for a in approaches},
+                "metrics": {a: run.metrics[a] for a in approaches},
+            }
+            for run in runs
+        ],
         "spread": spread(runs, approaches),
     }
     write_json(out_json, tables)
@@ -271,12 +268,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     queue.add_argument("--seeds", type=int, nargs="+", required=True, help="training seeds, e.g. 42 43 44")
     queue.add_argument("--approach", action="append", choices=sorted(SEEDED_STAGES), help="default: all of them")
     queue.add_argument("--profile", help="the params profile of the runs (conf/profile/; default: the data's own)")
-    queue.add_argument("--start", action="store_true", help="then `dvc queue start` (one worker) and wait for the queue")
+    queue.add_argument(
+        "--start", action="store_true", help="then `dvc queue start` (one worker) and wait for the queue"
+    )
     summary = commands.add_parser("report", help="write the seed table from dvc exp show")
     summary.add_argument("--data", required=True, help="data folder the seed runs used")
     summary.add_argument("--approach", action="append", choices=sorted(SEEDED_STAGES), help="default: all of them")
-    summary.add_argument("--profile", help="only the runs of this params profile (conf/profile/; default: the data's own)")
-    summary.add_argument("--out", default="reports/seeds.md", help="Markdown table (a .json with the numbers beside it)")
+    summary.add_argument(
+        "--profile", help="only the runs of this params profile (conf/profile/; default: the data's own)"
+    )
+    summary.add_argument(
+        "--out", default="reports/seeds.md", help="Markdown table (a .json with the numbers beside it)"
+    )
     args = parser.parse_args(argv)
     approaches = args.approach or list(SEEDED_STAGES)
     if args.command == "queue":
@@ -294,36 +297,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     out = Path(args.out)
     report(args.data, out, out.with_suffix(".json"), approaches, profile=args.profile)
-
-
-def queue_states(status: str, names: Sequence[str]) -> dict[str, str]:
-    """The state (Queued, Running, Success, Failed) of each named experiment in ``dvc queue status``."""
-    states = {}
-    for line in status.splitlines():
-        words = line.split()
-        if len(words) >= 3 and words[1] in names:
-            states[words[1]] = words[-1]
-    return states
-
-
-def wait_for_queue(names: Sequence[str], poll_seconds: float = 30.0) -> None:
-    """Block until the named experiments have finished; fail if one failed."""
-    import time
-
-    while True:
-        states = queue_states(_dvc_quiet(["dvc", "queue", "status"]), names)
-        if all(states.get(name) in ("Success", "Failed") for name in names):
-            break
-        time.sleep(poll_seconds)
-    failed = [name for name in names if states.get(name) == "Failed"]
-    if failed:
-        raise PipelineError(f"seed run {failed[0]} failed: `dvc queue logs {failed[0]}` shows why")
-    print(f"{len(names)} seed runs finished: " + ", ".join(names), flush=True)
-
-
-def _dvc_quiet(args: list[str]) -> str:
-    result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
-    return result.stdout
 
 
 if __name__ == "__main__":

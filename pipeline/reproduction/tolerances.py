@@ -73,7 +73,11 @@ def bootstrap_se(metrics: dict[str, Any], metric: str, confidence: float) -> flo
     if isinstance(se, (int, float)) and math.isfinite(se):
         return float(se)
     ci = _lookup(metrics, metric, "_ci")
-    if not isinstance(ci, list) or len(ci) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in ci):
+    if (
+        not isinstance(ci, list)
+        or len(ci) != 2
+        or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in ci)
+    ):
         return None
     return (ci[1] - ci[0]) / (2 * NormalDist().inv_cdf(0.5 + confidence / 2))
 
@@ -86,15 +90,24 @@ def binomial_se(metrics: dict[str, Any], metric: str) -> tuple[float, int] | Non
     ``accuracy`` the images; a proportion p of n is taken as (p n + 2) / (n + 4) over n + 4."""
     group, _, dx = metric.partition(".")
     support = metrics.get("support") or {}
-    count = {"recall": support.get(dx), "melanoma_recall": support.get("mel"), "accuracy": metrics.get("images")}.get(group)
+    count = {"recall": support.get(dx), "melanoma_recall": support.get("mel"), "accuracy": metrics.get("images")}.get(
+        group
+    )
     value = _lookup(metrics, metric)
-    if not isinstance(count, (int, float)) or count <= 0 or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if (
+        not isinstance(count, (int, float))
+        or count <= 0
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+    ):
         return None
     shrunk = (value * count + 2) / (count + 4)
     return math.sqrt(shrunk * (1 - shrunk) / (count + 4)), int(count)
 
 
-def seed_sd(spread: dict[str, dict[str, dict[str, float]]], model: str, metrics: dict[str, Any], metric: str) -> tuple[float | None, str]:
+def seed_sd(
+    spread: dict[str, dict[str, dict[str, float]]], model: str, metrics: dict[str, Any], metric: str
+) -> tuple[float | None, str]:
     """The training-seed standard deviation of ``metric`` for ``model`` and where it came from.
     An ensemble has none of its own: it takes the largest of its weighted members'."""
     own = (spread.get(model) or {}).get(metric)
@@ -120,8 +133,12 @@ def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return flat
 
 
-def derive(reference: dict[str, dict[str, Any]], spread: dict[str, dict[str, dict[str, float]]], rules: Rules,
-           confidence: float = 0.95) -> dict[str, dict[str, dict[str, Any]]]:
+def derive(
+    reference: dict[str, dict[str, Any]],
+    spread: dict[str, dict[str, dict[str, float]]],
+    rules: Rules,
+    confidence: float = 0.95,
+) -> dict[str, dict[str, dict[str, Any]]]:
     """``{model: {metric: {"allowed", "rule", "seed_sd", "bootstrap_se", "binomial_se"}}}`` for
     every compared number of every published model."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
@@ -137,12 +154,19 @@ def derive(reference: dict[str, dict[str, Any]], spread: dict[str, dict[str, dic
                 candidates.append((rules.factor * se, f"{rules.factor:g} x bootstrap se {se:.4f}"))
             binomial = binomial_se(metrics, metric)
             if binomial is not None:
-                candidates.append((rules.factor * binomial[0], f"{rules.factor:g} x binomial se {binomial[0]:.4f} (n={binomial[1]})"))
+                candidates.append(
+                    (rules.factor * binomial[0], f"{rules.factor:g} x binomial se {binomial[0]:.4f} (n={binomial[1]})")
+                )
             allowed, rule = max(candidates) if candidates else (rules.floor, "floor (nothing measured)")
             if allowed < rules.floor:
                 allowed, rule = rules.floor, f"floor {rules.floor:g}"
-            out[model][metric] = {"allowed": round(allowed, 6), "rule": rule, "seed_sd": sd, "bootstrap_se": se,
-                                   "binomial_se": binomial[0] if binomial else None}
+            out[model][metric] = {
+                "allowed": round(allowed, 6),
+                "rule": rule,
+                "seed_sd": sd,
+                "bootstrap_se": se,
+                "binomial_se": binomial[0] if binomial else None,
+            }
     return out
 
 

@@ -85,8 +85,12 @@ def spawn(
     log_path = folder / f"{name}.log"
     with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
         process = subprocess.Popen(
-            list(command), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env={**(os.environ if inherit_env else {}), **(env or {})},
+            list(command),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**(os.environ if inherit_env else {}), **(env or {})},
         )
     record = {"pid": process.pid, "start": start_time(process.pid), "command": [str(part) for part in command]}
     write_text_atomic(folder / f"{name}.pid", json.dumps(record) + "\n")
@@ -106,8 +110,10 @@ def cause(text: str, fallback: str = "") -> str:
     """The line of a tool's output or log that says what went wrong: the last one with
     ``FATAL``, ``ERROR`` or ``Error:``, else the last line (else ``fallback``)."""
     lines = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
-    return next((line for line in reversed(lines) if any(mark in line for mark in ("FATAL", "ERROR", "Error:"))),
-                lines[-1] if lines else fallback)
+    return next(
+        (line for line in reversed(lines) if any(mark in line for mark in ("FATAL", "ERROR", "Error:"))),
+        lines[-1] if lines else fallback,
+    )
 
 
 def log_tail(path: Path, lines: int = 5) -> list[str]:

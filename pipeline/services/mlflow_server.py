@@ -36,7 +36,9 @@ def is_up(url: str, timeout_s: float = 2.0, ca: str | Path | None = None) -> boo
 
 def _trust(env: Mapping[str, str]) -> tuple[str | None, bool]:
     """The CA file and the no-verification switch MLflow's client reads from ``env``."""
-    return env.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None, env.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true"
+    return env.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None, env.get(
+        "MLFLOW_TRACKING_INSECURE_TLS", ""
+    ).lower() == "true"
 
 
 def basic_auth(username: str | None = None, password: str | None = None) -> dict[str, str]:
@@ -55,8 +57,13 @@ def basic_auth(username: str | None = None, password: str | None = None) -> dict
 NEEDS_ACCOUNT = "HTTP 401"
 
 
-def backend_problem(url: str, timeout_s: float = 15.0, headers: Mapping[str, str] | None = None,
-                    ca: str | Path | None = None, insecure: bool = False) -> str | None:
+def backend_problem(
+    url: str,
+    timeout_s: float = 15.0,
+    headers: Mapping[str, str] | None = None,
+    ca: str | Path | None = None,
+    insecure: bool = False,
+) -> str | None:
     """Why the server at ``url`` cannot read its backend store, or None when it can.
 
     ``/health`` answers without touching the store, so a server whose database is down looks
@@ -65,8 +72,10 @@ def backend_problem(url: str, timeout_s: float = 15.0, headers: Mapping[str, str
     accounts answers it too, or refuses them (HTTP 401). ``ca``/``insecure``: as MLflow's
     ``MLFLOW_TRACKING_SERVER_CERT_PATH`` / ``MLFLOW_TRACKING_INSECURE_TLS``.
     """
-    request = urllib.request.Request(url.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1",
-                                     headers=dict(headers if headers is not None else basic_auth()))
+    request = urllib.request.Request(
+        url.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1",
+        headers=dict(headers if headers is not None else basic_auth()),
+    )
     try:
         context = services.tls_context(ca, insecure) if url.startswith("https://") else None
         with urllib.request.urlopen(request, timeout=timeout_s, context=context):
@@ -100,18 +109,26 @@ def unavailable(url: str, timeout_s: float = 5.0, env: Mapping[str, str] | None 
         return f"is out of reach: {health}, named by MLFLOW_TRACKING_SERVER_CERT_PATH"
     if health and health.startswith(services.UNTRUSTED):
         trusted = f"the CA file {ca}" if ca else "this machine's CA store"
-        return (f"serves a TLS certificate that {trusted} does not vouch for {health.removeprefix(services.UNTRUSTED).strip()}: "
-                "set MLFLOW_TRACKING_SERVER_CERT_PATH to the team's ca.pem")
+        return (
+            f"serves a TLS certificate that {trusted} does not vouch for {health.removeprefix(services.UNTRUSTED).strip()}: "
+            "set MLFLOW_TRACKING_SERVER_CERT_PATH to the team's ca.pem"
+        )
     if health:
         return NOT_REACHABLE
-    problem = backend_problem(url, headers=basic_auth(env.get("MLFLOW_TRACKING_USERNAME") or "", env.get("MLFLOW_TRACKING_PASSWORD", "")),
-                              ca=ca, insecure=insecure)
+    problem = backend_problem(
+        url,
+        headers=basic_auth(env.get("MLFLOW_TRACKING_USERNAME") or "", env.get("MLFLOW_TRACKING_PASSWORD", "")),
+        ca=ca,
+        insecure=insecure,
+    )
     if problem == NEEDS_ACCOUNT:
         user = env.get("MLFLOW_TRACKING_USERNAME")
         if user:
             return f"refused the password of user '{user}' (HTTP 401): check MLFLOW_TRACKING_PASSWORD"
-        return ("wants an account (HTTP 401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
-                "(a team admin makes one with `make team-user NAME=<you> ROLE=edit`)")
+        return (
+            "wants an account (HTTP 401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+            "(a team admin makes one with `make team-user NAME=<you> ROLE=edit`)"
+        )
     return f"answers but cannot use its backend store ({problem})" if problem else None
 
 
@@ -154,19 +171,32 @@ def start(
     store.mkdir(parents=True, exist_ok=True)
     default_backend, default_artifacts = store_uris(store)
     command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--host", host, "--port", str(port),
-        "--backend-store-uri", backend or default_backend,
-        "--artifacts-destination", artifacts or default_artifacts,
-        "--workers", "1",
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        backend or default_backend,
+        "--artifacts-destination",
+        artifacts or default_artifacts,
+        "--workers",
+        "1",
         *(["--app-name", app_name] if app_name else []),
     ]
     if tls:
         import shlex
 
         certificate, key = tls
-        command += ["--uvicorn-opts", f"--ssl-certfile {shlex.quote(str(certificate))} --ssl-keyfile {shlex.quote(str(key))}",
-                    "--allowed-hosts", f"{host}:{port},{host}"]
+        command += [
+            "--uvicorn-opts",
+            f"--ssl-certfile {shlex.quote(str(certificate))} --ssl-keyfile {shlex.quote(str(key))}",
+            "--allowed-hosts",
+            f"{host}:{port},{host}",
+        ]
     try:
         services.spawn(SERVICE, command, store, lambda: is_up(url, ca=ca), env=env, wait_s=wait_s)
     except PipelineError as error:
@@ -179,10 +209,14 @@ def upgrade_schema(backend: str, env: Mapping[str, str] | None = None) -> None:
     """``mlflow db upgrade``: migrate a SQL backend store to this MLflow's schema (idempotent)."""
     result = subprocess.run(
         [sys.executable, "-m", "mlflow", "db", "upgrade", backend],
-        capture_output=True, text=True, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
     )
     if result.returncode != 0:
-        raise PipelineError(f"mlflow db upgrade failed: {services.cause(result.stderr + result.stdout, f'status {result.returncode}')}")
+        raise PipelineError(
+            f"mlflow db upgrade failed: {services.cause(result.stderr + result.stdout, f'status {result.returncode}')}"
+        )
 
 
 def stop(store: Path) -> None:

@@ -30,7 +30,9 @@ def load_model(reference: str | Path) -> keras.Model:
 
             return mlflow.keras.load_model(reference)
         except Exception as error:
-            raise PipelineError(f"cannot load {reference} from MLflow at {tracking.tracking_uri()} ({error})".splitlines()[0]) from error
+            raise PipelineError(
+                f"cannot load {reference} from MLflow at {tracking.tracking_uri()} ({error})".splitlines()[0]
+            ) from error
     path = Path(reference)
     if path.is_dir():
         path = path / MODEL_FILE
@@ -42,7 +44,9 @@ def load_model(reference: str | Path) -> keras.Model:
         raise PipelineError(f"{path}: cannot load model ({error})".splitlines()[0]) from error
 
 
-def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = 64, tta: bool = False) -> np.ndarray:
+def predict_probabilities(
+    model: keras.Model, images: np.ndarray, batch_size: int = 64, tta: bool = False
+) -> np.ndarray:
     """Class probabilities for uint8 images at the model's input size.
 
     With ``tta`` the prediction is the mean over the image and its horizontal, vertical and

@@ -42,7 +42,9 @@ def _decode(path: Path, source_size: int) -> np.ndarray | str:
         return f"{path}: cannot decode image ({type(error).__name__}: {detail})"
 
 
-def decoded_batches(paths: list[Path], source_size: int, batch_size: int) -> Iterator[tuple[list[Path], np.ndarray, list[str]]]:
+def decoded_batches(
+    paths: list[Path], source_size: int, batch_size: int
+) -> Iterator[tuple[list[Path], np.ndarray, list[str]]]:
     """Decode ``paths`` in parallel threads (PIL releases the GIL), batch by batch.
 
     Yields (decoded paths, their images, error messages of the batch's failed files).
@@ -115,7 +117,10 @@ def save_overlay(image: np.ndarray, heatmap: np.ndarray, path: Path) -> None:
     from PIL import Image
 
     size = image.shape[:2]
-    heat = np.asarray(Image.fromarray((heatmap * 255).astype(np.uint8)).resize(size[::-1], Image.Resampling.BILINEAR)) / 255.0
+    heat = (
+        np.asarray(Image.fromarray((heatmap * 255).astype(np.uint8)).resize(size[::-1], Image.Resampling.BILINEAR))
+        / 255.0
+    )
     coloured = colormaps["jet"](heat)[..., :3] * 255
     blended = (0.55 * image + 0.45 * coloured).clip(0, 255).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -163,8 +168,12 @@ def predict(
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="ham10000-predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="a .keras file, a folder holding model.keras, or models:/NAME@ALIAS")
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and folders (walked recursively)")
+    parser.add_argument(
+        "--model", required=True, help="a .keras file, a folder holding model.keras, or models:/NAME@ALIAS"
+    )
+    parser.add_argument(
+        "inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and folders (walked recursively)"
+    )
     parser.add_argument("--output", type=Path, help="write a CSV here instead of JSON lines on stdout")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--tta", action="store_true", help="average over flipped copies (test-time augmentation)")

@@ -51,8 +51,13 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 def project_resources(params_file: Path) -> tuple[str, list[str]]:
     """The experiment and the registered model names the pipeline writes to (from ``params.yaml``)."""
     params = read_yaml(params_file, "the pipeline's params")
-    models = sorted({section["registered_model_name"] for section in params.values()
-                     if isinstance(section, dict) and section.get("registered_model_name")})
+    models = sorted(
+        {
+            section["registered_model_name"]
+            for section in params.values()
+            if isinstance(section, dict) and section.get("registered_model_name")
+        }
+    )
     return params["base"]["experiment_name"], models
 
 
@@ -62,7 +67,9 @@ def as_admin(config: TeamConfig) -> Iterator[None]:
     trusting the team's CA when the servers speak TLS."""
     password = read_env(config.server_env).get("MLFLOW_AUTH_ADMIN_PASSWORD")
     if not password:
-        raise PipelineError(f"{config.server_env} has no MLFLOW_AUTH_ADMIN_PASSWORD: start the servers with `make team-up`")
+        raise PipelineError(
+            f"{config.server_env} has no MLFLOW_AUTH_ADMIN_PASSWORD: start the servers with `make team-up`"
+        )
     guard.refuse_foreign_listener(config.host, config.mlflow_port, config.secure, "the admin password")
     admin = {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": password}
     if config.trusted_ca:
@@ -113,8 +120,11 @@ def write_member_env(config: TeamConfig, name: str, values: dict[str, str], pass
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(config.trusted_ca, path.parent / TEAM_CA)
         trust = {key: TEAM_CA for key in CA_KEYS}
-    write_env(path, {**values, **trust, "MLFLOW_TRACKING_USERNAME": name, "MLFLOW_TRACKING_PASSWORD": password},
-              USER_ENV_HEADER)
+    write_env(
+        path,
+        {**values, **trust, "MLFLOW_TRACKING_USERNAME": name, "MLFLOW_TRACKING_PASSWORD": password},
+        USER_ENV_HEADER,
+    )
     return path
 
 
@@ -142,8 +152,12 @@ def add(config: TeamConfig, name: str, role: str, params_file: Path = Path("para
             auth.create_user(name, password)
         except MlflowException as error:
             if error.error_code == "RESOURCE_ALREADY_EXISTS":
-                raise PipelineError(f"MLflow at {config.tracking_uri} has a user '{name}' already (choose another name)") from None
-            raise PipelineError(f"MLflow at {config.tracking_uri}: cannot create user '{name}' ({error.error_code})") from None
+                raise PipelineError(
+                    f"MLflow at {config.tracking_uri} has a user '{name}' already (choose another name)"
+                ) from None
+            raise PipelineError(
+                f"MLflow at {config.tracking_uri}: cannot create user '{name}' ({error.error_code})"
+            ) from None
         experiment_id = _ensure_resources(MlflowClient(config.tracking_uri), experiment, models)
         permission = ROLES[role]
         auth.grant_user_permission(name, "experiment", experiment_id, permission)
@@ -153,6 +167,8 @@ def add(config: TeamConfig, name: str, role: str, params_file: Path = Path("para
     trust = config.trusted_ca is not None
     handout = f" and {path.parent / TEAM_CA} (keep them in one folder)" if trust else ""
     s3_rights = "read-only" if S3_IDENTITIES[role] == DVC_READER else "read-write"
-    print(f"user '{name}' ({permission} on experiment '{experiment}' and models {', '.join(models)}, "
-          f"{s3_rights} DVC key): settings in {path}{handout}")
+    print(
+        f"user '{name}' ({permission} on experiment '{experiment}' and models {', '.join(models)}, "
+        f"{s3_rights} DVC key): settings in {path}{handout}"
+    )
     return path

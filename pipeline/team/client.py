@@ -23,8 +23,11 @@ from pipeline.team.settings import REMOTE_NAME, bucket_of, client_values
 
 def configure_remote(values: Mapping[str, str], repo: Path = Path(".")) -> None:
     """Make ``team`` the default DVC remote of this clone, in its local (uncommitted) config."""
+
     def dvc(*args: str) -> None:
-        result = subprocess.run([sys.executable, "-m", "dvc", "remote", *args], cwd=repo, capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "dvc", "remote", *args], cwd=repo, capture_output=True, text=True
+        )
         if result.returncode != 0:
             raise PipelineError(f"dvc remote {args[0]}: {services.cause(result.stderr, f'status {result.returncode}')}")
 

@@ -104,11 +104,15 @@ def _tool(server: Postgres, name: str) -> str:
 
 def _pg(server: Postgres, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {**os.environ, "LC_ALL": "C"}
-    return subprocess.run([_tool(server, tool), *args], capture_output=True, text=True, env=env, timeout=timeout, **_run_as())
+    return subprocess.run(
+        [_tool(server, tool), *args], capture_output=True, text=True, env=env, timeout=timeout, **_run_as()
+    )
 
 
 def _fail(what: str, result: subprocess.CompletedProcess) -> PipelineError:
-    return PipelineError(f"PostgreSQL: {what} failed: {services.cause(result.stderr + result.stdout, f'status {result.returncode}')}")
+    return PipelineError(
+        f"PostgreSQL: {what} failed: {services.cause(result.stderr + result.stdout, f'status {result.returncode}')}"
+    )
 
 
 def initialised(server: Postgres) -> bool:
@@ -128,8 +132,18 @@ def init(server: Postgres, password: str) -> None:
         os.write(handle, password.encode())
         os.close(handle)
         os.chown(pwfile, _owner_uid(), -1)
-        result = _pg(server, "initdb", "-D", str(server.data_dir), "-U", ROLE, f"--pwfile={pwfile}",
-                     "--auth=scram-sha-256", "--encoding=UTF8", "--no-instructions")
+        result = _pg(
+            server,
+            "initdb",
+            "-D",
+            str(server.data_dir),
+            "-U",
+            ROLE,
+            f"--pwfile={pwfile}",
+            "--auth=scram-sha-256",
+            "--encoding=UTF8",
+            "--no-instructions",
+        )
     finally:
         os.unlink(pwfile)
     if result.returncode != 0:
@@ -144,11 +158,25 @@ def start(server: Postgres) -> None:
     """Start the server (TCP on ``host:port`` only, no Unix socket) and wait until it accepts."""
     if running(server):
         return
-    result = _pg(server, "pg_ctl", "start", "-w", "-t", "60", "-D", str(server.data_dir), "-l", str(server.log),
-                 "-o", f"-h {server.host} -p {server.port} -k ''")
+    result = _pg(
+        server,
+        "pg_ctl",
+        "start",
+        "-w",
+        "-t",
+        "60",
+        "-D",
+        str(server.data_dir),
+        "-l",
+        str(server.log),
+        "-o",
+        f"-h {server.host} -p {server.port} -k ''",
+    )
     if result.returncode != 0:
         log = server.log.read_text(errors="replace") if server.log.is_file() else ""
-        raise PipelineError(f"PostgreSQL did not start on {server.host}:{server.port}: {services.cause(log, services.cause(result.stderr))}")
+        raise PipelineError(
+            f"PostgreSQL did not start on {server.host}:{server.port}: {services.cause(log, services.cause(result.stderr))}"
+        )
 
 
 def stop(server: Postgres) -> bool:
@@ -166,8 +194,15 @@ def ensure_database(server: Postgres, password: str, name: str = DATABASE) -> No
     import psycopg
 
     try:
-        connection = psycopg.connect(host=server.host, port=server.port, user=ROLE, password=password,
-                                     dbname="postgres", connect_timeout=10, autocommit=True)
+        connection = psycopg.connect(
+            host=server.host,
+            port=server.port,
+            user=ROLE,
+            password=password,
+            dbname="postgres",
+            connect_timeout=10,
+            autocommit=True,
+        )
     except psycopg.OperationalError as error:
         raise PipelineError(f"PostgreSQL at {server.host}:{server.port}: {first_line(error)}") from None
     with connection:

@@ -106,17 +106,21 @@ def weed_environment(settings: dict[str, str]) -> dict[str, str]:
     return {**{key: os.environ[key] for key in WEED_ENVIRONMENT if key in os.environ}, **settings}
 
 
-def write_identities(path: Path, keys: dict[str, Credentials], buckets: dict[str, str],
-                     readers: dict[str, str] | None = None) -> None:
+def write_identities(
+    path: Path, keys: dict[str, Credentials], buckets: dict[str, str], readers: dict[str, str] | None = None
+) -> None:
     """SeaweedFS' S3 identities file (0600): each role's key, allowed only on its bucket (every
     :data:`ACTIONS`); each of ``readers`` (role -> bucket) only :data:`READ_ACTIONS` on its bucket."""
     grants = [(role, bucket, ACTIONS) for role, bucket in buckets.items()]
     grants += [(role, bucket, READ_ACTIONS) for role, bucket in (readers or {}).items()]
-    identities = [{
-        "name": role,
-        "credentials": [{"accessKey": keys[role].key_id, "secretKey": keys[role].secret}],
-        "actions": [f"{action}:{bucket}" for action in actions],
-    } for role, bucket, actions in grants]
+    identities = [
+        {
+            "name": role,
+            "credentials": [{"accessKey": keys[role].key_id, "secretKey": keys[role].secret}],
+            "actions": [f"{action}:{bucket}" for action in actions],
+        }
+        for role, bucket, actions in grants
+    ]
     write_private(path, json.dumps({"identities": identities}, indent=1))
 
 
@@ -143,17 +147,32 @@ def _mutual_tls(internal: TLSFiles | None) -> dict[str, str]:
 #: with them its volume server takes reads and writes, and its filer any request, only with a
 #: token signed by the key, which the gateway makes for itself. Without them anyone who reaches
 #: those loopback ports reads and writes every bucket's objects without a key.
-JWT_KEYS = ("WEED_JWT_SIGNING_KEY", "WEED_JWT_SIGNING_READ_KEY", "WEED_JWT_FILER_SIGNING_KEY", "WEED_JWT_FILER_SIGNING_READ_KEY")
+JWT_KEYS = (
+    "WEED_JWT_SIGNING_KEY",
+    "WEED_JWT_SIGNING_READ_KEY",
+    "WEED_JWT_FILER_SIGNING_KEY",
+    "WEED_JWT_FILER_SIGNING_READ_KEY",
+)
 
 
-def start(host: str, port: int, folder: Path, identities: Path, tls: tuple[Path, Path] | None = None,
-          ca: Path | None = None, internal: TLSFiles | None = None, jwt: dict[str, str] | None = None) -> bool:
+def start(
+    host: str,
+    port: int,
+    folder: Path,
+    identities: Path,
+    tls: tuple[Path, Path] | None = None,
+    ca: Path | None = None,
+    internal: TLSFiles | None = None,
+    jwt: dict[str, str] | None = None,
+) -> bool:
     """Start SeaweedFS' S3 gateway at ``host:port`` (HTTPS with ``tls=(certificate, key)``, which
     ``ca`` vouches for) and its store on loopback (objects under ``folder/s3``, keys from
     ``identities``) unless the gateway answers already; return whether it was started.
     ``internal``: the certificate for their gRPC in mutual TLS; ``jwt``: the :data:`JWT_KEYS`
     (the same for both processes and across restarts)."""
-    settings = weed_environment({**_mutual_tls(internal), **{key: value for key, value in (jwt or {}).items() if key in JWT_KEYS}})
+    settings = weed_environment(
+        {**_mutual_tls(internal), **{key: value for key, value in (jwt or {}).items() if key in JWT_KEYS}}
+    )
     endpoint = f"{'https' if tls else 'http'}://{host}:{port}"
     if up(endpoint, ca):
         return False
@@ -166,15 +185,32 @@ def start(host: str, port: int, folder: Path, identities: Path, tls: tuple[Path,
     filer_health = f"http://127.0.0.1:{ports['filer.port']}/healthz"
     if not services.answers(filer_health):
         store = [
-            str(weed()), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3=false",
-            "-admin.ui=false", "-webdav=false", "-master.telemetry=false",
+            str(weed()),
+            "mini",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-s3=false",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-master.telemetry=false",
             *(f"-{name}={value}" for name, value in store_ports.items()),
         ]
-        services.spawn(STORE_SERVICE, store, folder, lambda: services.answers(filer_health), env=settings, inherit_env=False)
+        services.spawn(
+            STORE_SERVICE, store, folder, lambda: services.answers(filer_health), env=settings, inherit_env=False
+        )
     gateway = [
-        str(weed()), "s3", f"-filer={filer}", "-ip=127.0.0.1", f"-ip.bind={host}", f"-port={port}",
-        f"-port.grpc={ports[GATEWAY_GRPC]}", f"-config={identities.resolve()}", "-iam=false",
-        "-port.iceberg=0", "-port.lance=0",
+        str(weed()),
+        "s3",
+        f"-filer={filer}",
+        "-ip=127.0.0.1",
+        f"-ip.bind={host}",
+        f"-port={port}",
+        f"-port.grpc={ports[GATEWAY_GRPC]}",
+        f"-config={identities.resolve()}",
+        "-iam=false",
+        "-port.iceberg=0",
+        "-port.lance=0",
         *([f"-cert.file={tls[0]}", f"-key.file={tls[1]}"] if tls else []),
     ]
     services.spawn(SERVICE, gateway, folder, lambda: up(endpoint, ca), env=settings, inherit_env=False)
@@ -187,7 +223,9 @@ def stop(folder: Path) -> bool:
     return services.stop(STORE_SERVICE, folder) or gateway
 
 
-def ensure_buckets(endpoint: str, buckets: dict[str, str], keys: dict[str, Credentials], ca: Path | None = None) -> list[str]:
+def ensure_buckets(
+    endpoint: str, buckets: dict[str, str], keys: dict[str, Credentials], ca: Path | None = None
+) -> list[str]:
     """Make each role's bucket with its own key unless it exists; return the ones made."""
     from botocore.exceptions import ClientError
 
@@ -211,8 +249,12 @@ def client(endpoint: str | None, credentials: Credentials, service: str = "s3", 
     from botocore.config import Config
 
     return boto3.client(
-        service, endpoint_url=endpoint, region_name=REGION, verify=str(ca) if ca else None,
-        aws_access_key_id=credentials.key_id, aws_secret_access_key=credentials.secret,
+        service,
+        endpoint_url=endpoint,
+        region_name=REGION,
+        verify=str(ca) if ca else None,
+        aws_access_key_id=credentials.key_id,
+        aws_secret_access_key=credentials.secret,
         config=Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=30),
     )
 
@@ -230,10 +272,14 @@ def check(endpoint: str | None, bucket: str, credentials: Credentials, ca: str |
     except SSLError as error:
         trusted = f"the CA file {ca}" if ca else "this machine's CA store (or AWS_CA_BUNDLE)"
         reason = "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in str(error) else "TLS handshake failed"
-        raise PipelineError(f"S3 at {where} serves a TLS certificate that {trusted} does not vouch for ({reason}): "
-                            "set AWS_CA_BUNDLE to the team's ca.pem") from None
+        raise PipelineError(
+            f"S3 at {where} serves a TLS certificate that {trusted} does not vouch for ({reason}): "
+            "set AWS_CA_BUNDLE to the team's ca.pem"
+        ) from None
     except EndpointConnectionError:
-        raise PipelineError(f"S3 endpoint {where} is not reachable (is it running? `make team-up` starts the local one)") from None
+        raise PipelineError(
+            f"S3 endpoint {where} is not reachable (is it running? `make team-up` starts the local one)"
+        ) from None
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code", "error")
         if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidClientTokenId", "403"):

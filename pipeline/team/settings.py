@@ -116,16 +116,21 @@ def read_env(path: Path) -> dict[str, str]:
         if not sep or not key.isidentifier():
             raise PipelineError(f"{path}, line {number}: expected KEY=VALUE")
         if key.upper() in REFUSED_KEYS or key.upper().startswith(REFUSED_PREFIXES):
-            raise PipelineError(f"{path}, line {number}: {key} may not be set by an env file "
-                                "(it changes what every command it wraps loads or runs)")
+            raise PipelineError(
+                f"{path}, line {number}: {key} may not be set by an env file "
+                "(it changes what every command it wraps loads or runs)"
+            )
         values[key] = value.strip().strip("'\"")
     return values
 
 
 def write_env(path: Path, values: dict[str, str], header: str) -> None:
     """Write an env file readable by its owner only (atomically: a reader never sees half)."""
-    write_private(path, "".join(f"# {line}\n" for line in header.splitlines())
-                  + "".join(f"{key}={value}\n" for key, value in values.items()))
+    write_private(
+        path,
+        "".join(f"# {line}\n" for line in header.splitlines())
+        + "".join(f"{key}={value}\n" for key, value in values.items()),
+    )
 
 
 def client_values(path: Path) -> dict[str, str]:
@@ -140,8 +145,10 @@ def client_values(path: Path) -> dict[str, str]:
         if values.get(key):
             ca = path.parent / values[key]  # an absolute path stays as it is
             if not ca.is_file():
-                raise PipelineError(f"{path}: {key} names {ca}, which does not exist (the team's ca.pem: keep it beside "
-                                    f"this file, as `make team-user` hands them out)")
+                raise PipelineError(
+                    f"{path}: {key} names {ca}, which does not exist (the team's ca.pem: keep it beside "
+                    f"this file, as `make team-user` hands them out)"
+                )
             values[key] = str(ca.resolve())
     return values
 

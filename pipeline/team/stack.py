@@ -63,12 +63,16 @@ def tls_files(config: TeamConfig) -> certificates.TLSFiles | None:
     except ValueError:
         unspecified = False  # a host name
     if unspecified:
-        raise PipelineError(f"TEAM_HOST={config.host} binds every interface: give the one address clients use "
-                            "(its certificate names it)")
+        raise PipelineError(
+            f"TEAM_HOST={config.host} binds every interface: give the one address clients use "
+            "(its certificate names it)"
+        )
     if not config.secure:
         if not certificates.is_loopback(config.host):
-            raise PipelineError(f"plain HTTP on {config.host}, which other machines reach, would carry passwords and S3 keys "
-                                "in the clear: leave TLS on (team-up makes a certificate) or give the lab's with --cert/--key")
+            raise PipelineError(
+                f"plain HTTP on {config.host}, which other machines reach, would carry passwords and S3 keys "
+                "in the clear: leave TLS on (team-up makes a certificate) or give the lab's with --cert/--key"
+            )
         return None
     if config.cert or config.key:
         if not (config.cert and config.key):
@@ -120,8 +124,9 @@ def _client_trust(config: TeamConfig) -> dict[str, str]:
     return {key: value for key in CA_KEYS}
 
 
-def _start_s3(config: TeamConfig, secrets: dict[str, str], fresh_database: bool,
-              tls: certificates.TLSFiles | None) -> s3.Credentials:
+def _start_s3(
+    config: TeamConfig, secrets: dict[str, str], fresh_database: bool, tls: certificates.TLSFiles | None
+) -> s3.Credentials:
     """Start SeaweedFS (or reuse it) with one key per role, each allowed only its bucket, and a
     read-only key of the DVC bucket (READ members'); make the buckets that are missing; write the
     client env file (the read-write DVC key: it pushes). Each key is made once, when missing, and
@@ -143,34 +148,48 @@ def _start_s3(config: TeamConfig, secrets: dict[str, str], fresh_database: bool,
     if before not in (None, identities.read_bytes()) and services.stop(s3.SERVICE, config.folder):
         print("S3 gateway stopped to take the new identities file (it reads it at start only)")
     ca = config.trusted_ca
-    started = s3.start(config.host, config.s3_port, config.folder, identities,
-                       (tls.cert, tls.key) if tls else None, ca, certificates.internal(config.folder / "tls") if tls else None,
-                       jwt={key: secrets[key] for key in s3.JWT_KEYS})
+    started = s3.start(
+        config.host,
+        config.s3_port,
+        config.folder,
+        identities,
+        (tls.cert, tls.key) if tls else None,
+        ca,
+        certificates.internal(config.folder / "tls") if tls else None,
+        jwt={key: secrets[key] for key in s3.JWT_KEYS},
+    )
     if not started:  # something answers there already: it must take our keys (one line if not)
         s3.check(config.s3_endpoint, config.dvc_bucket, keys["dvc"], ca)
     made = s3.ensure_buckets(config.s3_endpoint, buckets, keys, ca)
-    write_env(config.client_env, {
-        "MLFLOW_TRACKING_URI": config.tracking_uri,
-        "TEAM_DVC_REMOTE_URL": f"s3://{config.dvc_bucket}/cache",
-        "TEAM_S3_ENDPOINT_URL": config.s3_endpoint,
-        "AWS_ACCESS_KEY_ID": keys["dvc"].key_id,
-        "AWS_SECRET_ACCESS_KEY": keys["dvc"].secret,
-        "AWS_DEFAULT_REGION": s3.REGION,
-        # Artifacts through the server only, also for tools other than the pipeline's stages
-        # (which default to it, see pipeline.tracking.mlflow_runs): no presigned URLs to the bucket.
-        "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false",
-        "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
-        **_client_trust(config),
-    }, CLIENT_ENV_HEADER)
+    write_env(
+        config.client_env,
+        {
+            "MLFLOW_TRACKING_URI": config.tracking_uri,
+            "TEAM_DVC_REMOTE_URL": f"s3://{config.dvc_bucket}/cache",
+            "TEAM_S3_ENDPOINT_URL": config.s3_endpoint,
+            "AWS_ACCESS_KEY_ID": keys["dvc"].key_id,
+            "AWS_SECRET_ACCESS_KEY": keys["dvc"].secret,
+            "AWS_DEFAULT_REGION": s3.REGION,
+            # Artifacts through the server only, also for tools other than the pipeline's stages
+            # (which default to it, see pipeline.tracking.mlflow_runs): no presigned URLs to the bucket.
+            "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false",
+            "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
+            **_client_trust(config),
+        },
+        CLIENT_ENV_HEADER,
+    )
     state = "started" if started else "already running: reusing it"
     new = f"; new buckets {', '.join(made)}" if made else ""
-    print(f"S3 (SeaweedFS) on {config.s3_endpoint}, {state}: objects in {config.folder / 's3'}{new}; keys in {config.client_env}")
+    print(
+        f"S3 (SeaweedFS) on {config.s3_endpoint}, {state}: objects in {config.folder / 's3'}{new}; keys in {config.client_env}"
+    )
     s3.check(config.s3_endpoint, config.artifacts_bucket, keys["mlflow"], ca)
     try:
         s3.check(config.s3_endpoint, config.dvc_bucket, keys[DVC_READER], ca)
     except PipelineError as error:
-        raise PipelineError(f"{error} (the S3 gateway there does not take {identities}: "
-                            "`make team-down team-up` restarts it)") from None
+        raise PipelineError(
+            f"{error} (the S3 gateway there does not take {identities}: `make team-down team-up` restarts it)"
+        ) from None
     return keys["mlflow"]
 
 
@@ -191,8 +210,13 @@ def _write_auth_config(config: TeamConfig, db: postgres.Postgres) -> None:
     )
 
 
-def _start_mlflow(config: TeamConfig, db: postgres.Postgres, secrets: dict[str, str], keys: s3.Credentials,
-                  tls: certificates.TLSFiles | None) -> None:
+def _start_mlflow(
+    config: TeamConfig,
+    db: postgres.Postgres,
+    secrets: dict[str, str],
+    keys: s3.Credentials,
+    tls: certificates.TLSFiles | None,
+) -> None:
     """Migrate the schema, then start (or reuse) the tracking server with accounts; the secrets
     reach it through its environment only."""
     _write_auth_config(config, db)
@@ -209,25 +233,45 @@ def _start_mlflow(config: TeamConfig, db: postgres.Postgres, secrets: dict[str, 
         **({"AWS_CA_BUNDLE": str(config.trusted_ca)} if config.trusted_ca else {}),
     }
     server.upgrade_schema(db.uri(), environment)
-    server.start(config.host, config.mlflow_port, config.folder.resolve(), backend=db.uri(),
-                 artifacts=f"s3://{config.artifacts_bucket}/artifacts", env=environment, app_name="basic-auth",
-                 tls=(tls.cert, tls.key) if tls else None, ca=config.trusted_ca)
+    server.start(
+        config.host,
+        config.mlflow_port,
+        config.folder.resolve(),
+        backend=db.uri(),
+        artifacts=f"s3://{config.artifacts_bucket}/artifacts",
+        env=environment,
+        app_name="basic-auth",
+        tls=(tls.cert, tls.key) if tls else None,
+        ca=config.trusted_ca,
+    )
     guard.refuse_foreign_listener(config.host, config.mlflow_port, config.secure, "the admin password")
-    problem = server.backend_problem(config.tracking_uri, headers=server.basic_auth(ADMIN, secrets["MLFLOW_AUTH_ADMIN_PASSWORD"]),
-                                     ca=config.trusted_ca)
+    problem = server.backend_problem(
+        config.tracking_uri,
+        headers=server.basic_auth(ADMIN, secrets["MLFLOW_AUTH_ADMIN_PASSWORD"]),
+        ca=config.trusted_ca,
+    )
     if problem == server.NEEDS_ACCOUNT:
-        raise PipelineError(f"MLflow server at {config.tracking_uri} refused the admin password of {config.server_env} "
-                            "(a server of another team folder on this port?)")
+        raise PipelineError(
+            f"MLflow server at {config.tracking_uri} refused the admin password of {config.server_env} "
+            "(a server of another team folder on this port?)"
+        )
     if problem:
         raise PipelineError(f"MLflow server at {config.tracking_uri} cannot use PostgreSQL: {problem}")
-    print(f"MLflow on {config.tracking_uri}: backend {db.uri()}, artifacts s3://{config.artifacts_bucket}/artifacts (proxied), "
-          f"accounts in {db.uri(postgres.AUTH_DATABASE)} (admin: `{ADMIN}`, password in {config.server_env})")
+    print(
+        f"MLflow on {config.tracking_uri}: backend {db.uri()}, artifacts s3://{config.artifacts_bucket}/artifacts (proxied), "
+        f"accounts in {db.uri(postgres.AUTH_DATABASE)} (admin: `{ADMIN}`, password in {config.server_env})"
+    )
 
 
 def down(config: TeamConfig) -> None:
     """Stop the MLflow server, the S3 server and PostgreSQL (the database and the objects stay on disk)."""
-    print("MLflow server " + ("stopped" if services.stop(server.SERVICE, config.folder.resolve()) else "was not running"))
-    print("S3 server " + (f"stopped (its objects stay in {config.folder / 's3'})" if s3.stop(config.folder) else "was not running"))
+    print(
+        "MLflow server " + ("stopped" if services.stop(server.SERVICE, config.folder.resolve()) else "was not running")
+    )
+    print(
+        "S3 server "
+        + (f"stopped (its objects stay in {config.folder / 's3'})" if s3.stop(config.folder) else "was not running")
+    )
     print("PostgreSQL " + ("stopped" if postgres.stop(database(config)) else "was not running"))
 
 

@@ -84,7 +84,9 @@ def read_bundle(folder: str | Path, root: str | Path | None = None) -> Bundle:
     folder = Path(folder)
     root = Path.cwd() if root is None else Path(root)
     if folder.name.endswith(PARTIAL) or (folder / "state.json").is_file():
-        raise BundleError(f"bundle {folder} is incomplete: its training run did not finish (no {MANIFEST}); rerun the stage")
+        raise BundleError(
+            f"bundle {folder} is incomplete: its training run did not finish (no {MANIFEST}); rerun the stage"
+        )
     if not folder.is_dir():
         raise BundleError(f"bundle {folder} not found (expected a folder written under ${OFFLINE_ENV})")
     manifest_file = folder / MANIFEST
@@ -98,7 +100,9 @@ def read_bundle(folder: str | Path, root: str | Path | None = None) -> Bundle:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"bundle {folder}: {MANIFEST} is not a {FORMAT} manifest")
     if manifest.get("version") != VERSION:
-        raise BundleError(f"bundle {folder}: format version {manifest.get('version')!r}, this pipeline reads version {VERSION}")
+        raise BundleError(
+            f"bundle {folder}: format version {manifest.get('version')!r}, this pipeline reads version {VERSION}"
+        )
     missing = [key for key in REQUIRED_KEYS if key not in manifest]
     if missing:
         raise BundleError(f"bundle {folder}: {MANIFEST} lacks {', '.join(missing)}")
@@ -123,7 +127,9 @@ def _refuse_links(folder: Path) -> None:
         for name in (*folders, *files):
             path = Path(where) / name
             if path.is_symlink():
-                raise BundleError(f"bundle {folder}: {path.relative_to(folder)} is a symbolic link (a bundle holds regular files only)")
+                raise BundleError(
+                    f"bundle {folder}: {path.relative_to(folder)} is a symbolic link (a bundle holds regular files only)"
+                )
 
 
 def _check_name(folder: Path, name: Any) -> None:
@@ -137,7 +143,9 @@ def _check_name(folder: Path, name: Any) -> None:
     else:
         kind = None
     if kind:
-        raise BundleError(f"bundle {folder}: {MANIFEST} lists {name!r}, {kind}: a bundle's files are plain names inside it")
+        raise BundleError(
+            f"bundle {folder}: {MANIFEST} lists {name!r}, {kind}: a bundle's files are plain names inside it"
+        )
     if name not in BUNDLE_FILES:
         raise BundleError(f"bundle {folder}: {MANIFEST} lists {name!r}, not a bundle file ({', '.join(BUNDLE_FILES)})")
 
@@ -169,12 +177,16 @@ def _copy_verified(folder: Path, name: str, expected: Any, destination: Path | N
                 if out is not None:
                     out.close()
         if digest.hexdigest() != expected:
-            raise BundleError(f"bundle {folder}: {name} does not match its sha256 in {MANIFEST} (corrupt or truncated copy)")
+            raise BundleError(
+                f"bundle {folder}: {name} does not match its sha256 in {MANIFEST} (corrupt or truncated copy)"
+            )
         if partial is not None:
             os.replace(partial, destination)
             partial = None
     except OSError as error:
-        raise BundleError(f"bundle {folder}: cannot copy {name} to {destination} ({error.strerror or error})") from error
+        raise BundleError(
+            f"bundle {folder}: cannot copy {name} to {destination} ({error.strerror or error})"
+        ) from error
     finally:
         if partial is not None:
             partial.unlink(missing_ok=True)
@@ -189,8 +201,10 @@ def _restore_targets(folder: Path, manifest: dict[str, Any], root: Path) -> dict
         stage = manifest["tags"].get("stage") if isinstance(manifest["tags"], dict) else None
         wanted = _stage_outputs(dvc_file, stage)
         if wanted is None:
-            raise BundleError(f"bundle {folder}: stage {stage!r} (its tag) is not a training stage of {dvc_file} "
-                              "with outs and metrics: nothing to restore to")
+            raise BundleError(
+                f"bundle {folder}: stage {stage!r} (its tag) is not a training stage of {dvc_file} "
+                "with outs and metrics: nothing to restore to"
+            )
     else:
         outputs = manifest["outputs"]
         wanted = {key: outputs.get(key) if isinstance(outputs, dict) else None for key in ("model_dir", "metrics")}
@@ -198,12 +212,16 @@ def _restore_targets(folder: Path, manifest: dict[str, Any], root: Path) -> dict
     targets = {}
     for key, raw in wanted.items():
         if not isinstance(raw, str) or not raw or Path(raw).is_absolute() or ".." in Path(raw).parts:
-            raise BundleError(f"bundle {folder}: output {key} {raw!r} is outside the project {base} "
-                              "(outputs are relative paths without '..')")
+            raise BundleError(
+                f"bundle {folder}: output {key} {raw!r} is outside the project {base} "
+                "(outputs are relative paths without '..')"
+            )
         resolved = (base / raw).resolve()
         if not resolved.is_relative_to(base):
-            raise BundleError(f"bundle {folder}: output {key} {raw!r} resolves to {resolved}, outside the project {base} "
-                              "(a symbolic link on the way)")
+            raise BundleError(
+                f"bundle {folder}: output {key} {raw!r} resolves to {resolved}, outside the project {base} "
+                "(a symbolic link on the way)"
+            )
         targets[key] = resolved
     return targets
 
@@ -212,7 +230,11 @@ def _stage_outputs(dvc_file: Path, stage: Any) -> dict[str, str] | None:
     """A training stage's first ``outs`` (the model folder) and ``metrics`` entry, ``${paths.X}`` resolved."""
     pipeline = read_yaml(dvc_file, "the pipeline", BundleError)
     stages = pipeline.get("stages") if isinstance(pipeline, dict) else None
-    entry = stages.get(stage) if isinstance(stages, dict) and isinstance(stage, str) and stage.startswith("train_") else None
+    entry = (
+        stages.get(stage)
+        if isinstance(stages, dict) and isinstance(stage, str) and stage.startswith("train_")
+        else None
+    )
     if not isinstance(entry, dict) or not entry.get("outs") or not entry.get("metrics"):
         return None
     paths = next((item["paths"] for item in pipeline.get("vars", []) if isinstance(item, dict) and "paths" in item), {})
@@ -262,18 +284,30 @@ def import_bundle(folder: str | Path, restore: bool = False) -> dict[str, Any]:
         try:
             model = keras.saving.load_model(bundle.folder / MODEL, compile=False, safe_mode=True)
         except Exception as error:
-            raise BundleError(f"bundle {bundle.folder}: {MODEL} does not load ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from error
+            raise BundleError(
+                f"bundle {bundle.folder}: {MODEL} does not load ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+            ) from error
         tags = {**manifest["tags"], "offline_bundle_id": bundle.bundle_id, "imported_by": socket.gethostname()}
         record = tracking.import_run(manifest, bundle.history, tags, model)
         record["tracking_uri"] = tracking.tracking_uri()
     if restore:
         model_dir = bundle.outputs["model_dir"]
         for name, expected in manifest["files"].items():  # listed files only, each hashed as it is copied
-            destination = bundle.outputs["metrics"] if name == STAGE_METRICS else model_dir / RESTORED_NAMES[name] if name in RESTORED_NAMES else None
+            destination = (
+                bundle.outputs["metrics"]
+                if name == STAGE_METRICS
+                else model_dir / RESTORED_NAMES[name]
+                if name in RESTORED_NAMES
+                else None
+            )
             if destination is not None:
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 _copy_verified(bundle.folder, name, expected, destination)
-        write_json(model_dir / RUN_FILE, {k: v for k, v in record.items() if k != "already_imported"} | {"offline_bundle_id": bundle.bundle_id, "smoke_run": manifest["tags"].get("smoke_run") == "true"})
+        write_json(
+            model_dir / RUN_FILE,
+            {k: v for k, v in record.items() if k != "already_imported"}
+            | {"offline_bundle_id": bundle.bundle_id, "smoke_run": manifest["tags"].get("smoke_run") == "true"},
+        )
     return record
 
 
@@ -284,21 +318,29 @@ def main(argv: list[str] | None = None) -> None:
     check.add_argument("bundles", nargs="+")
     importer = commands.add_parser("import", help="log bundles to the MLflow server ($MLFLOW_TRACKING_URI)")
     importer.add_argument("bundles", nargs="+")
-    importer.add_argument("--restore", action="store_true", help="also write the stage's outputs (model folder, metrics JSON) from the bundle")
+    importer.add_argument(
+        "--restore",
+        action="store_true",
+        help="also write the stage's outputs (model folder, metrics JSON) from the bundle",
+    )
     args = parser.parse_args(argv)
     for folder in args.bundles:
         if args.command == "check":
             bundle = read_bundle(folder)
             steps = {point.step for point in bundle.history}
-            print(f"{folder}: ok ({bundle.manifest['run_name']}, {len(bundle.history)} metric values over {len(steps)} steps, "
-                  f"device {bundle.manifest['tags'].get('device', '?')})")
+            print(
+                f"{folder}: ok ({bundle.manifest['run_name']}, {len(bundle.history)} metric values over {len(steps)} steps, "
+                f"device {bundle.manifest['tags'].get('device', '?')})"
+            )
             continue
         record = import_bundle(folder, restore=args.restore)
         if record.get("already_imported"):
             print(f"{folder}: already imported as run {record['run_id']} (nothing logged again)")
         else:
-            print(f"{folder}: imported as run {record['run_id']}, registered {record['registered_model']} v{record['version']}"
-                  f"{' (champion)' if record['champion'] else ''}")
+            print(
+                f"{folder}: imported as run {record['run_id']}, registered {record['registered_model']} v{record['version']}"
+                f"{' (champion)' if record['champion'] else ''}"
+            )
 
 
 if __name__ == "__main__":

@@ -109,8 +109,11 @@ def run(run_name: str, tags: Mapping[str, str], resume_run_id: str | None = None
     import mlflow
 
     try:
-        active = mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else run_name,
-                                  tags={"host": socket.gethostname(), **tags})
+        active = mlflow.start_run(
+            run_id=resume_run_id,
+            run_name=None if resume_run_id else run_name,
+            tags={"host": socket.gethostname(), **tags},
+        )
     except Exception as error:
         raise TrackingError(f"MLflow at {tracking_uri()}: cannot start run ({error})") from error
     with active:
@@ -181,7 +184,9 @@ def _backend_packages() -> tuple[str, ...]:
     import keras
 
     # tensorflow-cpu is the same TensorFlow in a CPU-only build: a served model needs either.
-    wanted = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "jax": ("jax", "jaxlib"), "torch": ("torch",)}.get(keras.backend.backend(), ())
+    wanted = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "jax": ("jax", "jaxlib"), "torch": ("torch",)}.get(
+        keras.backend.backend(), ()
+    )
     found = []
     for package in wanted:
         try:
@@ -213,8 +218,13 @@ def import_run(manifest: Mapping[str, Any], history: list[Any], tags: Mapping[st
     experiment = _guard(mlflow.get_experiment_by_name, manifest["experiment_name"])
     bundle_tag = tags.get("offline_bundle_id")
     run_tags = {key: str(value) for key, value in tags.items() if key != "offline_bundle_id"}
-    created = _guard(client.create_run, experiment.experiment_id, start_time=int(manifest["start_time_ms"]),
-                     tags=run_tags, run_name=manifest["run_name"])
+    created = _guard(
+        client.create_run,
+        experiment.experiment_id,
+        start_time=int(manifest["start_time_ms"]),
+        tags=run_tags,
+        run_name=manifest["run_name"],
+    )
     run_id = created.info.run_id
     try:
         params = [Param(key, str(value)) for key, value in manifest["params"].items()]
@@ -228,7 +238,10 @@ def import_run(manifest: Mapping[str, Any], history: list[Any], tags: Mapping[st
             for item in manifest.get("inputs", []):
                 log_input(item["name"], item["digest"], Path(item["source"]) if item.get("source") else None)
             registered = log_and_register_model(
-                model, np.zeros((2, size, size, 3), np.float32), manifest["registered_model_name"], float(manifest["score"])
+                model,
+                np.zeros((2, size, size, 3), np.float32),
+                manifest["registered_model_name"],
+                float(manifest["score"]),
             )
         if bundle_tag:
             _guard(client.log_batch, run_id, tags=[RunTag("offline_bundle_id", bundle_tag)])
@@ -266,11 +279,17 @@ class MlflowRecorder:  # implements pipeline.tracking.recorder.Recorder
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         log_metrics(metrics, step=step)
 
-    def log_model(self, model: Any, sample_images: Any, registered_name: str, score: float, out_dir: Path, metrics_file: Path) -> dict[str, Any]:
+    def log_model(
+        self, model: Any, sample_images: Any, registered_name: str, score: float, out_dir: Path, metrics_file: Path
+    ) -> dict[str, Any]:
         import mlflow
 
         run_id = mlflow.active_run().info.run_id
-        return {"run_id": run_id, "tracking_uri": tracking_uri(), **log_and_register_model(model, sample_images, registered_name, score)}
+        return {
+            "run_id": run_id,
+            "tracking_uri": tracking_uri(),
+            **log_and_register_model(model, sample_images, registered_name, score),
+        }
 
 
 def _is_better_than_champion(client: Any, name: str, score: float) -> bool:

@@ -48,10 +48,22 @@ MODEL = "model.keras"
 HISTORY = "history.csv"
 STAGE_METRICS = "stage_metrics.json"
 PARTIAL = ".partial"
-REQUIRED_KEYS = ("format", "version", "bundle_id", "experiment_name", "run_name", "tags", "params", "metrics",
-                 "registered_model_name", "score", "outputs", "files", "start_time_ms", "end_time_ms")
-
-
+REQUIRED_KEYS = (
+    "format",
+    "version",
+    "bundle_id",
+    "experiment_name",
+    "run_name",
+    "tags",
+    "params",
+    "metrics",
+    "registered_model_name",
+    "score",
+    "outputs",
+    "files",
+    "start_time_ms",
+    "end_time_ms",
+)
 
 
 def _now_ms() -> int:
@@ -77,7 +89,9 @@ class OfflineRecorder:
             probe.write_text("")
             probe.unlink()
         except OSError as error:
-            raise PipelineError(f"{OFFLINE_ENV}={self.folder}: cannot write there ({error.strerror or error})") from error
+            raise PipelineError(
+                f"{OFFLINE_ENV}={self.folder}: cannot write there ({error.strerror or error})"
+            ) from error
         self.experiment_name = experiment_name
 
     def _partial_for(self, run_id: str) -> Path:
@@ -97,9 +111,12 @@ class OfflineRecorder:
             self.partial = self._partial_for(run_id)
             self.partial.mkdir(parents=True)
             self.state = {
-                "bundle_id": run_id, "run_name": run_name, "experiment_name": self.experiment_name,
+                "bundle_id": run_id,
+                "run_name": run_name,
+                "experiment_name": self.experiment_name,
                 "tags": {**dict(tags), "trained_offline": "true", "host": socket.gethostname()},
-                "params": {}, "start_time_ms": _now_ms(),
+                "params": {},
+                "start_time_ms": _now_ms(),
             }
             self._save_state()
             with open(self.partial / METRICS, "w", newline="") as handle:
@@ -115,7 +132,9 @@ class OfflineRecorder:
         self._save_state()
 
     def log_input(self, name: str, digest: str, source: Path | None) -> None:
-        self.state.setdefault("inputs", []).append({"name": name, "digest": digest, "source": str(source.resolve()) if source else ""})
+        self.state.setdefault("inputs", []).append(
+            {"name": name, "digest": digest, "source": str(source.resolve()) if source else ""}
+        )
         self._save_state()
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -127,19 +146,37 @@ class OfflineRecorder:
                 if isinstance(value, (int, float)):
                     writer.writerow([key, repr(float(value)), step if step is not None else 0, stamp])
         if step is None:
-            self.state.setdefault("metrics", {}).update({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+            self.state.setdefault("metrics", {}).update(
+                {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            )
 
-    def log_model(self, model: Any, sample_images: Any, registered_name: str, score: float, out_dir: Path, metrics_file: Path) -> dict[str, Any]:
+    def log_model(
+        self, model: Any, sample_images: Any, registered_name: str, score: float, out_dir: Path, metrics_file: Path
+    ) -> dict[str, Any]:
         """Copy the saved model, history and stage metrics in, write the manifest, seal the bundle."""
         assert self.partial is not None
         for source, name in ((out_dir / MODEL, MODEL), (out_dir / HISTORY, HISTORY), (metrics_file, STAGE_METRICS)):
             if source.is_file():
                 shutil.copyfile(source, self.partial / name)
-        files = {name: sha256_of(self.partial / name) for name in (MODEL, METRICS, HISTORY, STAGE_METRICS) if (self.partial / name).is_file()}
+        files = {
+            name: sha256_of(self.partial / name)
+            for name in (MODEL, METRICS, HISTORY, STAGE_METRICS)
+            if (self.partial / name).is_file()
+        }
         manifest = {
-            "format": FORMAT, "version": VERSION, **{k: self.state[k] for k in ("bundle_id", "run_name", "experiment_name", "tags", "params", "start_time_ms")},
-            "metrics": self.state.get("metrics", {}), "inputs": self.state.get("inputs", []), "registered_model_name": registered_name, "score": float(score),
-            "outputs": {"model_dir": str(out_dir), "metrics": str(metrics_file)}, "files": files, "end_time_ms": _now_ms(),
+            "format": FORMAT,
+            "version": VERSION,
+            **{
+                k: self.state[k]
+                for k in ("bundle_id", "run_name", "experiment_name", "tags", "params", "start_time_ms")
+            },
+            "metrics": self.state.get("metrics", {}),
+            "inputs": self.state.get("inputs", []),
+            "registered_model_name": registered_name,
+            "score": float(score),
+            "outputs": {"model_dir": str(out_dir), "metrics": str(metrics_file)},
+            "files": files,
+            "end_time_ms": _now_ms(),
         }
         (self.partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         (self.partial / "state.json").unlink()

@@ -40,7 +40,9 @@ class Recorder(Protocol):
 
     def run_exists(self, run_id: str) -> bool: ...
 
-    def run(self, run_name: str, tags: Mapping[str, str], resume_run_id: str | None = None) -> AbstractContextManager[str]: ...
+    def run(
+        self, run_name: str, tags: Mapping[str, str], resume_run_id: str | None = None
+    ) -> AbstractContextManager[str]: ...
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
 
@@ -48,8 +50,9 @@ class Recorder(Protocol):
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
 
-    def log_model(self, model: Any, sample_images: Any, registered_name: str, score: float, out_dir: Path,
-                  metrics_file: Path) -> dict[str, Any]: ...
+    def log_model(
+        self, model: Any, sample_images: Any, registered_name: str, score: float, out_dir: Path, metrics_file: Path
+    ) -> dict[str, Any]: ...
 
 
 def offline_dir() -> Path | None:
@@ -87,6 +90,7 @@ class NullRecorder:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         pass
 
-    def log_model(self, model: Any, sample_images: Any, registered_name: str, score: float, out_dir: Path,
-                  metrics_file: Path) -> dict[str, Any]:
+    def log_model(
+        self, model: Any, sample_images: Any, registered_name: str, score: float, out_dir: Path, metrics_file: Path
+    ) -> dict[str, Any]:
         return {}

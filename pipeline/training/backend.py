@@ -154,7 +154,9 @@ def configure(seed: int, precision: str = "float32", group: Group | None = None)
     backend = name()
     if group is not None:
         if backend != "jax":
-            raise PipelineError(f"training as a group of processes runs on the JAX backend (KERAS_BACKEND=jax), not {backend}")
+            raise PipelineError(
+                f"training as a group of processes runs on the JAX backend (KERAS_BACKEND=jax), not {backend}"
+            )
         join(group)  # before anything touches a JAX device
     keras.utils.set_random_seed(seed)
     found = accelerators()
@@ -175,7 +177,9 @@ def configure(seed: int, precision: str = "float32", group: Group | None = None)
             devices.strategy = tf.distribute.get_strategy()
         devices.replicas = devices.strategy.num_replicas_in_sync
         if devices.replicas > 1:
-            devices.notes.append(f"tensorflow: data-parallel over {devices.replicas} devices (tf.distribute.MirroredStrategy)")
+            devices.notes.append(
+                f"tensorflow: data-parallel over {devices.replicas} devices (tf.distribute.MirroredStrategy)"
+            )
     elif backend == "jax":
         import jax
 
@@ -190,7 +194,9 @@ def configure(seed: int, precision: str = "float32", group: Group | None = None)
             keras.distribution.set_distribution(distribution)
             devices.replicas = len(every)
             where = f", {group.count} processes; this is {group.describe()}" if group else ""
-            devices.notes.append(f"jax: data-parallel over {len(every)} devices{where} (keras.distribution.DataParallel)")
+            devices.notes.append(
+                f"jax: data-parallel over {len(every)} devices{where} (keras.distribution.DataParallel)"
+            )
     elif backend == "torch":
         devices.notes.append("torch: no op-determinism switch is set; reruns may differ in the last digits")
         if len(found) > 1:

@@ -19,7 +19,9 @@ from pipeline.training import backend, cluster
 from pipeline.training.checkpoints import BEST_FILE, save_weights_atomically
 
 
-def validation_scores(probabilities: np.ndarray, labels: np.ndarray, loss: keras.losses.Loss, melanoma: int) -> dict[str, float]:
+def validation_scores(
+    probabilities: np.ndarray, labels: np.ndarray, loss: keras.losses.Loss, melanoma: int
+) -> dict[str, float]:
     """The validation numbers of one epoch (or of the averaged members) from the probabilities."""
     predicted = probabilities.argmax(axis=1)
     one_hot = np.eye(probabilities.shape[1], dtype=np.float32)[labels]
@@ -27,8 +29,12 @@ def validation_scores(probabilities: np.ndarray, labels: np.ndarray, loss: keras
         "val_loss": float(loss(one_hot, probabilities)),
         "val_accuracy": float(np.mean(predicted == labels)),
         "val_balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
-        "val_macro_f1": float(f1_score(labels, predicted, labels=np.arange(probabilities.shape[1]), average="macro", zero_division=0)),
-        "val_melanoma_recall": float(recall_score(labels, predicted, labels=[melanoma], average="macro", zero_division=0)),
+        "val_macro_f1": float(
+            f1_score(labels, predicted, labels=np.arange(probabilities.shape[1]), average="macro", zero_division=0)
+        ),
+        "val_melanoma_recall": float(
+            recall_score(labels, predicted, labels=[melanoma], average="macro", zero_division=0)
+        ),
     }
 
 
@@ -49,8 +55,19 @@ class ValidationMetrics(keras.callbacks.Callback):
     ``BackupAndRestore`` (which saves the optimizer's averages with it) see the raw weights.
     """
 
-    def __init__(self, data: LabelledImages, dataset: Any, loss: keras.losses.Loss, classes: tuple[str, ...], monitor: str, state_dir: Path,
-                 epoch_offset: int, train_images: int, devices: backend.Devices | None = None, local: keras.Model | None = None):
+    def __init__(
+        self,
+        data: LabelledImages,
+        dataset: Any,
+        loss: keras.losses.Loss,
+        classes: tuple[str, ...],
+        monitor: str,
+        state_dir: Path,
+        epoch_offset: int,
+        train_images: int,
+        devices: backend.Devices | None = None,
+        local: keras.Model | None = None,
+    ):
         super().__init__()
         self.devices, self.local = devices, local
         self.labels = data.labels
@@ -60,7 +77,9 @@ class ValidationMetrics(keras.callbacks.Callback):
         self.monitor = monitor
         self.state_file = state_dir / BEST_FILE
         self.epoch_offset = epoch_offset
-        self.best = read_json(self.state_file) if self.state_file.is_file() else {"value": -1.0, "epoch": -1, "metrics": {}}
+        self.best = (
+            read_json(self.state_file) if self.state_file.is_file() else {"value": -1.0, "epoch": -1, "metrics": {}}
+        )
         self._started = 0.0
         self.images_per_epoch = train_images
         self.averages: keras.callbacks.SwapEMAWeights | None = None
@@ -96,8 +115,11 @@ class ValidationMetrics(keras.callbacks.Callback):
         if self.averages is not None:
             self.averages.on_test_begin()  # the averaged weights into the model
         try:
-            metrics = {**self._scores(), "epoch_seconds": train_seconds,
-                       "train_images_per_second": self.images_per_epoch / train_seconds if train_seconds else 0.0}
+            metrics = {
+                **self._scores(),
+                "epoch_seconds": train_seconds,
+                "train_images_per_second": self.images_per_epoch / train_seconds if train_seconds else 0.0,
+            }
             if self.devices is not None and self.devices.group is not None:
                 metrics = dict(zip(metrics, cluster.broadcast(list(metrics.values()))))
             logs.update(metrics)
@@ -108,7 +130,12 @@ class ValidationMetrics(keras.callbacks.Callback):
                 weights = f"best-epoch{global_epoch + 1}.weights.h5"
                 save_weights_atomically(self.model, self.state_file.parent / weights)
                 previous = self.best.get("weights")
-                self.best = {"value": metrics[self.monitor], "epoch": global_epoch, "metrics": metrics, "weights": weights}
+                self.best = {
+                    "value": metrics[self.monitor],
+                    "epoch": global_epoch,
+                    "metrics": metrics,
+                    "weights": weights,
+                }
                 write_json(self.state_file, self.best)
                 if previous and previous != weights:
                     (self.state_file.parent / previous).unlink(missing_ok=True)
@@ -140,7 +167,10 @@ class TimeLimit(keras.callbacks.Callback):
             passed = bool(cluster.broadcast([float(passed)])[0])
         if passed:
             self.model.stop_training = True
-            print(f"time limit reached after epoch {epoch + self.epoch_offset + 1}: training stops, the best epoch so far is kept", flush=True)
+            print(
+                f"time limit reached after epoch {epoch + self.epoch_offset + 1}: training stops, the best epoch so far is kept",
+                flush=True,
+            )
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -165,4 +195,3 @@ class EpochLogger(keras.callbacks.Callback):
         except TrackingError as error:
             self.failed = True
             print(f"warning: {error}; per-epoch logging stopped, training continues", flush=True)
-

@@ -30,7 +30,9 @@ class RunState:
     params_hash: str
 
 
-def resume_state(stage: str, base: BaseParams, params: TrainParams, paths: TrainPaths, recorder: Recorder, fresh: bool = False) -> RunState:
+def resume_state(
+    stage: str, base: BaseParams, params: TrainParams, paths: TrainPaths, recorder: Recorder, fresh: bool = False
+) -> RunState:
     """The checkpoint folder of these params and data, and the run to resume if it still exists.
 
     ``fresh`` empties it first: a training group always starts over, because its processes
@@ -62,4 +64,3 @@ def save_weights_atomically(model: keras.Model, path: Path) -> None:
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
-

@@ -107,8 +107,13 @@ def join(group: Group) -> None:
     import jax
 
     try:
-        jax.distributed.initialize(coordinator_address=group.coordinator, num_processes=group.count, process_id=group.rank,
-                                   initialization_timeout=JOIN_TIMEOUT_SECONDS, heartbeat_timeout_seconds=group.heartbeat_seconds)
+        jax.distributed.initialize(
+            coordinator_address=group.coordinator,
+            num_processes=group.count,
+            process_id=group.rank,
+            initialization_timeout=JOIN_TIMEOUT_SECONDS,
+            heartbeat_timeout_seconds=group.heartbeat_seconds,
+        )
     except Exception as error:  # jax raises RuntimeError / XlaRuntimeError with a long status text
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise PipelineError(f"{group.describe()} could not join its training group: {first}") from None
@@ -153,8 +158,13 @@ def run_stage(main: Callable[[Sequence[str] | None], None]) -> int:
         return run_cli(main)
     if os.environ.get(CHILD_ENV):
         return run_cli(_ending_on_lost_member(main))
-    child = subprocess.Popen([sys.executable, *sys.argv], env={**os.environ, CHILD_ENV: "1"}, stderr=subprocess.PIPE, text=True,
-                             errors="replace")
+    child = subprocess.Popen(
+        [sys.executable, *sys.argv],
+        env={**os.environ, CHILD_ENV: "1"},
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+    )
     lost = False
     try:
         for line in child.stderr:
@@ -169,7 +179,10 @@ def run_stage(main: Callable[[Sequence[str] | None], None]) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     if lost or code < 0 or code in (134, LOST_MEMBER_EXIT):
-        print(f"error: {group.describe()} stopped: a process of the training group died or stopped answering "
-              f"(no heartbeat for {group.heartbeat_seconds} s); nothing was registered", file=sys.stderr)
+        print(
+            f"error: {group.describe()} stopped: a process of the training group died or stopped answering "
+            f"(no heartbeat for {group.heartbeat_seconds} s); nothing was registered",
+            file=sys.stderr,
+        )
         return 1
     return code

@@ -36,4 +36,3 @@ def _portable(config: Any) -> Any:
     if config.get("class_name") == "BatchNormalization" and config.get("config", {}).get("synchronized"):
         config = {**config, "config": {**config["config"], "synchronized": False}}  # and on into its dtype policy
     return {key: _portable(value) for key, value in config.items()}
-

@@ -1,4 +1,5 @@
-"""Where a training stage reads and writes: the paths ``dvc.yaml`` gives its script, parsed once."""
+"""Where a training stage reads and writes: the paths ``dvc.yaml`` gives its script, parsed once,
+and the train and validation images read from them."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import data_source
+from pipeline.config import BaseParams, TrainParams, data_source
+from pipeline.data.datasets import LabelledImages, load_augmented_images, load_split_images, subsample
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,9 @@ class TrainPaths:
     source: Path | None = None
 
 
-def training_arguments(description: str, argv=None, extra: dict[str, str] | None = None) -> tuple[argparse.Namespace, TrainPaths]:
+def training_arguments(
+    description: str, argv=None, extra: dict[str, str] | None = None
+) -> tuple[argparse.Namespace, TrainPaths]:
     """Parse the command line shared by the training stages (plus ``extra`` required options)."""
     parser = argparse.ArgumentParser(description=description)
     for name, help_text in (extra or {}).items():
@@ -50,3 +54,14 @@ def training_arguments(description: str, argv=None, extra: dict[str, str] | None
     )
     return args, paths
 
+
+def load_training_data(
+    paths: TrainPaths, base: BaseParams, params: TrainParams
+) -> tuple[LabelledImages, LabelledImages]:
+    """(train, val) at the model's input size; train is the augmented set when configured."""
+    if params.use_augmented:
+        train = load_augmented_images(paths.augmented, base.classes, params.input_size)
+    else:
+        train = load_split_images(paths.ingested, paths.split, "train", base.classes, params.input_size)
+    val = load_split_images(paths.ingested, paths.split, "val", base.classes, params.input_size)
+    return subsample(train, params.max_train_images, params.seed), val

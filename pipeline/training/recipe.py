@@ -59,8 +59,9 @@ def build_loss(params: TrainParams, alpha: list[float] | None) -> keras.losses.L
     )
 
 
-def build_optimizer(params: TrainParams, learning_rate: float, steps_per_epoch: int, epochs: int,
-                    ema_momentum: float = 0.0) -> keras.optimizers.Optimizer:
+def build_optimizer(
+    params: TrainParams, learning_rate: float, steps_per_epoch: int, epochs: int, ema_momentum: float = 0.0
+) -> keras.optimizers.Optimizer:
     """AdamW with a constant or warm-up + cosine-decay learning rate, keeping a moving average
     of the weights when ``ema_momentum`` is set (see :class:`ValidationMetrics` for its use)."""
     if params.lr_schedule == "cosine":
@@ -75,7 +76,9 @@ def build_optimizer(params: TrainParams, learning_rate: float, steps_per_epoch: 
     else:
         schedule = learning_rate
     if ema_momentum:
-        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=params.weight_decay, use_ema=True, ema_momentum=ema_momentum)
+        return keras.optimizers.AdamW(
+            learning_rate=schedule, weight_decay=params.weight_decay, use_ema=True, ema_momentum=ema_momentum
+        )
     return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=params.weight_decay)
 
 
@@ -88,8 +91,9 @@ def transfer_phases(params: TransferParams, backbone: keras.Model, pretrained: b
                 "fine_tune",
                 params.fine_tune_epochs,
                 params.fine_tune_learning_rate,
-                prepare=lambda _model: unfreeze_top_layers(backbone, params.fine_tune_layers, params.fine_tune_batch_norm),
+                prepare=lambda _model: unfreeze_top_layers(
+                    backbone, params.fine_tune_layers, params.fine_tune_batch_norm
+                ),
             )
         )
     return phases
-

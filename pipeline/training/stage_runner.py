@@ -53,11 +53,15 @@ def stage_commands(dvc_file: Path, params_file: Path) -> dict[str, str]:
             try:
                 return str(_lookup(context, match.group(1)))
             except KeyError:
-                raise PipelineError(f"{dvc_file}: stage {name} uses ${{{match.group(1)}}}, which neither vars nor {params_file} define") from None
+                raise PipelineError(
+                    f"{dvc_file}: stage {name} uses ${{{match.group(1)}}}, which neither vars nor {params_file} define"
+                ) from None
 
         command = PLACEHOLDER.sub(resolve, command)
         # dvc.yaml says `python`: here that is this interpreter (a node may have only python3).
-        commands[name] = shlex.quote(sys.executable) + command[len("python"):] if command.startswith("python ") else command
+        commands[name] = (
+            shlex.quote(sys.executable) + command[len("python") :] if command.startswith("python ") else command
+        )
     return commands
 
 
@@ -80,9 +84,13 @@ def set_params(params_file: Path, assignments: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.training.stage_runner", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.training.stage_runner", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("stages", nargs="+", help="stage names of dvc.yaml, run in this order")
-    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE", help="edit params.yaml first")
+    parser.add_argument(
+        "--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE", help="edit params.yaml first"
+    )
     parser.add_argument("--dvc-file", default="dvc.yaml")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)

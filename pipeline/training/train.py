@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import BaseParams, CnnParams, EffNetParams, Lite0Params, TrainParams, as_flat_dict, data_name
-from pipeline.data.datasets import LabelledImages, load_augmented_images, load_split_images, make_dataset, subsample
+from pipeline.data.datasets import LabelledImages, make_dataset
 from pipeline.errors import PipelineError
 from pipeline.io import read_json, write_json, write_text_atomic
 from pipeline.models.builders import average_models, build_cnn, build_effnet_lite0, build_effnetb7
@@ -37,7 +37,7 @@ from pipeline.training import backend, cluster
 from pipeline.training.callbacks import EpochLogger, TimeLimit, ValidationMetrics, validation_scores
 from pipeline.training.checkpoints import BEST_FILE, resume_state, save_weights_atomically
 from pipeline.training.export import save_for_inference
-from pipeline.training.paths import TrainPaths
+from pipeline.training.paths import TrainPaths, load_training_data
 from pipeline.training.recipe import Phase, build_loss, build_optimizer, class_alpha, transfer_phases
 
 #: Environment variables that once changed a trained model, and the parameter that does it now:
@@ -60,19 +60,22 @@ def refuse_moved_settings(stage: str) -> None:
             )
 
 
-def load_training_data(paths: TrainPaths, base: BaseParams, params: TrainParams) -> tuple[LabelledImages, LabelledImages]:
-    """(train, val) at the model's input size; train is the augmented set when configured."""
-    if params.use_augmented:
-        train = load_augmented_images(paths.augmented, base.classes, params.input_size)
-    else:
-        train = load_split_images(paths.ingested, paths.split, "train", base.classes, params.input_size)
-    val = load_split_images(paths.ingested, paths.split, "val", base.classes, params.input_size)
-    return subsample(train, params.max_train_images, params.seed), val
-
-
-def fit_phases(model: keras.Model, phases: list[Phase], params: TrainParams, loss: keras.losses.Loss, devices: backend.Devices,
-               train_dataset: Any, val: LabelledImages, val_dataset: Any, classes: tuple[str, ...], state_dir: Path,
-               recorder: Recorder, train_images: int, deadline: float | None = None, first_epoch: int = 0) -> list[pd.DataFrame]:
+def fit_phases(
+    model: keras.Model,
+    phases: list[Phase],
+    params: TrainParams,
+    loss: keras.losses.Loss,
+    devices: backend.Devices,
+    train_dataset: Any,
+    val: LabelledImages,
+    val_dataset: Any,
+    classes: tuple[str, ...],
+    state_dir: Path,
+    recorder: Recorder,
+    train_images: int,
+    deadline: float | None = None,
+    first_epoch: int = 0,
+) -> list[pd.DataFrame]:
     """Run each phase's ``fit``; a phase finished before an interruption is not redone, and
     none starts after the ``deadline``. Epochs are numbered from ``first_epoch`` (a seed
     ensemble's later members continue the numbering, so their curves follow in one run)."""
@@ -103,12 +106,18 @@ def fit_phases(model: keras.Model, phases: list[Phase], params: TrainParams, los
             print(f"time limit reached: phase '{phase.name}' skipped", flush=True)
             break
         callbacks: list[keras.callbacks.Callback] = [
-            ValidationMetrics(val, val_dataset, loss, classes, params.monitor, state_dir, epoch_offset, train_images, devices, local),
+            ValidationMetrics(
+                val, val_dataset, loss, classes, params.monitor, state_dir, epoch_offset, train_images, devices, local
+            ),
             EpochLogger(recorder, epoch_offset),
             keras.callbacks.BackupAndRestore(str(state_dir / f"{phase.name}-backup")),
         ]
         if params.early_stopping_patience:
-            callbacks.append(keras.callbacks.EarlyStopping(monitor=params.monitor, mode="max", patience=params.early_stopping_patience))
+            callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    monitor=params.monitor, mode="max", patience=params.early_stopping_patience
+                )
+            )
         if deadline is not None:
             callbacks.append(TimeLimit(deadline, epoch_offset, devices.group))
         # shuffle=False: the input pipeline already reshuffles every epoch (seeded).
@@ -136,14 +145,21 @@ def run_training(
     0 logs and writes the outputs, the others keep their checkpoints in a temporary folder."""
     refuse_moved_settings(stage)
     group = cluster.from_env()
-    recorder = open_recorder() if group is None or group.chief else NullRecorder(f"{group.describe()}: process 0 logs the run")
+    recorder = (
+        open_recorder() if group is None or group.chief else NullRecorder(f"{group.describe()}: process 0 logs the run")
+    )
     recorder.connect(base.experiment_name)  # fail fast, before any work, if MLflow is down
     deadline = time_limit_deadline(params.max_train_minutes)
     devices = backend.configure(params.seed, params.precision, group)
     if not devices.chief:
         scratch = Path(tempfile.mkdtemp(prefix=f"{stage}-process{group.rank}-"))
-        paths = dataclasses.replace(paths, checkpoints=scratch / "checkpoints", out_dir=scratch / "out", metrics=scratch / "metrics.json")
-    print(f"{stage}: keras {keras.__version__} on {devices.backend}, {devices.label}, {devices.policy}; tracking: {recorder.describe()}", flush=True)
+        paths = dataclasses.replace(
+            paths, checkpoints=scratch / "checkpoints", out_dir=scratch / "out", metrics=scratch / "metrics.json"
+        )
+    print(
+        f"{stage}: keras {keras.__version__} on {devices.backend}, {devices.label}, {devices.policy}; tracking: {recorder.describe()}",
+        flush=True,
+    )
     for note in devices.notes:
         print(note, flush=True)
     train, val = load_training_data(paths, base, params)
@@ -154,13 +170,23 @@ def run_training(
 
     def train_batches(seed: int):
         return make_dataset(
-            train.images, train.labels, num_classes, params.batch_size, training=True, seed=seed,
-            random_flip=params.random_flip, random_rotate90=params.random_rotate90, multiple_of=devices.replicas, shard=devices.shard,
+            train.images,
+            train.labels,
+            num_classes,
+            params.batch_size,
+            training=True,
+            seed=seed,
+            random_flip=params.random_flip,
+            random_rotate90=params.random_rotate90,
+            multiple_of=devices.replicas,
+            shard=devices.shard,
         )
 
     train_dataset = train_batches(params.seed)
     # A group validates with a local copy of the model: whole batches, on this process alone.
-    val_dataset = make_dataset(val.images, None, num_classes, params.batch_size, multiple_of=1 if group else devices.replicas)
+    val_dataset = make_dataset(
+        val.images, None, num_classes, params.batch_size, multiple_of=1 if group else devices.replicas
+    )
     tags = {
         "stage": stage,
         "approach": stage.removeprefix("train_"),
@@ -207,8 +233,22 @@ def run_training(
             with devices.scope():
                 model, phases = build()
                 devices.adapt(model)
-            frames = fit_phases(model, phases, params, loss, devices, train_dataset, val, val_dataset, base.classes,
-                                member_dir, recorder, len(train), deadline, first_epoch=member * sum(phase.epochs for phase in phases))
+            frames = fit_phases(
+                model,
+                phases,
+                params,
+                loss,
+                devices,
+                train_dataset,
+                val,
+                val_dataset,
+                base.classes,
+                member_dir,
+                recorder,
+                len(train),
+                deadline,
+                first_epoch=member * sum(phase.epochs for phase in phases),
+            )
             history_frames += [frame.assign(member=member + 1) if params.members > 1 else frame for frame in frames]
             bests.append(read_json(member_dir / BEST_FILE))
             model.load_weights(member_dir / bests[-1].get("weights", "best.weights.h5"))
@@ -230,8 +270,12 @@ def run_training(
                 summary[f"member{number}_best_{params.monitor}"] = best["value"]
         else:
             model = models[0]
-            summary.update({f"best_{params.monitor}": bests[0]["value"],
-                            **{f"best_{key}": value for key, value in bests[0]["metrics"].items() if key.startswith("val_")}})
+            summary.update(
+                {
+                    f"best_{params.monitor}": bests[0]["value"],
+                    **{f"best_{key}": value for key, value in bests[0]["metrics"].items() if key.startswith("val_")},
+                }
+            )
         summary.update({"train_seconds": round(time.perf_counter() - started, 1), "train_images": len(train)})
         if not devices.chief:
             shutil.rmtree(paths.checkpoints.parent, ignore_errors=True)
@@ -240,35 +284,23 @@ def run_training(
         paths.out_dir.mkdir(parents=True, exist_ok=True)
         save_for_inference(model, paths.out_dir / MODEL_FILE)
         if history_frames:
-            write_text_atomic(paths.out_dir / HISTORY_FILE, pd.concat(history_frames, ignore_index=True).to_csv(index=False))
+            write_text_atomic(
+                paths.out_dir / HISTORY_FILE, pd.concat(history_frames, ignore_index=True).to_csv(index=False)
+            )
         write_json(paths.metrics, summary)
         recorder.log_metrics(summary)
         run_record = recorder.log_model(
-            model, val.images[:4].astype(np.float32), params.registered_model_name, summary["best_val_balanced_accuracy"],
-            paths.out_dir, paths.metrics,
+            model,
+            val.images[:4].astype(np.float32),
+            params.registered_model_name,
+            summary["best_val_balanced_accuracy"],
+            paths.out_dir,
+            paths.metrics,
         )
         # The model folder says whether it is a smoke run: evaluate lists it apart, wherever it came from.
         write_json(paths.out_dir / RUN_FILE, {**run_record, "smoke_run": params.smoke_run})
     shutil.rmtree(state.checkpoint_dir, ignore_errors=True)
     return {**summary, **run_record}
-
-
-def kept(summary: dict[str, Any]) -> str:
-    """The kept epoch(s) and the validation score, for the stage's last line."""
-    epochs = []  # a seed ensemble's members, in order (member1_best_epoch, member2_...)
-    while f"member{len(epochs) + 1}_best_epoch" in summary:
-        epochs.append(str(summary[f"member{len(epochs) + 1}_best_epoch"]))
-    kept_epochs = f"best epochs {', '.join(epochs)} ({len(epochs)} members averaged)" if epochs else f"best epoch {summary['best_epoch']}"
-    return f"{kept_epochs}, val balanced accuracy {summary['best_val_balanced_accuracy']:.4f}"
-
-
-def outcome(summary: dict[str, Any]) -> str:
-    """Where the run went, for the stage's last line."""
-    if summary.get("group_process"):
-        return f"{summary['group_process']}: done, process 0 writes the outputs and logs the run"
-    if summary.get("offline_bundle"):
-        return f"recorded offline in {summary['offline_bundle']} (log it: python -m pipeline.tracking.bundle import <that folder>)"
-    return f"registered {summary['registered_model']} v{summary['version']}"
 
 
 def train_cnn_focal(base: BaseParams, params: CnnParams, paths: TrainPaths) -> dict[str, Any]:
@@ -290,7 +322,9 @@ def train_effnetb7(base: BaseParams, params: EffNetParams, paths: TrainPaths) ->
     return run_training("train_effnetb7", base, params, paths, build)
 
 
-def train_effnet_lite0(base: BaseParams, params: Lite0Params, paths: TrainPaths, weights_dir: Path | None) -> dict[str, Any]:
+def train_effnet_lite0(
+    base: BaseParams, params: Lite0Params, paths: TrainPaths, weights_dir: Path | None
+) -> dict[str, Any]:
     """Train EfficientNet-Lite0 from the converted ImageNet weights: head, then fine-tuning."""
 
     def build():

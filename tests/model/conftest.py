@@ -10,10 +10,23 @@ from pipeline.config import HAM10000_CLASSES, AugmentParams, BaseParams, CnnPara
 from pipeline.training.paths import TrainPaths
 
 TINY_CNN = CnnParams(
-    input_size=32, epochs=3, batch_size=32, learning_rate=0.003, lr_schedule="cosine", warmup_epochs=1,
-    weight_decay=0.0001, early_stopping_patience=0, monitor="val_balanced_accuracy", focal_gamma=2.0,
-    class_alpha="sqrt_inverse_frequency", dropout=0.1, random_flip=True, use_augmented=True,
-    registered_model_name="tests-cnn", filters=(16, 32), blocks_per_stage=1,
+    input_size=32,
+    epochs=3,
+    batch_size=32,
+    learning_rate=0.003,
+    lr_schedule="cosine",
+    warmup_epochs=1,
+    weight_decay=0.0001,
+    early_stopping_patience=0,
+    monitor="val_balanced_accuracy",
+    focal_gamma=2.0,
+    class_alpha="sqrt_inverse_frequency",
+    dropout=0.1,
+    random_flip=True,
+    use_augmented=True,
+    registered_model_name="tests-cnn",
+    filters=(16, 32),
+    blocks_per_stage=1,
 )
 
 
@@ -32,18 +45,34 @@ def tiny_artifacts(tmp_path_factory):
     images, index = load_ingested(root / "ingested")
     splits = split_dataset(index, base.classes, SplitParams(test_fraction=0.2, val_fraction=0.2), base.seed)
     write_splits(splits, root / "split")
-    augment = AugmentParams(balance_to=30, max_copies_per_image=2, horizontal_flip=0.5, vertical_flip=0.5, rotate_limit=90,
-                            shift_limit=0.0, scale_limit=0.0, brightness_limit=0.1, contrast_limit=0.1,
-                            hue_shift_limit=0, saturation_shift_limit=0)
-    augmented, augmented_index = augment_train(select_images(images, index, splits["train"]["image_id"]), splits["train"], augment, base.seed)
+    augment = AugmentParams(
+        balance_to=30,
+        max_copies_per_image=2,
+        horizontal_flip=0.5,
+        vertical_flip=0.5,
+        rotate_limit=90,
+        shift_limit=0.0,
+        scale_limit=0.0,
+        brightness_limit=0.1,
+        contrast_limit=0.1,
+        hue_shift_limit=0,
+        saturation_shift_limit=0,
+    )
+    augmented, augmented_index = augment_train(
+        select_images(images, index, splits["train"]["image_id"]), splits["train"], augment, base.seed
+    )
     write_atomically(root / "augmented", augmented, augmented_index)
     return base, root
 
 
 def make_paths(root, out_name: str) -> TrainPaths:
     return TrainPaths(
-        ingested=root / "ingested", split=root / "split", augmented=root / "augmented",
-        out_dir=root / out_name, metrics=root / f"{out_name}.json", checkpoints=root / f"{out_name}-checkpoints",
+        ingested=root / "ingested",
+        split=root / "split",
+        augmented=root / "augmented",
+        out_dir=root / out_name,
+        metrics=root / f"{out_name}.json",
+        checkpoints=root / f"{out_name}-checkpoints",
     )
 
 
@@ -54,7 +83,19 @@ def tiny_cnn(**changes) -> CnnParams:
 def train_stage_command(repo_root, root, out, params) -> list[str]:
     """The CNN stage script's arguments on the tiny artifacts, writing under ``out``."""
     return [
-        str(repo_root / "stages" / "train_cnn_focal.py"), "--params", str(params),
-        "--ingested", str(root / "ingested"), "--split", str(root / "split"), "--augmented", str(root / "augmented"),
-        "--out", str(out / "model"), "--metrics", str(out / "train.json"), "--checkpoints", str(out / "ckpt"),
+        str(repo_root / "stages" / "train_cnn_focal.py"),
+        "--params",
+        str(params),
+        "--ingested",
+        str(root / "ingested"),
+        "--split",
+        str(root / "split"),
+        "--augmented",
+        str(root / "augmented"),
+        "--out",
+        str(out / "model"),
+        "--metrics",
+        str(out / "train.json"),
+        "--checkpoints",
+        str(out / "ckpt"),
     ]

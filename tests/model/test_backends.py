@@ -70,7 +70,11 @@ def jax_offline_run(tiny_artifacts, tmp_path_factory, repo_root):
     runner.write_text(BLOCKED_RUNNER)
     result = subprocess.run(
         [sys.executable, str(runner), "tensorflow,mlflow", *train_stage_command(repo_root, root, out, params)],
-        capture_output=True, text=True, env=env, cwd=repo_root, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=repo_root,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     bundles = [path for path in (out / "runs").iterdir() if path.is_dir()]
@@ -102,15 +106,26 @@ def test_a_jax_trained_model_predicts_the_same_under_tensorflow(jax_offline_run,
 
     base, root = tiny_artifacts
     out, bundle_dir, _ = jax_offline_run
-    images = load_split_images(root / "ingested", root / "split", "val", base.classes, 32).images[:16].astype(np.float32)
+    images = (
+        load_split_images(root / "ingested", root / "split", "val", base.classes, 32).images[:16].astype(np.float32)
+    )
     np.save(out / "images.npy", images)
     script = (
         "import sys, numpy as np, keras; m = keras.saving.load_model(sys.argv[1]); "
         "np.save(sys.argv[3], m.predict(np.load(sys.argv[2]), verbose=0))"
     )
     subprocess.run(
-        [sys.executable, "-c", script, str(out / "model" / "model.keras"), str(out / "images.npy"), str(out / "jax.npy")],
-        check=True, env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            script,
+            str(out / "model" / "model.keras"),
+            str(out / "images.npy"),
+            str(out / "jax.npy"),
+        ],
+        check=True,
+        env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"},
+        timeout=300,
     )
     assert keras.backend.backend() == "tensorflow"
     model = keras.saving.load_model(out / "model" / "model.keras")
@@ -127,7 +142,12 @@ def test_a_bundle_imports_into_a_real_server_with_its_whole_history(jax_offline_
     shutil.copytree(original, bundle_dir)
     port = free_port()
     command = [sys.executable, "-m", "pipeline.services.mlflow_server"]
-    started = subprocess.run(command + ["start", "--port", str(port), "--store", str(tmp_path / "store")], capture_output=True, text=True, timeout=180)
+    started = subprocess.run(
+        command + ["start", "--port", str(port), "--store", str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert started.returncode == 0, started.stderr
     try:
         uri = f"http://127.0.0.1:{port}"
@@ -140,7 +160,9 @@ def test_a_bundle_imports_into_a_real_server_with_its_whole_history(jax_offline_
         client = mlflow.MlflowClient(uri)
         run = client.get_run(record["run_id"])
         assert run.info.status == "FINISHED" and run.info.run_name == "cnn_focal-ham"
-        assert [(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs] == [("ham", manifest["tags"]["data_hash"])]
+        assert [(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs] == [
+            ("ham", manifest["tags"]["data_hash"])
+        ]
         assert run.data.tags["offline_bundle_id"] == manifest["bundle_id"]
         assert run.data.tags["keras_backend"] == "jax" and run.data.tags["trained_offline"] == "true"
         assert run.data.params["train_cnn_focal.epochs"] == str(EPOCHS)
@@ -160,12 +182,21 @@ def test_a_bundle_imports_into_a_real_server_with_its_whole_history(jax_offline_
         assert len(mlflow.search_runs(experiment_names=["tests-offline"], output_format="list")) == 1
         # The registered model loads in another process, from the server alone.
         loaded = subprocess.run(
-            [sys.executable, "-c", "import mlflow; m = mlflow.keras.load_model('models:/tests-offline-cnn@champion'); print(m.output_shape)"],
-            capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": uri}, timeout=300,
+            [
+                sys.executable,
+                "-c",
+                "import mlflow; m = mlflow.keras.load_model('models:/tests-offline-cnn@champion'); print(m.output_shape)",
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+            timeout=300,
         )
         assert loaded.returncode == 0 and "(None, 7)" in loaded.stdout, loaded.stderr[-2000:]
     finally:
-        subprocess.run(command + ["stop", "--store", str(tmp_path / "store")], capture_output=True, text=True, timeout=60)
+        subprocess.run(
+            command + ["stop", "--store", str(tmp_path / "store")], capture_output=True, text=True, timeout=60
+        )
 
 
 @pytest.mark.parametrize(
@@ -203,8 +234,12 @@ def test_a_damaged_bundle_is_refused_in_one_line(jax_offline_run, tmp_path, dama
         read_bundle(bundle_dir)
     # The import command says it in one line, exit 1, before contacting any server.
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.tracking.bundle", "import", str(bundle_dir)], capture_output=True, text=True, cwd=repo_root,
-        env={**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}, timeout=300,
+        [sys.executable, "-m", "pipeline.tracking.bundle", "import", str(bundle_dir)],
+        capture_output=True,
+        text=True,
+        cwd=repo_root,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"},
+        timeout=300,
     )
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: bundle ") and message in result.stderr

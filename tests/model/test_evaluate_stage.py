@@ -31,9 +31,17 @@ def test_evaluate_writes_metrics_plots_report_and_logs_to_the_training_runs(tiny
 
     def evaluate():
         return run_evaluation(
-            models, root / "ingested", root / "split", base.classes, base.experiment_name,
-            EvaluateParams(ece_bins=10, tta=True, bootstrap_resamples=200), metrics_file, plots, report,
-            smoke_runs=smoke_runs, paired_file=paired_file,
+            models,
+            root / "ingested",
+            root / "split",
+            base.classes,
+            base.experiment_name,
+            EvaluateParams(ece_bins=10, tta=True, bootstrap_resamples=200),
+            metrics_file,
+            plots,
+            report,
+            smoke_runs=smoke_runs,
+            paired_file=paired_file,
         )
 
     results = evaluate()
@@ -70,7 +78,9 @@ def test_evaluate_writes_metrics_plots_report_and_logs_to_the_training_runs(tiny
     assert "evaluation/roc.png" in artifacts and "evaluation/comparison.md" in artifacts
     ensemble_runs = mlflow.search_runs(experiment_names=[base.experiment_name], filter_string="tags.model = 'ensemble'")
     assert len(ensemble_runs) == 1
-    assert ensemble_runs["metrics.test_weight_cnn_focal"][0] == pytest.approx(written["ensemble"]["weights"]["cnn_focal"])
+    assert ensemble_runs["metrics.test_weight_cnn_focal"][0] == pytest.approx(
+        written["ensemble"]["weights"]["cnn_focal"]
+    )
     # A second evaluation of the same data and commit logs into the same ensemble run.
     evaluate()
     again = mlflow.search_runs(experiment_names=[base.experiment_name], filter_string="tags.model = 'ensemble'")
@@ -90,7 +100,12 @@ def _isic2018_folder(root, ham, rows):
         source = next(ham.glob(f"HAM10000_images_part_*/{row.image_id}.jpg"))
         name = f"ISIC_{number:07d}"
         Image.open(source).resize((120, 90)).save(folder / "ISIC2018_Task3_Test_Input" / f"{name}.jpg")
-        truth.append({"image": name, **{code: float(code.lower() == row.dx) for code in ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")}})
+        truth.append(
+            {
+                "image": name,
+                **{code: float(code.lower() == row.dx) for code in ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")},
+            }
+        )
     pd.DataFrame(truth).to_csv(folder / "ISIC2018_Task3_Test_GroundTruth.csv", index=False)
     return folder
 
@@ -103,9 +118,17 @@ def test_external_isic2018_test_set_is_scored_separately(tiny_artifacts, mlflow_
     external = _isic2018_folder(tmp_path, root / "ham", rows=14)
     external_file = tmp_path / "external.json"
     run_evaluation(
-        {"cnn_focal": paths.out_dir, "effnet_lite0": other.out_dir}, root / "ingested", root / "split", base.classes,
-        base.experiment_name, EvaluateParams(external_dir=str(external), bootstrap_resamples=200), tmp_path / "evaluate.json",
-        tmp_path / "plots", tmp_path / "report.md", external_metrics_file=external_file, image_size=base.image_size,
+        {"cnn_focal": paths.out_dir, "effnet_lite0": other.out_dir},
+        root / "ingested",
+        root / "split",
+        base.classes,
+        base.experiment_name,
+        EvaluateParams(external_dir=str(external), bootstrap_resamples=200),
+        tmp_path / "evaluate.json",
+        tmp_path / "plots",
+        tmp_path / "report.md",
+        external_metrics_file=external_file,
+        image_size=base.image_size,
         paired_file=tmp_path / "paired.json",
     )
     scored = read_json(external_file)
@@ -127,6 +150,8 @@ def test_external_folder_errors_are_clear(tmp_path):
 
     with pytest.raises(PipelineError, match="ground truth not found"):
         load_isic2018_test(tmp_path, ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"), 32)
-    (tmp_path / "ISIC2018_Task3_Test_GroundTruth.csv").write_text("image,MEL,NV,BCC,AKIEC,BKL,DF,VASC\nx,1,1,0,0,0,0,0\n")
+    (tmp_path / "ISIC2018_Task3_Test_GroundTruth.csv").write_text(
+        "image,MEL,NV,BCC,AKIEC,BKL,DF,VASC\nx,1,1,0,0,0,0,0\n"
+    )
     with pytest.raises(PipelineError, match="line 2: not a one-hot row"):
         load_isic2018_test(tmp_path, ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"), 32)

@@ -27,10 +27,25 @@ from tests.model.conftest import make_paths
 pytestmark = pytest.mark.slow
 
 TINY_LITE0 = Lite0Params(
-    input_size=32, weights="imagenet", epochs=1, learning_rate=0.001, fine_tune_epochs=2, fine_tune_layers=0,
-    fine_tune_learning_rate=0.0001, fine_tune_batch_norm=False, batch_size=32, lr_schedule="cosine", warmup_epochs=1,
-    weight_decay=0.0001, focal_gamma=0.0, class_alpha="sqrt_inverse_frequency", dropout=0.2, random_flip=True,
-    random_rotate90=True, use_augmented=False, registered_model_name="tests-lite0",
+    input_size=32,
+    weights="imagenet",
+    epochs=1,
+    learning_rate=0.001,
+    fine_tune_epochs=2,
+    fine_tune_layers=0,
+    fine_tune_learning_rate=0.0001,
+    fine_tune_batch_norm=False,
+    batch_size=32,
+    lr_schedule="cosine",
+    warmup_epochs=1,
+    weight_decay=0.0001,
+    focal_gamma=0.0,
+    class_alpha="sqrt_inverse_frequency",
+    dropout=0.2,
+    random_flip=True,
+    random_rotate90=True,
+    use_augmented=False,
+    registered_model_name="tests-lite0",
 )
 
 
@@ -84,7 +99,9 @@ def test_the_import_stage_refuses_a_file_with_the_wrong_checksum_and_keeps_earli
     assert (out / KERAS_WEIGHTS_FILE).read_bytes() == b"earlier"
 
 
-def test_the_stage_trains_head_then_whole_network_with_frozen_batch_norm(tiny_artifacts, mlflow_store, converted_weights):
+def test_the_stage_trains_head_then_whole_network_with_frozen_batch_norm(
+    tiny_artifacts, mlflow_store, converted_weights
+):
     import keras
     import mlflow
     import pandas as pd
@@ -104,8 +121,13 @@ def test_the_stage_trains_head_then_whole_network_with_frozen_batch_norm(tiny_ar
     pretrained = build_lite0(32)
     pretrained.load_weights(folder / KERAS_WEIGHTS_FILE)
     # Fine-tuning changed the convolutions, but the BatchNorm statistics stayed ImageNet's.
-    assert not np.allclose(backbone.get_layer("block15_project_conv").get_weights()[0], pretrained.get_layer("block15_project_conv").get_weights()[0])
-    for got, expected in zip(backbone.get_layer("head_bn").get_weights(), pretrained.get_layer("head_bn").get_weights()):
+    assert not np.allclose(
+        backbone.get_layer("block15_project_conv").get_weights()[0],
+        pretrained.get_layer("block15_project_conv").get_weights()[0],
+    )
+    for got, expected in zip(
+        backbone.get_layer("head_bn").get_weights(), pretrained.get_layer("head_bn").get_weights()
+    ):
         np.testing.assert_array_equal(got, expected)
 
     run = mlflow.MlflowClient().get_run(summary["run_id"])
@@ -136,11 +158,29 @@ def test_stage_cli_reports_missing_converted_weights_in_one_line(tiny_artifacts,
         "train_effnet_lite0: {input_size: 32, epochs: 1, batch_size: 8, learning_rate: 0.001, registered_model_name: x}\n"
     )
     result = subprocess.run(
-        [sys.executable, str(repo_root / "stages" / "train_effnet_lite0.py"), "--params", str(params),
-         "--ingested", str(root / "ingested"), "--split", str(root / "split"), "--augmented", str(root / "augmented"),
-         "--pretrained", str(tmp_path / "nowhere"), "--out", str(tmp_path / "model"), "--metrics", str(tmp_path / "m.json"),
-         "--checkpoints", str(tmp_path / "ckpt")],
-        capture_output=True, text=True, env={**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'db.sqlite'}"},
+        [
+            sys.executable,
+            str(repo_root / "stages" / "train_effnet_lite0.py"),
+            "--params",
+            str(params),
+            "--ingested",
+            str(root / "ingested"),
+            "--split",
+            str(root / "split"),
+            "--augmented",
+            str(root / "augmented"),
+            "--pretrained",
+            str(tmp_path / "nowhere"),
+            "--out",
+            str(tmp_path / "model"),
+            "--metrics",
+            str(tmp_path / "m.json"),
+            "--checkpoints",
+            str(tmp_path / "ckpt"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'db.sqlite'}"},
     )
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -169,13 +209,16 @@ def test_colour_constancy_grays_the_illuminant_and_travels_in_the_model_file(tmp
     params = dataclasses.replace(TINY_LITE0, color_constancy_power=6.0)  # ImageNet features: colour matters to them
     folder, _ = converted_weights
     model, _ = build_effnet_lite0(params, tuple("abcdefg"), source_size=32, weights_dir=folder)
-    plain, _ = build_effnet_lite0(dataclasses.replace(params, color_constancy_power=0.0), tuple("abcdefg"), source_size=32,
-                                  weights_dir=folder)
+    plain, _ = build_effnet_lite0(
+        dataclasses.replace(params, color_constancy_power=0.0), tuple("abcdefg"), source_size=32, weights_dir=folder
+    )
     # The new head starts at zero (uniform output): random head weights make the outputs tell.
     head = next(layer for layer in reversed(model.layers) if isinstance(layer, keras.layers.Dense))
     head.kernel.assign(rng.normal(0, 0.5, head.kernel.shape).astype("float32"))
     plain.set_weights(model.get_weights())
-    assert not np.allclose(model.predict(cast, verbose=0), plain.predict(cast, verbose=0), atol=1e-6)  # the step is in the graph
+    assert not np.allclose(
+        model.predict(cast, verbose=0), plain.predict(cast, verbose=0), atol=1e-6
+    )  # the step is in the graph
     model.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras")
     assert np.allclose(loaded.predict(cast, verbose=0), model.predict(cast, verbose=0), atol=1e-6)

@@ -55,7 +55,9 @@ def test_missing_imagenet_weights_say_where_to_put_the_file(tmp_path, monkeypatc
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     expected = tmp_path / "keras" / "models" / EFFNETB7_WEIGHTS_FILE
     assert keras_cache_weights_path() == expected
-    with pytest.raises(PipelineError, match=f"not found at {expected}: download .*{EFFNETB7_WEIGHTS_FILE} to that path"):
+    with pytest.raises(
+        PipelineError, match=f"not found at {expected}: download .*{EFFNETB7_WEIGHTS_FILE} to that path"
+    ):
         resolve_effnet_weights("imagenet")
     expected.parent.mkdir(parents=True)
     expected.write_bytes(b"weights")
@@ -101,20 +103,35 @@ def test_effnetb7_stage_with_a_weights_file_in_keras_layout_runs_both_phases(tin
 
     source = keras.applications.EfficientNetB7(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")
     rng = np.random.default_rng(3)
-    source.get_layer("stem_conv").set_weights([rng.normal(0, 0.1, w.shape).astype("float32") for w in source.get_layer("stem_conv").get_weights()])
+    source.get_layer("stem_conv").set_weights(
+        [rng.normal(0, 0.1, w.shape).astype("float32") for w in source.get_layer("stem_conv").get_weights()]
+    )
     weights_file = tmp_path / EFFNETB7_WEIGHTS_FILE
     with h5py.File(weights_file, "w") as handle:
         save_weights_to_hdf5_group(handle, source)
     with h5py.File(weights_file, "r") as handle:  # the layout Keras publishes: layer groups by name
-        assert "stem_conv" in [name.decode() if isinstance(name, bytes) else name for name in handle.attrs["layer_names"]]
+        assert "stem_conv" in [
+            name.decode() if isinstance(name, bytes) else name for name in handle.attrs["layer_names"]
+        ]
 
     base, root = tiny_artifacts
     paths = make_paths(root, "b7_pretrained")
-    params = _effnet(weights=str(weights_file), epochs=1, fine_tune_epochs=1, fine_tune_layers=20, batch_size=16,
-                     max_train_images=48, use_augmented=False, fine_tune_learning_rate=1e-4, run_eagerly=True)
+    params = _effnet(
+        weights=str(weights_file),
+        epochs=1,
+        fine_tune_epochs=1,
+        fine_tune_layers=20,
+        batch_size=16,
+        max_train_images=48,
+        use_augmented=False,
+        fine_tune_learning_rate=1e-4,
+        run_eagerly=True,
+    )
     train_effnetb7(base, params, paths)
 
     assert pd.read_csv(paths.out_dir / HISTORY_FILE)["phase"].tolist() == ["head", "fine_tune"]
     backbone = next(layer for layer in load_model(paths.out_dir).layers if isinstance(layer, keras.Model))
     # The stem (below the 20 unfrozen layers) still holds the file's weights.
-    np.testing.assert_array_equal(backbone.get_layer("stem_conv").get_weights()[0], source.get_layer("stem_conv").get_weights()[0])
+    np.testing.assert_array_equal(
+        backbone.get_layer("stem_conv").get_weights()[0], source.get_layer("stem_conv").get_weights()[0]
+    )

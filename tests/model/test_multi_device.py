@@ -84,10 +84,20 @@ def train(tmp_path, repo_root, backend_name: str, devices: int) -> dict:
     out.mkdir()
     script = tmp_path / "train_on_devices.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "KERAS_BACKEND": backend_name, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "PYTHONPATH": str(repo_root)}
-    result = subprocess.run([sys.executable, str(script), str(devices), backend_name, str(out)], env=env,
-                            capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": backend_name,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "PYTHONPATH": str(repo_root),
+    }
+    result = subprocess.run(
+        [sys.executable, str(script), str(devices), backend_name, str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((out / "result.json").read_text())
 

@@ -43,9 +43,15 @@ def stage(repo_root: Path, root: Path, out: Path, params: Path) -> list[str]:
 
 def environment(out: Path, **group) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("PIPELINE_")}
-    env.update({"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1",
-                # Nothing listens there: only an offline bundle can record the run.
-                "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
+    env.update(
+        {
+            "KERAS_BACKEND": "jax",
+            "JAX_PLATFORMS": "cpu",
+            "PYTHONUNBUFFERED": "1",
+            # Nothing listens there: only an offline bundle can record the run.
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
+        }
+    )
     env.update({key: str(value) for key, value in group.items()})
     return env
 
@@ -64,8 +70,17 @@ def start_group(repo_root, root, tmp_path, epochs: int, heartbeat: int | None = 
             env["PIPELINE_OFFLINE_RUNS"] = str(out / "runs")
         if heartbeat:
             env["PIPELINE_HEARTBEAT_SECONDS"] = str(heartbeat)
-        processes.append(subprocess.Popen(stage(repo_root, root, out, params), env=env, cwd=repo_root, text=True,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True))
+        processes.append(
+            subprocess.Popen(
+                stage(repo_root, root, out, params),
+                env=env,
+                cwd=repo_root,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        )
     return processes
 
 
@@ -76,7 +91,9 @@ def one_and_two(tiny_artifacts, tmp_path_factory, repo_root):
     params = single / "params.yaml"
     params.write_text(PARAMS % (root / "ham", 3))
     env = environment(single, PIPELINE_OFFLINE_RUNS=single / "runs")
-    result = subprocess.run(stage(repo_root, root, single, params), env=env, cwd=repo_root, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        stage(repo_root, root, single, params), env=env, cwd=repo_root, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     group_dir = tmp_path_factory.mktemp("two_processes")
     outputs = [process.communicate(timeout=600) for process in start_group(repo_root, root, group_dir, 3)]
@@ -101,7 +118,9 @@ def test_two_processes_train_the_model_one_process_trains(one_and_two):
     for column in ("val_balanced_accuracy", "val_accuracy", "val_melanoma_recall"):
         np.testing.assert_allclose(two[column], one[column], atol=1e-9, err_msg=column)
     assert one["loss"].iloc[-1] < one["loss"].iloc[0]  # it trained: not two untrained networks compared
-    assert read_json(group_dir / "process0" / "train.json")["best_epoch"] == read_json(single / "train.json")["best_epoch"]
+    assert (
+        read_json(group_dir / "process0" / "train.json")["best_epoch"] == read_json(single / "train.json")["best_epoch"]
+    )
 
 
 def test_the_group_saves_the_same_model_and_only_process_0_writes(one_and_two, tiny_artifacts):
@@ -111,7 +130,9 @@ def test_the_group_saves_the_same_model_and_only_process_0_writes(one_and_two, t
 
     base, root = tiny_artifacts
     single, group_dir, _ = one_and_two
-    images = load_split_images(root / "ingested", root / "split", "val", base.classes, 32).images[:16].astype(np.float32)
+    images = (
+        load_split_images(root / "ingested", root / "split", "val", base.classes, 32).images[:16].astype(np.float32)
+    )
     one = keras.saving.load_model(single / "model" / "model.keras").predict(images, verbose=0)
     two = keras.saving.load_model(group_dir / "process0" / "model" / "model.keras").predict(images, verbose=0)
     np.testing.assert_allclose(two, one, atol=2e-3)
@@ -138,7 +159,9 @@ def test_a_dead_process_stops_the_survivor_with_one_error_line(tiny_artifacts, t
                 os.killpg(process.pid, signal.SIGKILL)
     assert survivor.returncode == 1
     errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert errors == [errors[0]] and "process 0 of 2" in errors[0] and "nothing was registered" in errors[0], err[-3000:]
+    assert errors == [errors[0]] and "process 0 of 2" in errors[0] and "nothing was registered" in errors[0], err[
+        -3000:
+    ]
     assert "Traceback" not in err and "stack trace" not in err
     assert stopped_after < 60  # a heartbeat of 5 s, not a hang
     runs = tmp_path / "process0" / "runs"

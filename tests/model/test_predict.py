@@ -66,7 +66,9 @@ def test_single_image_gives_one_json_line(trained, images, capsys):
 
 def test_folder_is_walked_and_written_as_csv(trained, images, tmp_path, capsys):
     output = tmp_path / "out" / "predictions.csv"
-    status, out, err = _run(["--model", str(trained[0].parent), "--batch-size", "2", "--output", str(output), str(images)], capsys)
+    status, out, err = _run(
+        ["--model", str(trained[0].parent), "--batch-size", "2", "--output", str(output), str(images)], capsys
+    )
     rows = list(csv.DictReader(output.open()))
     assert status == 0 and out == "" and "classified 6 image(s), 0 failed" in err
     assert len(rows) == 6 and {"image", "dx", "p_mel", "p_nv"} <= set(rows[0])
@@ -117,7 +119,8 @@ def test_grad_cam_overlays_are_written(trained, images, tmp_path, capsys):
 def test_command_line_exit_status_and_one_line_error(trained, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.serving.predict", "--model", str(tmp_path / "nope.keras"), str(tmp_path)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nope.keras'}: model file not found"

@@ -12,7 +12,8 @@ from pipeline.serving.inference import load_model, predict_probabilities
 from pipeline.tracking import mlflow_runs as tracking
 from pipeline.tracking.recorder import HISTORY_FILE, MODEL_FILE, RUN_FILE
 from pipeline.training.callbacks import EpochLogger
-from pipeline.training.train import kept, train_cnn_focal
+from pipeline.training.console import kept
+from pipeline.training.train import train_cnn_focal
 from tests.model.conftest import make_paths, tiny_cnn
 
 pytestmark = pytest.mark.slow
@@ -53,7 +54,9 @@ def test_train_stage_saves_tracks_and_registers(tiny_artifacts, mlflow_store, ca
     history = pd.read_csv(paths.out_dir / HISTORY_FILE)
     assert history["epoch"].tolist() == [1, 2, 3]
     assert {"loss", "val_balanced_accuracy", "val_macro_f1", "val_melanoma_recall"} <= set(history.columns)
-    assert read_json(paths.metrics)["best_val_balanced_accuracy"] == pytest.approx(history["val_balanced_accuracy"].max())
+    assert read_json(paths.metrics)["best_val_balanced_accuracy"] == pytest.approx(
+        history["val_balanced_accuracy"].max()
+    )
     assert not any(paths.checkpoints.iterdir()), "checkpoints are removed once a run completes"
 
     client = mlflow.MlflowClient()
@@ -76,7 +79,9 @@ def test_train_stage_saves_tracks_and_registers(tiny_artifacts, mlflow_store, ca
 
     reloaded = mlflow.keras.load_model("models:/tests-cnn@champion")
     images = np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3)).astype(np.float32)
-    np.testing.assert_allclose(reloaded.predict(images, verbose=0), load_model(paths.out_dir).predict(images, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        reloaded.predict(images, verbose=0), load_model(paths.out_dir).predict(images, verbose=0), atol=1e-6
+    )
 
 
 def test_saved_model_reloads_in_safe_mode_and_predicts_identically(tiny_artifacts, mlflow_store):
@@ -132,7 +137,9 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tiny_artifacts, mlflow_s
     assert summary["run_id"] == interrupted_run, "a resumed stage continues its MLflow run"
 
 
-def test_a_crash_while_weights_are_written_leaves_the_last_record_whole_and_the_run_resumes(tiny_artifacts, mlflow_store, monkeypatch):
+def test_a_crash_while_weights_are_written_leaves_the_last_record_whole_and_the_run_resumes(
+    tiny_artifacts, mlflow_store, monkeypatch
+):
     """Weights go to a file of their own, then the record that names them (best.json): killed in
     the middle of a write, the checkpoint folder still holds a record whose weights load."""
     import keras
@@ -207,7 +214,9 @@ def test_a_diverged_run_fails_in_one_line_and_keeps_no_model(tiny_artifacts, mlf
 
     base, root = tiny_artifacts
     paths = make_paths(root, "diverged")
-    monkeypatch.setattr(train, "build_loss", lambda params, alpha: lambda y_true, y_pred: keras.ops.mean(y_pred) * float("nan"))
+    monkeypatch.setattr(
+        train, "build_loss", lambda params, alpha: lambda y_true, y_pred: keras.ops.mean(y_pred) * float("nan")
+    )
     with pytest.raises(PipelineError, match=r"training diverged: the loss is nan in epoch 1 \(precision float32\)"):
         train_cnn_focal(base, tiny_cnn(epochs=2), paths)
     assert not paths.out_dir.exists()
@@ -221,18 +230,24 @@ def test_an_unknown_precision_is_refused_in_one_line_naming_the_key():
 
     raw = {key: value for key, value in dataclasses.asdict(tiny_cnn()).items()}
     raw["filters"] = list(raw["filters"])
-    with pytest.raises(ParamsError, match=r"train_cnn_focal.precision: must be one of \['float32', 'mixed'\], got 'half'"):
+    with pytest.raises(
+        ParamsError, match=r"train_cnn_focal.precision: must be one of \['float32', 'mixed'\], got 'half'"
+    ):
         parse_section({**raw, "precision": "half"}, CnnParams, "params.yaml: train_cnn_focal")
 
 
 @pytest.mark.parametrize("variable", ["PIPELINE_PRECISION", "PIPELINE_MAX_TRAIN_MINUTES"])
-def test_an_environment_variable_that_once_changed_the_model_is_refused_naming_its_parameter(variable, tiny_artifacts, monkeypatch):
+def test_an_environment_variable_that_once_changed_the_model_is_refused_naming_its_parameter(
+    variable, tiny_artifacts, monkeypatch
+):
     from pipeline.errors import PipelineError
 
     base, root = tiny_artifacts
     paths = make_paths(root, "moved_setting")
     monkeypatch.setenv(variable, "1")
-    with pytest.raises(PipelineError, match=rf"{variable} is no longer read: set the parameter train_cnn_focal\.\w+ instead"):
+    with pytest.raises(
+        PipelineError, match=rf"{variable} is no longer read: set the parameter train_cnn_focal\.\w+ instead"
+    ):
         train_cnn_focal(base, tiny_cnn(), paths)
     assert not paths.out_dir.exists()
 
@@ -242,7 +257,9 @@ def test_a_time_limit_stops_after_the_epoch_and_keeps_the_best(tiny_artifacts, m
 
     base, root = tiny_artifacts
     paths = make_paths(root, "time_limited")
-    summary = train_cnn_focal(base, tiny_cnn(epochs=3, max_train_minutes=0.0001), paths)  # passed during the first epoch
+    summary = train_cnn_focal(
+        base, tiny_cnn(epochs=3, max_train_minutes=0.0001), paths
+    )  # passed during the first epoch
     assert pd.read_csv(paths.out_dir / HISTORY_FILE)["epoch"].tolist() == [1]
     assert summary["best_epoch"] == 1 and (paths.out_dir / MODEL_FILE).is_file()
     assert mlflow.MlflowClient().get_run(summary["run_id"]).data.tags["time_limit_minutes"] == "0.0001"
@@ -276,12 +293,19 @@ def test_weight_averaging_judges_and_keeps_the_averaged_model_and_trains_on(base
 
         def on_epoch_end(self, epoch, logs=None):
             averages = [np.array(v) for v in self.model.optimizer._model_variables_moving_average]
-            seen.append((logs["val_balanced_accuracy"], [np.array(v) for v in self.model.trainable_variables], averages))
+            seen.append(
+                (logs["val_balanced_accuracy"], [np.array(v) for v in self.model.trainable_variables], averages)
+            )
 
-    scoring = ValidationMetrics(val, make_dataset(val.images, None, 7, 32), loss, base_params.classes, "val_balanced_accuracy",
-                                tmp_path, 0, 96)
-    model.fit(make_dataset(images, labels, 7, 32, training=True, seed=1), epochs=4, verbose=0,
-              callbacks=[scoring, AfterScoring()])
+    scoring = ValidationMetrics(
+        val, make_dataset(val.images, None, 7, 32), loss, base_params.classes, "val_balanced_accuracy", tmp_path, 0, 96
+    )
+    model.fit(
+        make_dataset(images, labels, 7, 32, training=True, seed=1),
+        epochs=4,
+        verbose=0,
+        callbacks=[scoring, AfterScoring()],
+    )
 
     best = read_json(tmp_path / "best.json")
     _score, raw, averages = seen[best["epoch"]]
@@ -294,6 +318,7 @@ def test_weight_averaging_judges_and_keeps_the_averaged_model_and_trains_on(base
     # The score logged is the averaged model's: predicting with the kept weights gives it again.
     predicted = kept.predict(val.images.astype(np.float32), verbose=0).argmax(axis=1)
     from sklearn.metrics import balanced_accuracy_score
+
     assert balanced_accuracy_score(val.labels, predicted) == pytest.approx(best["value"])
 
 
@@ -325,7 +350,9 @@ def test_a_seed_ensemble_ships_the_mean_of_members_that_are_the_single_seed_runs
 
     # The number logged is the ensemble's own on the validation split, not a member's.
     from pipeline.data.datasets import load_split_images
+
     val = load_split_images(paths.ingested, paths.split, "val", base.classes, 32)
     from sklearn.metrics import balanced_accuracy_score
+
     predicted = predict_probabilities(ensemble, val.images).argmax(axis=1)
     assert summary["best_val_balanced_accuracy"] == pytest.approx(balanced_accuracy_score(val.labels, predicted))

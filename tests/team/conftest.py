@@ -13,12 +13,22 @@ from tests.conftest import REPO_ROOT
 
 def child_env(**extra: str) -> dict[str, str]:
     """This interpreter's folder first on PATH (stage commands call `python`), the repo importable."""
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(REPO_ROOT), **extra}
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PYTHONPATH": str(REPO_ROOT),
+        **extra,
+    }
 
 
 def git(workspace: Path, *args: str) -> str:
-    result = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=workspace, capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return result.stdout
 
 

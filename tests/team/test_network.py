@@ -82,8 +82,12 @@ def _in(namespace: str, command: list[str], **kwargs) -> subprocess.CompletedPro
 
 def _team(namespace: str, folder: Path, *action: str, cwd: Path = REPO_ROOT, **kwargs) -> subprocess.CompletedProcess:
     """``python -m pipeline.team ACTION`` (``make team-up TEAM_HOST=...`` etc.) in the server namespace."""
-    return _in(namespace, [sys.executable, "-m", "pipeline.team", *action, "--dir", str(folder), "--host", SERVER],
-               cwd=cwd, **kwargs)
+    return _in(
+        namespace,
+        [sys.executable, "-m", "pipeline.team", *action, "--dir", str(folder), "--host", SERVER],
+        cwd=cwd,
+        **kwargs,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +130,10 @@ def test_a_member_on_another_machine_pulls_trains_over_tls_and_loads_the_champio
     alice, bob = lab["alice"], lab["bob"]
     timings = {}
     settings = read_env(alice)
-    assert settings["MLFLOW_TRACKING_URI"] == f"https://{SERVER}:5010" and settings["TEAM_S3_ENDPOINT_URL"] == f"https://{SERVER}:9010"
+    assert (
+        settings["MLFLOW_TRACKING_URI"] == f"https://{SERVER}:5010"
+        and settings["TEAM_S3_ENDPOINT_URL"] == f"https://{SERVER}:9010"
+    )
     assert settings["MLFLOW_TRACKING_SERVER_CERT_PATH"] == settings["AWS_CA_BUNDLE"] == "team-ca.pem"
 
     # alice computes ingest + split on her machine and pushes them to the lab's remote over TLS.
@@ -146,8 +153,20 @@ def test_a_member_on_another_machine_pulls_trains_over_tls_and_loads_the_champio
     stamp = tmp_path / "installed"
     stamp.touch()  # this interpreter's environment stands in for the clone's own `make venv`
     started = time.monotonic()
-    pulled = _member(lab, ["make", "--no-print-directory", "pull", "TEAM=1", "TARGETS=split", f"TEAM_ENV={alice}",
-                           f"VENV={Path(sys.executable).parent.parent}", f"STAMP={stamp}"], cwd=clone)
+    pulled = _member(
+        lab,
+        [
+            "make",
+            "--no-print-directory",
+            "pull",
+            "TEAM=1",
+            "TARGETS=split",
+            f"TEAM_ENV={alice}",
+            f"VENV={Path(sys.executable).parent.parent}",
+            f"STAMP={stamp}",
+        ],
+        cwd=clone,
+    )
     timings["make pull"] = time.monotonic() - started
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
     status = _member(lab, [sys.executable, "-m", "dvc", "status", "split"], cwd=clone)
@@ -161,7 +180,9 @@ def test_a_member_on_another_machine_pulls_trains_over_tls_and_loads_the_champio
     out.mkdir()
     started = time.monotonic()
     # (From the clone: the wrapper points the clone's DVC at the team remote, never this repository's.)
-    trained = _member(lab, [sys.executable, *train_stage_command(REPO_ROOT, root, out, lab["params"])], alice, cwd=clone)
+    trained = _member(
+        lab, [sys.executable, *train_stage_command(REPO_ROOT, root, out, lab["params"])], alice, cwd=clone
+    )
     timings["training stage (tiny CNN, 2 epochs) logged"] = time.monotonic() - started
     assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-3000:]
     summary = json.loads((out / "model" / "mlflow_run.json").read_text())
@@ -170,14 +191,31 @@ def test_a_member_on_another_machine_pulls_trains_over_tls_and_loads_the_champio
     # bob, who may only read, loads the champion on his machine with no storage keys at all.
     bob_settings = {key: value for key, value in read_env(bob).items() if not key.startswith("AWS_")}
     bob_settings["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(bob.parent / "team-ca.pem")
-    loaded = _member(lab, [sys.executable, "-c", "import mlflow; m = mlflow.keras.load_model("
-                           f"'models:/{MODEL}@champion'); print(m.output_shape)"], **bob_settings)
+    loaded = _member(
+        lab,
+        [
+            sys.executable,
+            "-c",
+            f"import mlflow; m = mlflow.keras.load_model('models:/{MODEL}@champion'); print(m.output_shape)",
+        ],
+        **bob_settings,
+    )
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     assert loaded.stdout.strip().splitlines()[-1] == "(None, 7)"
-    found = _member(lab, [sys.executable, "-c", "import mlflow; v = mlflow.MlflowClient().get_model_version_by_alias("
-                          f"'{MODEL}', 'champion'); print(v.run_id)"], **bob_settings)
+    found = _member(
+        lab,
+        [
+            sys.executable,
+            "-c",
+            "import mlflow; v = mlflow.MlflowClient().get_model_version_by_alias("
+            f"'{MODEL}', 'champion'); print(v.run_id)",
+        ],
+        **bob_settings,
+    )
     assert found.stdout.strip().splitlines()[-1] == summary["run_id"], found.stderr[-2000:]
-    print("over TLS across the namespaces: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items()))
+    print(
+        "over TLS across the namespaces: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items())
+    )
 
 
 def _one_error(result: subprocess.CompletedProcess) -> str:
@@ -191,20 +229,30 @@ def test_a_client_that_does_not_trust_the_ca_and_plain_http_are_refused_in_one_l
     password = read_env(alice)["MLFLOW_TRACKING_PASSWORD"]
     stranger = certificates.ensure(tmp_path / "elsewhere", SERVER)  # a CA of another team folder
     distrust = tmp_path / "alice.env"
-    write_env(distrust, {**read_env(alice), "MLFLOW_TRACKING_SERVER_CERT_PATH": str(stranger.ca),
-                         "AWS_CA_BUNDLE": str(stranger.ca)}, "test")
+    write_env(
+        distrust,
+        {**read_env(alice), "MLFLOW_TRACKING_SERVER_CERT_PATH": str(stranger.ca), "AWS_CA_BUNDLE": str(stranger.ca)},
+        "test",
+    )
     checked = _member(lab, ["true"], distrust, cwd=tmp_path)
     line = _one_error(checked)
-    assert line.startswith(f"error: S3 at https://{SERVER}:9010 serves a TLS certificate that the CA file {stranger.ca} "
-                           "does not vouch for (certificate verify failed): set AWS_CA_BUNDLE"), line
+    assert line.startswith(
+        f"error: S3 at https://{SERVER}:9010 serves a TLS certificate that the CA file {stranger.ca} "
+        "does not vouch for (certificate verify failed): set AWS_CA_BUNDLE"
+    ), line
 
     # MLflow's side alone (a stage run without the wrapper), with the stranger's CA, then with none.
     _, root = tiny_artifacts
     credentials = {key: read_env(alice)[key] for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
     for ca, trusted in ((str(stranger.ca), f"the CA file {stranger.ca}"), ("", "this machine's CA store")):
         out = tmp_path / f"stage-{bool(ca)}"
-        result = _member(lab, [sys.executable, *train_stage_command(REPO_ROOT, root, out, lab["params"])],
-                         MLFLOW_TRACKING_URI=f"https://{SERVER}:5010", MLFLOW_TRACKING_SERVER_CERT_PATH=ca, **credentials)
+        result = _member(
+            lab,
+            [sys.executable, *train_stage_command(REPO_ROOT, root, out, lab["params"])],
+            MLFLOW_TRACKING_URI=f"https://{SERVER}:5010",
+            MLFLOW_TRACKING_SERVER_CERT_PATH=ca,
+            **credentials,
+        )
         line = _one_error(result)
         assert f"serves a TLS certificate that {trusted} does not vouch for" in line, line
         assert "MLFLOW_TRACKING_SERVER_CERT_PATH" in line and password not in result.stdout + result.stderr
@@ -212,9 +260,16 @@ def test_a_client_that_does_not_trust_the_ca_and_plain_http_are_refused_in_one_l
 
     # The servers speak TLS only: a plain-HTTP request gets no answer from either.
     for port, path in ((5010, "/health"), (9010, "/healthz")):
-        probe = _member(lab, [sys.executable, "-c", "import sys, urllib.request\ntry:\n urllib.request.urlopen(sys.argv[1], timeout=5)\n"
-                              "except Exception as error: print(type(error).__name__)\nelse: print('answered')",
-                              f"http://{SERVER}:{port}{path}"])
+        probe = _member(
+            lab,
+            [
+                sys.executable,
+                "-c",
+                "import sys, urllib.request\ntry:\n urllib.request.urlopen(sys.argv[1], timeout=5)\n"
+                "except Exception as error: print(type(error).__name__)\nelse: print('answered')",
+                f"http://{SERVER}:{port}{path}",
+            ],
+        )
         assert probe.stdout.strip() not in ("", "answered"), (port, probe.stdout, probe.stderr)
 
 
@@ -222,8 +277,10 @@ def test_team_up_refuses_plain_http_off_loopback_in_one_line(lab, tmp_path):
     folder = tmp_path / ".team"
     refused = _team(lab["server"], folder, "up", "--no-tls")
     line = _one_error(refused)
-    assert line == (f"error: plain HTTP on {SERVER}, which other machines reach, would carry passwords and S3 keys in the clear: "
-                    "leave TLS on (team-up makes a certificate) or give the lab's with --cert/--key")
+    assert line == (
+        f"error: plain HTTP on {SERVER}, which other machines reach, would carry passwords and S3 keys in the clear: "
+        "leave TLS on (team-up makes a certificate) or give the lab's with --cert/--key"
+    )
     assert not folder.exists()
 
 
@@ -253,5 +310,8 @@ def test_off_loopback_the_s3_gateways_grpc_takes_only_the_servers_own_certificat
         result = _member(lab, [sys.executable, "-c", probe, f"{SERVER}:{port}", str(tls)])
         # plain, TLS without a certificate, the public server certificate: no connection; the
         # internal certificate: connected (the probe's made-up method is then unknown).
-        assert result.stdout.split() == ["UNAVAILABLE", "UNAVAILABLE", "UNAVAILABLE", "UNIMPLEMENTED"], (port, result.stdout,
-                                                                                                          result.stderr[-1000:])
+        assert result.stdout.split() == ["UNAVAILABLE", "UNAVAILABLE", "UNAVAILABLE", "UNIMPLEMENTED"], (
+            port,
+            result.stdout,
+            result.stderr[-1000:],
+        )

@@ -42,10 +42,20 @@ def team():
     """The team servers, started by the project's own command, in a folder PostgreSQL's user can reach."""
     folder = Path(tempfile.mkdtemp(prefix="team-"))
     folder.chmod(0o711)  # under root, PostgreSQL runs as `nobody`: it must traverse this folder
-    config = TeamConfig(folder=folder / ".team", mlflow_port=free_port(), s3_port=free_port(), postgres_port=free_port())
+    config = TeamConfig(
+        folder=folder / ".team", mlflow_port=free_port(), s3_port=free_port(), postgres_port=free_port()
+    )
     command = [sys.executable, "-m", "pipeline.team"]
-    ports = ["--dir", str(config.folder), "--mlflow-port", str(config.mlflow_port), "--s3-port", str(config.s3_port),
-             "--postgres-port", str(config.postgres_port)]
+    ports = [
+        "--dir",
+        str(config.folder),
+        "--mlflow-port",
+        str(config.mlflow_port),
+        "--s3-port",
+        str(config.s3_port),
+        "--postgres-port",
+        str(config.postgres_port),
+    ]
     started = subprocess.run(command + ["up", *ports], capture_output=True, text=True, timeout=300)
     try:
         assert started.returncode == 0, started.stderr
@@ -56,24 +66,49 @@ def team():
 
 
 def _team_command(team: TeamConfig, *action: str) -> subprocess.CompletedProcess:
-    ports = ["--dir", str(team.folder), "--mlflow-port", str(team.mlflow_port), "--s3-port", str(team.s3_port),
-             "--postgres-port", str(team.postgres_port)]
-    return subprocess.run([sys.executable, "-m", "pipeline.team", *action, *ports], capture_output=True, text=True, timeout=300,
-                          cwd=REPO_ROOT)
+    ports = [
+        "--dir",
+        str(team.folder),
+        "--mlflow-port",
+        str(team.mlflow_port),
+        "--s3-port",
+        str(team.s3_port),
+        "--postgres-port",
+        str(team.postgres_port),
+    ]
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.team", *action, *ports],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+    )
 
 
 def _team_exec(workspace: Path, env_file: Path, *command: str, tracking: bool = False) -> subprocess.CompletedProcess:
     flags = [] if tracking else ["--no-tracking"]
-    return subprocess.run([sys.executable, "-m", "pipeline.team", "exec", "--env", str(env_file), *flags, "--", *command],
-                          cwd=workspace, capture_output=True, text=True, env=_env(), timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.team", "exec", "--env", str(env_file), *flags, "--", *command],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
 def pushed_workspace(team, tmp_path_factory):
     """A copy of the project (tracked files) that ran ingest + split on the demo data and pushed them."""
     workspace = copy_project(tmp_path_factory.mktemp("member-a"))
-    repro = subprocess.run([sys.executable, "-m", "dvc", "repro", "split"], cwd=workspace, capture_output=True, text=True,
-                           env=_env(), timeout=600)
+    repro = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", "split"],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=600,
+    )
     assert repro.returncode == 0, repro.stderr
     pushed = _team_exec(workspace, team.client_env, sys.executable, "-m", "dvc", "push", "--with-deps", "split")
     assert pushed.returncode == 0, pushed.stdout + pushed.stderr
@@ -100,9 +135,13 @@ def test_a_fresh_clone_pulls_everything_and_reruns_nothing(team, pushed_workspac
     assert "remote = team" in local and f"endpointurl = {team.s3_endpoint}" in local
     assert _git(clone, "status", "--porcelain") == ""
 
-    status = subprocess.run([sys.executable, "-m", "dvc", "status", "split"], cwd=clone, capture_output=True, text=True, env=_env())
+    status = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "split"], cwd=clone, capture_output=True, text=True, env=_env()
+    )
     assert "up to date" in status.stdout, status.stdout
-    repro = subprocess.run([sys.executable, "-m", "dvc", "repro", "split"], cwd=clone, capture_output=True, text=True, env=_env())
+    repro = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", "split"], cwd=clone, capture_output=True, text=True, env=_env()
+    )
     assert repro.returncode == 0 and "Running stage" not in repro.stdout, repro.stdout
     for name in ("metrics/ingest.json", "metrics/split.json", "data/split/train.csv"):
         assert (clone / name).read_bytes() == (pushed_workspace / name).read_bytes(), name
@@ -119,11 +158,15 @@ def test_a_half_written_remote_is_not_called_clean_and_a_push_completes_it(team,
     assert len(listings) == 2, objects  # data/ingested and data/split
     for key in listings + [next(key for key in objects if not key.endswith(".dir"))]:
         bucket.delete_object(Bucket=team.dvc_bucket, Key=key)
-    status = _team_exec(pushed_workspace, team.client_env, sys.executable, "-m", "dvc", "status", "--cloud", "--with-deps", "split")
+    status = _team_exec(
+        pushed_workspace, team.client_env, sys.executable, "-m", "dvc", "status", "--cloud", "--with-deps", "split"
+    )
     assert status.returncode == 0 and "new:" in status.stdout, status.stdout
     again = _team_exec(pushed_workspace, team.client_env, sys.executable, "-m", "dvc", "push", "--with-deps", "split")
     assert again.returncode == 0 and "3 files pushed" in again.stdout, again.stdout
-    status = _team_exec(pushed_workspace, team.client_env, sys.executable, "-m", "dvc", "status", "--cloud", "--with-deps", "split")
+    status = _team_exec(
+        pushed_workspace, team.client_env, sys.executable, "-m", "dvc", "status", "--cloud", "--with-deps", "split"
+    )
     assert "are in sync" in status.stdout, status.stdout
 
 
@@ -139,8 +182,14 @@ def test_push_with_s3_down_fails_in_one_line_and_writes_nothing(team, pushed_wor
     assert f"endpointurl = {team.s3_endpoint}" in (pushed_workspace / ".dvc" / "config.local").read_text()
     # DVC itself, pointed there without the check first, also fails (non-zero), and the real remote is untouched.
     team_client.configure_remote(read_env(down), pushed_workspace)
-    raw = subprocess.run([sys.executable, "-m", "dvc", "push", "--with-deps", "split"], cwd=pushed_workspace, capture_output=True, text=True,
-                         env=_env(**read_env(down)), timeout=300)
+    raw = subprocess.run(
+        [sys.executable, "-m", "dvc", "push", "--with-deps", "split"],
+        cwd=pushed_workspace,
+        capture_output=True,
+        text=True,
+        env=_env(**read_env(down)),
+        timeout=300,
+    )
     assert raw.returncode != 0
     assert _remote_objects(team) == before
 
@@ -154,8 +203,14 @@ def test_wrong_s3_credentials_fail_clearly_without_printing_a_secret(team, pushe
     assert f"refused the credentials of access key {right['AWS_ACCESS_KEY_ID']}" in pushed.stderr
     assert "SignatureDoesNotMatch" in pushed.stderr
     # DVC alone: refused too, and neither the wrong nor the right secret appears anywhere.
-    raw = subprocess.run([sys.executable, "-m", "dvc", "push", "--with-deps", "split"], cwd=pushed_workspace, capture_output=True, text=True,
-                         env=_env(**read_env(wrong)), timeout=300)
+    raw = subprocess.run(
+        [sys.executable, "-m", "dvc", "push", "--with-deps", "split"],
+        cwd=pushed_workspace,
+        capture_output=True,
+        text=True,
+        env=_env(**read_env(wrong)),
+        timeout=300,
+    )
     assert raw.returncode != 0
     for output in (pushed.stdout + pushed.stderr, raw.stdout + raw.stderr):
         assert "not-the-secret-0123456789" not in output and right["AWS_SECRET_ACCESS_KEY"] not in output
@@ -164,8 +219,10 @@ def test_wrong_s3_credentials_fail_clearly_without_printing_a_secret(team, pushe
 def _rest(config: TeamConfig, reader: dict[str, str], path: str, **query: str) -> dict:
     from pipeline.services.mlflow_server import basic_auth
 
-    request = urllib.request.Request(f"{config.tracking_uri}/api/2.0/mlflow/{path}?{urllib.parse.urlencode(query)}",
-                                     headers=basic_auth(reader["MLFLOW_TRACKING_USERNAME"], reader["MLFLOW_TRACKING_PASSWORD"]))
+    request = urllib.request.Request(
+        f"{config.tracking_uri}/api/2.0/mlflow/{path}?{urllib.parse.urlencode(query)}",
+        headers=basic_auth(reader["MLFLOW_TRACKING_USERNAME"], reader["MLFLOW_TRACKING_PASSWORD"]),
+    )
     with urllib.request.urlopen(request, timeout=30) as answer:
         return json.load(answer)
 
@@ -177,15 +234,21 @@ def _add_user(team: TeamConfig, name: str, role: str) -> dict[str, str]:
     path = team.folder / "users" / f"{name}.env"
     assert oct(path.stat().st_mode & 0o777) == "0o600" and str(path) in made.stdout
     values = read_env(path)
-    assert values["MLFLOW_TRACKING_USERNAME"] == name and values["MLFLOW_TRACKING_PASSWORD"] not in made.stdout + made.stderr
+    assert (
+        values["MLFLOW_TRACKING_USERNAME"] == name
+        and values["MLFLOW_TRACKING_PASSWORD"] not in made.stdout + made.stderr
+    )
     return values
 
 
 @pytest.fixture(scope="module")
 def users(team):
     """Three accounts: alice and carol may edit the project's experiment and models, bob only read."""
-    return {"alice": _add_user(team, "alice", "edit"), "bob": _add_user(team, "bob", "read"),
-            "carol": _add_user(team, "carol", "edit")}
+    return {
+        "alice": _add_user(team, "alice", "edit"),
+        "bob": _add_user(team, "bob", "read"),
+        "carol": _add_user(team, "carol", "edit"),
+    }
 
 
 def _as(user: dict[str, str]) -> dict[str, str]:
@@ -215,9 +278,20 @@ def _load_champion(team: TeamConfig, reader: dict[str, str]) -> subprocess.Compl
     as a user who may only read."""
     environment = {key: value for key, value in _env().items() if not key.startswith("AWS_")}
     return subprocess.run(
-        [sys.executable, "-c", "import mlflow; m = mlflow.keras.load_model('models:/tests-team-cnn@champion'); print(m.output_shape)"],
-        capture_output=True, text=True, timeout=300,
-        env={**environment, **_as(reader), "MLFLOW_TRACKING_URI": team.tracking_uri, "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false"},
+        [
+            sys.executable,
+            "-c",
+            "import mlflow; m = mlflow.keras.load_model('models:/tests-team-cnn@champion'); print(m.output_shape)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **environment,
+            **_as(reader),
+            "MLFLOW_TRACKING_URI": team.tracking_uri,
+            "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
+        },
     )
 
 
@@ -228,19 +302,28 @@ def test_training_logs_to_postgres_and_s3_and_loads_by_alias_elsewhere(team, use
     assert run["info"]["status"] == "FINISHED"
     assert {"key": "train_cnn_focal.epochs", "value": "3"} in run["data"]["params"]
     assert {"key": "host", "value": socket.gethostname()} in run["data"]["tags"]
-    history = _rest(team, users["bob"], "metrics/get-history", run_id=summary["run_id"], metric_key="val_balanced_accuracy")["metrics"]
+    history = _rest(
+        team, users["bob"], "metrics/get-history", run_id=summary["run_id"], metric_key="val_balanced_accuracy"
+    )["metrics"]
     assert [int(point["step"]) for point in history] == [0, 1, 2]  # one point per epoch
-    alias = _rest(team, users["bob"], "registered-models/alias", name="tests-team-cnn", alias="champion")["model_version"]
+    alias = _rest(team, users["bob"], "registered-models/alias", name="tests-team-cnn", alias="champion")[
+        "model_version"
+    ]
     assert alias["version"] == "1" and alias["run_id"] == summary["run_id"]
 
     # The run is a row in PostgreSQL; the model's files are objects in the artifacts bucket.
     secrets = read_env(team.server_env)
     import psycopg
 
-    with psycopg.connect(host=team.host, port=team.postgres_port, user="mlflow", password=secrets["TEAM_PG_PASSWORD"],
-                         dbname="mlflow") as connection:
-        assert connection.execute("SELECT status FROM runs WHERE run_uuid = %s", (summary["run_id"],)).fetchone() == ("FINISHED",)
-    artifacts = s3.client(team.s3_endpoint, s3.Credentials(secrets["TEAM_MLFLOW_S3_KEY_ID"], secrets["TEAM_MLFLOW_S3_SECRET"]))
+    with psycopg.connect(
+        host=team.host, port=team.postgres_port, user="mlflow", password=secrets["TEAM_PG_PASSWORD"], dbname="mlflow"
+    ) as connection:
+        assert connection.execute("SELECT status FROM runs WHERE run_uuid = %s", (summary["run_id"],)).fetchone() == (
+            "FINISHED",
+        )
+    artifacts = s3.client(
+        team.s3_endpoint, s3.Credentials(secrets["TEAM_MLFLOW_S3_KEY_ID"], secrets["TEAM_MLFLOW_S3_SECRET"])
+    )
     keys = [item["Key"] for item in artifacts.list_objects_v2(Bucket=team.artifacts_bucket)["Contents"]]
     assert any(key.endswith("/MLmodel") for key in keys) and any(key.endswith(".keras") for key in keys), keys
 
@@ -257,10 +340,28 @@ def test_a_stage_stops_in_one_line_before_training_when_postgres_is_down(team, u
     try:
         started = time.monotonic()
         result = subprocess.run(
-            [sys.executable, "stages/train_cnn_focal.py", "--params", "params.yaml", "--ingested", str(root / "ingested"),
-             "--split", str(root / "split"), "--augmented", str(root / "augmented"), "--out", str(tmp_path / "model"),
-             "--metrics", str(tmp_path / "metrics.json"), "--checkpoints", str(tmp_path / "checkpoints")],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "stages/train_cnn_focal.py",
+                "--params",
+                "params.yaml",
+                "--ingested",
+                str(root / "ingested"),
+                "--split",
+                str(root / "split"),
+                "--augmented",
+                str(root / "augmented"),
+                "--out",
+                str(tmp_path / "model"),
+                "--metrics",
+                str(tmp_path / "metrics.json"),
+                "--checkpoints",
+                str(tmp_path / "checkpoints"),
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
             env=_env(MLFLOW_TRACKING_URI=team.tracking_uri, **_as(users["alice"])),
         )
         elapsed = time.monotonic() - started
@@ -279,9 +380,23 @@ def test_a_wrong_database_password_stops_team_up_in_one_line(team):
     write_env(team.server_env, {**secrets, "TEAM_PG_PASSWORD": "wrong-password-0123456789"}, "test")
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "pipeline.team", "up", "--dir", str(team.folder), "--mlflow-port", str(team.mlflow_port),
-             "--s3-port", str(team.s3_port), "--postgres-port", str(team.postgres_port)],
-            capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "pipeline.team",
+                "up",
+                "--dir",
+                str(team.folder),
+                "--mlflow-port",
+                str(team.mlflow_port),
+                "--s3-port",
+                str(team.s3_port),
+                "--postgres-port",
+                str(team.postgres_port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     finally:
         write_env(team.server_env, secrets, "test")
@@ -316,9 +431,9 @@ def test_postgres_runs_from_a_private_environment_under_root(monkeypatch):
         shutil.rmtree(reachable, ignore_errors=True)
 
 
-
-
-def test_team_down_and_up_keeps_the_remote_the_artifacts_and_the_champion(team, users, pushed_workspace, champion, tmp_path, monkeypatch):
+def test_team_down_and_up_keeps_the_remote_the_artifacts_and_the_champion(
+    team, users, pushed_workspace, champion, tmp_path, monkeypatch
+):
     """Objects past the multipart thresholds (DVC's s3fs: 100 MiB, in 50 MiB parts; MLflow's
     boto3 on the server: 8 MB) round-trip, and a restart of the servers loses nothing."""
     import mlflow
@@ -326,7 +441,13 @@ def test_team_down_and_up_keeps_the_remote_the_artifacts_and_the_champion(team, 
     # DVC: a 110 MiB output, pushed in parts.
     big = os.urandom(110 * 2**20 + 123)
     (pushed_workspace / "big.bin").write_bytes(big)
-    subprocess.run([sys.executable, "-m", "dvc", "add", "big.bin"], cwd=pushed_workspace, check=True, capture_output=True, env=_env())
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "add", "big.bin"],
+        cwd=pushed_workspace,
+        check=True,
+        capture_output=True,
+        env=_env(),
+    )
     pushed = _team_exec(pushed_workspace, team.client_env, sys.executable, "-m", "dvc", "push", "big.bin.dvc")
     assert pushed.returncode == 0, pushed.stdout + pushed.stderr
     _git(pushed_workspace, "add", "-A")
@@ -341,13 +462,25 @@ def test_team_down_and_up_keeps_the_remote_the_artifacts_and_the_champion(team, 
     with mlflow.start_run(run_name="big-artifact") as run:
         mlflow.log_artifact(str(artifact))
     secrets = read_env(team.server_env)
-    bucket = s3.client(team.s3_endpoint, s3.Credentials(secrets["TEAM_MLFLOW_S3_KEY_ID"], secrets["TEAM_MLFLOW_S3_SECRET"]))
-    stored = [item for item in bucket.list_objects_v2(Bucket=team.artifacts_bucket)["Contents"] if item["Key"].endswith("/weights.bin")]
+    bucket = s3.client(
+        team.s3_endpoint, s3.Credentials(secrets["TEAM_MLFLOW_S3_KEY_ID"], secrets["TEAM_MLFLOW_S3_SECRET"])
+    )
+    stored = [
+        item
+        for item in bucket.list_objects_v2(Bucket=team.artifacts_bucket)["Contents"]
+        if item["Key"].endswith("/weights.bin")
+    ]
     assert len(stored) == 1 and stored[0]["Size"] == artifact.stat().st_size
     assert "-" in stored[0]["ETag"], stored[0]  # a multipart upload's ETag: <md5 of the parts>-<count>
     before = sorted(_remote_objects(team))
-    dvc_big = next(item for item in s3.client(team.s3_endpoint, s3.Credentials(*(read_env(team.client_env)[key] for key in (
-        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")))).list_objects_v2(Bucket=team.dvc_bucket)["Contents"] if item["Size"] == len(big))
+    dvc_big = next(
+        item
+        for item in s3.client(
+            team.s3_endpoint,
+            s3.Credentials(*(read_env(team.client_env)[key] for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))),
+        ).list_objects_v2(Bucket=team.dvc_bucket)["Contents"]
+        if item["Size"] == len(big)
+    )
     assert "-" in dvc_big["ETag"], dvc_big
 
     down = _team_command(team, "down")
@@ -360,11 +493,17 @@ def test_team_down_and_up_keeps_the_remote_the_artifacts_and_the_champion(team, 
     assert sorted(_remote_objects(team)) == before
     clone = tmp_path / "member-c"
     _git(tmp_path, "clone", "-q", str(pushed_workspace), str(clone))
-    pulled = _team_exec(clone, team.client_env, sys.executable, "-m", "dvc", "pull", "--with-deps", "split", "big.bin.dvc")
+    pulled = _team_exec(
+        clone, team.client_env, sys.executable, "-m", "dvc", "pull", "--with-deps", "split", "big.bin.dvc"
+    )
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
     assert (clone / "big.bin").read_bytes() == big
-    assert (clone / "data" / "split" / "train.csv").read_bytes() == (pushed_workspace / "data" / "split" / "train.csv").read_bytes()
-    downloaded = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="weights.bin", dst_path=str(tmp_path / "back"))
+    assert (clone / "data" / "split" / "train.csv").read_bytes() == (
+        pushed_workspace / "data" / "split" / "train.csv"
+    ).read_bytes()
+    downloaded = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="weights.bin", dst_path=str(tmp_path / "back")
+    )
     assert Path(downloaded).read_bytes() == artifact.read_bytes()
     loaded = _load_champion(team, users["bob"])
     assert loaded.returncode == 0 and loaded.stdout.strip().splitlines()[-1] == "(None, 7)", loaded.stderr[-2000:]
@@ -397,9 +536,11 @@ def test_a_read_members_dvc_key_lists_and_fetches_and_may_write_nothing(team, us
     reader = s3.client(team.s3_endpoint, _keys(bob_env))
     stored = _remote_objects(team)[0]
     original = reader.get_object(Bucket=team.dvc_bucket, Key=stored)["Body"].read()
-    for attempt in (lambda: reader.put_object(Bucket=team.dvc_bucket, Key="planted", Body=b"planted"),
-                    lambda: reader.put_object(Bucket=team.dvc_bucket, Key=stored, Body=b"replaced"),
-                    lambda: reader.delete_object(Bucket=team.dvc_bucket, Key=stored)):
+    for attempt in (
+        lambda: reader.put_object(Bucket=team.dvc_bucket, Key="planted", Body=b"planted"),
+        lambda: reader.put_object(Bucket=team.dvc_bucket, Key=stored, Body=b"replaced"),
+        lambda: reader.delete_object(Bucket=team.dvc_bucket, Key=stored),
+    ):
         with pytest.raises(ClientError) as refused:
             attempt()
         assert refused.value.response["Error"]["Code"] == "AccessDenied"
@@ -416,8 +557,9 @@ def test_a_read_members_dvc_key_lists_and_fetches_and_may_write_nothing(team, us
     train = Path("data") / "split" / "train.csv"
     assert (clone / train).read_bytes() == (pushed_workspace / train).read_bytes()
     (clone / "notes.txt").write_text("bob's notes\n")
-    subprocess.run([sys.executable, "-m", "dvc", "add", "notes.txt"], cwd=clone, check=True, capture_output=True,
-                   env=_env())
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "add", "notes.txt"], cwd=clone, check=True, capture_output=True, env=_env()
+    )
     before = _remote_objects(team)
     pushed = _team_exec(clone, bob_env, sys.executable, "-m", "dvc", "push", "notes.txt.dvc")
     assert pushed.returncode != 0 and _remote_objects(team) == before, pushed.stdout + pushed.stderr
@@ -429,8 +571,9 @@ def test_a_pull_rehashes_what_it_fetches_and_refuses_a_replaced_object(team, use
     work = tmp_path / "work"
     _git(tmp_path, "clone", "-q", str(pushed_workspace), str(work))
     (work / "victim.txt").write_text("the content that was pushed\n")
-    subprocess.run([sys.executable, "-m", "dvc", "add", "victim.txt"], cwd=work, check=True, capture_output=True,
-                   env=_env())
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "add", "victim.txt"], cwd=work, check=True, capture_output=True, env=_env()
+    )
     pushed = _team_exec(work, team.client_env, sys.executable, "-m", "dvc", "push", "victim.txt.dvc")
     assert pushed.returncode == 0, pushed.stdout + pushed.stderr
     _git(work, "add", "-A")
@@ -461,8 +604,11 @@ def test_the_stores_internal_ports_refuse_anyone_without_its_signing_key(team):
     try:
         assert storage.get_object(Bucket=team.dvc_bucket, Key="probe/internal")["Body"].read() == b"through the gateway"
         filer = f"http://127.0.0.1:{json.loads((team.folder / 's3' / 'ports.json').read_text())['filer.port']}"
-        for method, path, body in (("GET", f"/buckets/{team.dvc_bucket}/probe/internal", None), ("GET", f"/buckets/{team.dvc_bucket}/", None),
-                                   ("PUT", f"/buckets/{team.artifacts_bucket}/planted.txt", b"planted")):
+        for method, path, body in (
+            ("GET", f"/buckets/{team.dvc_bucket}/probe/internal", None),
+            ("GET", f"/buckets/{team.dvc_bucket}/", None),
+            ("PUT", f"/buckets/{team.artifacts_bucket}/planted.txt", b"planted"),
+        ):
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(urllib.request.Request(filer + path, data=body, method=method), timeout=10)
             assert refused.value.code == 401, (method, path)
@@ -475,10 +621,29 @@ def test_the_stores_internal_ports_refuse_anyone_without_its_signing_key(team):
 def _stage(root: Path, out: Path, **env: str) -> subprocess.CompletedProcess:
     """The CNN training stage on the tiny artifacts, with these settings."""
     return subprocess.run(
-        [sys.executable, "stages/train_cnn_focal.py", "--params", "params.yaml", "--ingested", str(root / "ingested"),
-         "--split", str(root / "split"), "--augmented", str(root / "augmented"), "--out", str(out / "model"),
-         "--metrics", str(out / "metrics.json"), "--checkpoints", str(out / "checkpoints")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=_env(**env),
+        [
+            sys.executable,
+            "stages/train_cnn_focal.py",
+            "--params",
+            "params.yaml",
+            "--ingested",
+            str(root / "ingested"),
+            "--split",
+            str(root / "split"),
+            "--augmented",
+            str(root / "augmented"),
+            "--out",
+            str(out / "model"),
+            "--metrics",
+            str(out / "metrics.json"),
+            "--checkpoints",
+            str(out / "checkpoints"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(**env),
     )
 
 
@@ -501,9 +666,14 @@ def test_the_permission_matrix_each_refusal_one_line_before_training(team, users
     bob = users["bob"]
     cases = {
         "none": ({}, "wants an account (HTTP 401): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
-        "wrong": ({**_as(bob), "MLFLOW_TRACKING_PASSWORD": "not-the-password-0123456789"},
-                  "refused the password of user 'bob' (HTTP 401)"),
-        "read": (_as(bob), "user 'bob' may only read experiment 'ham10000-skin-lesions' (HTTP 403: logging runs needs EDIT"),
+        "wrong": (
+            {**_as(bob), "MLFLOW_TRACKING_PASSWORD": "not-the-password-0123456789"},
+            "refused the password of user 'bob' (HTTP 401)",
+        ),
+        "read": (
+            _as(bob),
+            "user 'bob' may only read experiment 'ham10000-skin-lesions' (HTTP 403: logging runs needs EDIT",
+        ),
     }
     for case, (credentials, expected) in cases.items():
         out = tmp_path / case
@@ -552,7 +722,10 @@ def test_members_share_the_experiment_and_only_manage_deletes_runs(team, users):
     finally:
         patch.undo()
     assert set(made.values()) <= {run["run_id"] for run in _runs(team, users["bob"])}
-    admin = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": read_env(team.server_env)["MLFLOW_AUTH_ADMIN_PASSWORD"]}
+    admin = {
+        "MLFLOW_TRACKING_USERNAME": "admin",
+        "MLFLOW_TRACKING_PASSWORD": read_env(team.server_env)["MLFLOW_AUTH_ADMIN_PASSWORD"],
+    }
     client, patch = _client_as(team, admin)
     try:
         client.delete_run(made["carol"])
@@ -565,6 +738,7 @@ def test_members_share_the_experiment_and_only_manage_deletes_runs(team, users):
 def test_a_user_name_taken_or_a_bad_role_is_one_line(team, users):
     again = _team_command(team, "user", "add", "alice", "--role", "edit")
     assert again.returncode == 1 and again.stderr.strip() == (
-        f"error: MLflow at {team.tracking_uri} has a user 'alice' already (choose another name)")
+        f"error: MLflow at {team.tracking_uri} has a user 'alice' already (choose another name)"
+    )
     bad = _team_command(team, "user", "add", "admin", "--role", "edit")
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "not 'admin'" in bad.stderr

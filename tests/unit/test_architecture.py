@@ -30,14 +30,29 @@ def test_the_import_contracts_hold():
     assert "2 kept, 0 broken" in result.stdout
 
 
-@pytest.mark.parametrize("module, line, broken", [
-    # the old circle: the MLflow recorder reaching back into the bundle importer
-    ("tracking/mlflow_runs.py", "from pipeline.tracking import bundle", "No cycles are allowed in pipeline.tracking"),
-    # a lower layer reaching up: tracking using the training loop
-    ("tracking/bundle.py", "from pipeline.training import train", "pipeline.tracking is not allowed to import pipeline.training"),
-    # siblings of one layer stay independent
-    ("data/split.py", "from pipeline.models import builders", "pipeline.data is not allowed to import pipeline.models"),
-])
+@pytest.mark.parametrize(
+    "module, line, broken",
+    [
+        # the old circle: the MLflow recorder reaching back into the bundle importer
+        (
+            "tracking/mlflow_runs.py",
+            "from pipeline.tracking import bundle",
+            "No cycles are allowed in pipeline.tracking",
+        ),
+        # a lower layer reaching up: tracking using the training loop
+        (
+            "tracking/bundle.py",
+            "from pipeline.training import train",
+            "pipeline.tracking is not allowed to import pipeline.training",
+        ),
+        # siblings of one layer stay independent
+        (
+            "data/split.py",
+            "from pipeline.models import builders",
+            "pipeline.data is not allowed to import pipeline.models",
+        ),
+    ],
+)
 def test_a_violation_breaks_a_contract(copy_of_pipeline, module, line, broken):
     with open(copy_of_pipeline / "pipeline" / module, "a") as handle:
         handle.write(f"\n{line}\n")

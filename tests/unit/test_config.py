@@ -70,14 +70,32 @@ def test_unknown_key_is_named(tmp_path, repo_root):
         ("train_cnn_focal", CnnParams, "filters", [8, 16], r"filters: every value must be in \[16, 2048\]"),
         ("train_cnn_focal", CnnParams, "class_alpha", "inverse", r"class_alpha: must be one of"),
         ("train_cnn_focal", CnnParams, "random_flip", "yes", r"random_flip: must be true or false"),
-        ("train_cnn_focal", CnnParams, "block", "dense", r"train_cnn_focal\.block: must be one of \['conv', 'separable'\]"),
+        (
+            "train_cnn_focal",
+            CnnParams,
+            "block",
+            "dense",
+            r"train_cnn_focal\.block: must be one of \['conv', 'separable'\]",
+        ),
         ("train_cnn_focal", CnnParams, "batch_norm_momentum", 1.0, r"batch_norm_momentum: must be <= 0\.999, got 1"),
         ("train_cnn_focal", CnnParams, "first_stage_stride", 3, r"first_stage_stride: must be <= 2, got 3"),
         ("split", SplitParams, "test_fraction", 0.9, r"split\.test_fraction: must be <= 0\.5"),
         ("augment", AugmentParams, "horizontal_flip", 1.5, r"horizontal_flip: must be <= 1\.0"),
         ("train_effnetb7", EffNetParams, "batch_size", True, r"batch_size: must be an integer"),
-        ("train_effnet_lite0", Lite0Params, "weights", "hub", r"train_effnet_lite0\.weights: must be one of \['imagenet', 'none'\]"),
-        ("train_effnet_lite0", Lite0Params, "fine_tune_batch_norm", "no", r"fine_tune_batch_norm: must be true or false"),
+        (
+            "train_effnet_lite0",
+            Lite0Params,
+            "weights",
+            "hub",
+            r"train_effnet_lite0\.weights: must be one of \['imagenet', 'none'\]",
+        ),
+        (
+            "train_effnet_lite0",
+            Lite0Params,
+            "fine_tune_batch_norm",
+            "no",
+            r"fine_tune_batch_norm: must be true or false",
+        ),
         ("evaluate", EvaluateParams, "ensemble_grid_step", 0.0, r"evaluate\.ensemble_grid_step: must be >= 0\.01"),
     ],
 )
@@ -116,9 +134,21 @@ def test_missing_section_and_bad_yaml(tmp_path):
 def test_stage_reports_bad_params_in_one_line_and_exits_non_zero(tmp_path, repo_root):
     path = _write_params(tmp_path, repo_root, "split", val_fraction=-1)
     result = subprocess.run(
-        [sys.executable, str(repo_root / "stages" / "split.py"), "--params", str(path), "--ingested", str(tmp_path / "x"),
-         "--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json")],
-        capture_output=True, text=True, cwd=repo_root,
+        [
+            sys.executable,
+            str(repo_root / "stages" / "split.py"),
+            "--params",
+            str(path),
+            "--ingested",
+            str(tmp_path / "x"),
+            "--out",
+            str(tmp_path / "out"),
+            "--metrics",
+            str(tmp_path / "m.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=repo_root,
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == ["error: params.yaml: split.val_fraction: must be >= 0.02, got -1.0"]

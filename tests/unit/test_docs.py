@@ -5,8 +5,24 @@ import re
 
 import pytest
 
-DOCS = ["README.md", *[f"docs/{name}" for name in ("running.md", "pipeline.md", "tracking.md", "reproduction.md", "team.md",
-                                                  "gpu.md", "serving.md", "performance.md", "testing.md", "layout.md")]]
+DOCS = [
+    "README.md",
+    *[
+        f"docs/{name}"
+        for name in (
+            "running.md",
+            "pipeline.md",
+            "tracking.md",
+            "reproduction.md",
+            "team.md",
+            "gpu.md",
+            "serving.md",
+            "performance.md",
+            "testing.md",
+            "layout.md",
+        )
+    ],
+]
 
 
 @pytest.fixture(scope="module")

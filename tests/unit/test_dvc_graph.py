@@ -36,8 +36,9 @@ EXCLUDED = {
     "pipeline/services/mlflow_server.py": "starts or checks the MLflow server; mlflow_runs.py only asks it whether the server answers",
     "pipeline/tracking/choose.py": "picks the recorder (MLflow or an offline bundle): where a run is recorded, not what is trained",
     "pipeline/tracking/mlflow_runs.py": "sends params, metrics and the saved model to MLflow after they are computed; "
-                                        "evaluate loads models from their folders, never from MLflow",
+    "evaluate loads models from their folders, never from MLflow",
     "pipeline/tracking/offline.py": "copies the finished model, history and metrics into a bundle folder outside the DVC outputs",
+    "pipeline/training/console.py": "formats the stage's last console line (kept epoch, where the run went); writes nothing",
 }
 
 #: Top-level names of the third-party packages whose versions change numbers (see the docstring).
@@ -58,7 +59,14 @@ def _param_sections(stage):
 
 def test_every_stage_has_a_script_and_reads_only_base_and_its_own_section(stages, repo_root):
     assert list(stages) == [
-        "ingest", "split", "augment", "train_cnn_focal", "train_effnetb7", "import_lite0_weights", "train_effnet_lite0", "evaluate"
+        "ingest",
+        "split",
+        "augment",
+        "train_cnn_focal",
+        "train_effnetb7",
+        "import_lite0_weights",
+        "train_effnet_lite0",
+        "evaluate",
     ]
     for name, stage in stages.items():
         assert stage["cmd"].startswith(f"python stages/{name}.py ")
@@ -85,7 +93,13 @@ def _downstream(stages, changed):
 
 
 def test_an_augment_param_reruns_augment_and_what_depends_on_it(stages):
-    assert _downstream(stages, "augment") == {"augment", "train_cnn_focal", "train_effnetb7", "train_effnet_lite0", "evaluate"}
+    assert _downstream(stages, "augment") == {
+        "augment",
+        "train_cnn_focal",
+        "train_effnetb7",
+        "train_effnet_lite0",
+        "evaluate",
+    }
 
 
 def test_a_train_effnetb7_param_reruns_only_that_stage_and_evaluate(stages):
@@ -96,7 +110,9 @@ def test_a_train_effnetb7_param_reruns_only_that_stage_and_evaluate(stages):
 def test_the_lite0_weights_are_converted_once_and_feed_only_its_training(stages):
     assert _downstream(stages, "import_lite0_weights") == {"import_lite0_weights", "train_effnet_lite0", "evaluate"}
     assert _downstream(stages, "train_effnet_lite0") == {"train_effnet_lite0", "evaluate"}
-    assert not stages["import_lite0_weights"].get("params"), "no params: the conversion reruns only when its code changes"
+    assert not stages["import_lite0_weights"].get("params"), (
+        "no params: the conversion reruns only when its code changes"
+    )
 
 
 # --- code deps -------------------------------------------------------------------------------
@@ -164,7 +180,11 @@ def missing_code_deps(stages, repo_root):
     for name, stage in stages.items():
         closure, _ = import_closure(repo_root, f"stages/{name}.py")
         deps = [_path(dep) for dep in stage["deps"]]
-        missing += [(name, module) for module in sorted(closure - set(EXCLUDED)) if not any(_covers(dep, module) for dep in deps)]
+        missing += [
+            (name, module)
+            for module in sorted(closure - set(EXCLUDED))
+            if not any(_covers(dep, module) for dep in deps)
+        ]
     return missing
 
 
@@ -174,9 +194,11 @@ def _stages_depending_on(stages, path):
 
 def test_every_module_a_stage_script_imports_is_a_dep_of_that_stage(stages, repo_root):
     missing = missing_code_deps(stages, repo_root)
-    lines = [f"{stage}: its script imports {module}, which is not a dep; add `      - {module}` to the deps of "
-             f"stage {stage} in dvc.yaml (or to EXCLUDED in this file, with why it cannot change the outputs)"
-             for stage, module in missing]
+    lines = [
+        f"{stage}: its script imports {module}, which is not a dep; add `      - {module}` to the deps of "
+        f"stage {stage} in dvc.yaml (or to EXCLUDED in this file, with why it cannot change the outputs)"
+        for stage, module in missing
+    ]
     assert not missing, "\n".join(lines)
 
 
@@ -200,9 +222,15 @@ def test_no_stage_depends_on_pipeline_code_its_script_does_not_import(stages, re
             if not dep.startswith("pipeline/"):
                 continue
             assert (repo_root / dep).exists(), f"{name}: dep {dep} does not exist (stale)"
-            files = [path.relative_to(repo_root).as_posix() for path in sorted((repo_root / dep).rglob("*.py"))] if (repo_root / dep).is_dir() else [dep]
+            files = (
+                [path.relative_to(repo_root).as_posix() for path in sorted((repo_root / dep).rglob("*.py"))]
+                if (repo_root / dep).is_dir()
+                else [dep]
+            )
             outside = [path for path in files if path not in closure or path in EXCLUDED]
-            assert not outside, f"{name}: dep {dep} holds {outside}, which stages/{name}.py never runs (or EXCLUDED lists)"
+            assert not outside, (
+                f"{name}: dep {dep} holds {outside}, which stages/{name}.py never runs (or EXCLUDED lists)"
+            )
 
 
 def test_editing_pipeline_team_benchmarks_or_docs_reruns_no_stage(stages, repo_root):
@@ -232,7 +260,9 @@ def test_every_stage_running_numerical_packages_depends_on_the_lock_file(stages,
     for name, stage in stages.items():
         _, external = import_closure(repo_root, f"stages/{name}.py")
         if external & NUMERICAL:
-            assert LOCK_FILE in stage["deps"], f"{name} imports {sorted(external & NUMERICAL)}: add `      - {LOCK_FILE}` to its deps"
+            assert LOCK_FILE in stage["deps"], (
+                f"{name} imports {sorted(external & NUMERICAL)}: add `      - {LOCK_FILE}` to its deps"
+            )
 
 
 def test_the_closure_follows_function_level_relative_and_submodule_imports(repo_root, tmp_path):

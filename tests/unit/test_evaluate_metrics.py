@@ -43,10 +43,15 @@ def test_report_gives_intervals_and_names_a_winner_only_when_the_paired_interval
     nearly[0] = np.eye(7)[1]  # one image wrong
     boot = Bootstrap.of(labels, np.arange(len(labels)) // 2, 1000, 0, 0.95, classes.index("mel"))
     probabilities = {"good": perfect, "lazy": always_nv, "nearly": nearly, "smoke": always_nv}
-    metrics = {name: {**classification_metrics(labels, p, classes, 10), **boot.intervals(p, classes)} for name, p in probabilities.items()}
+    metrics = {
+        name: {**classification_metrics(labels, p, classes, 10), **boot.intervals(p, classes)}
+        for name, p in probabilities.items()
+    }
     metrics["smoke"]["smoke_run"] = True
     paired = comparisons(boot, {name: p for name, p in probabilities.items() if name != "smoke"})
-    report = comparison_report(metrics, classes, "Title", paired, {"confidence": 0.95, "resamples": 1000, "grouped_by": "lesion", "seed": 0})
+    report = comparison_report(
+        metrics, classes, "Title", paired, {"confidence": 0.95, "resamples": 1000, "grouped_by": "lesion", "seed": 0}
+    )
     assert "| balanced_accuracy | 1.000 [1.000, 1.000] | 0.143 [0.143, 0.143] | 0.988 [" in report
     assert "| good vs lazy | +0.857 [" in report and "| **good** |" in report
     assert "| good vs nearly | +0.012 [+0.000, +0.036] | not told apart |" in report

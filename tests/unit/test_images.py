@@ -70,8 +70,12 @@ def test_corrupt_truncated_missing_and_non_image_files_raise(tmp_path):
     corrupt.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4)
     text = tmp_path / "notes.jpg"
     text.write_text("not an image")
-    for path, message in ((truncated, "cannot decode"), (corrupt, "cannot decode|not an image"), (text, "not an image"),
-                          (tmp_path / "absent.jpg", "file not found")):
+    for path, message in (
+        (truncated, "cannot decode"),
+        (corrupt, "cannot decode|not an image"),
+        (text, "not an image"),
+        (tmp_path / "absent.jpg", "file not found"),
+    ):
         with pytest.raises(ImageDecodeError, match=message):
             load_square_image(path, 16)
 

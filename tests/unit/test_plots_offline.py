@@ -26,7 +26,10 @@ def _offline_dom(browser: str, page) -> str:
     namespace (loopback only) where possible, else every request sent to a closed proxy."""
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=8000", "--dump-dom", page.as_uri()]
     isolated = ["unshare", "--net", "--map-root-user", browser, *flags]
-    if shutil.which("unshare") and subprocess.run(["unshare", "--net", "--map-root-user", "true"], capture_output=True).returncode == 0:
+    if (
+        shutil.which("unshare")
+        and subprocess.run(["unshare", "--net", "--map-root-user", "true"], capture_output=True).returncode == 0
+    ):
         command = isolated
     else:
         command = [browser, "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>", *flags]
@@ -39,7 +42,9 @@ def confusion_renderer():
 
     pairs = [("mel", "mel"), ("mel", "nv"), ("nv", "nv"), ("nv", "nv"), ("bcc", "bcc"), ("bcc", "mel")]
     datapoints = [{"actual": actual, "predicted": predicted} for actual, predicted in pairs]
-    return VegaRenderer(datapoints, "confusion_test", template="confusion", x="predicted", y="actual", title="confusion matrix")
+    return VegaRenderer(
+        datapoints, "confusion_test", template="confusion", x="predicted", y="actual", title="confusion matrix"
+    )
 
 
 def test_the_confusion_matrix_renders_offline_in_a_real_browser(repo_root, tmp_path, confusion_renderer):

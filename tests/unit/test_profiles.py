@@ -41,8 +41,13 @@ def test_the_committed_params_are_the_demo_profile_composed(repo_root, monkeypat
 
 
 def test_a_profile_lists_only_the_keys_it_changes(repo_root):
-    defaults = _flat({key: value for key, value in yaml.safe_load((repo_root / "conf" / "config.yaml").read_text()).items()
-                      if key != "defaults"})
+    defaults = _flat(
+        {
+            key: value
+            for key, value in yaml.safe_load((repo_root / "conf" / "config.yaml").read_text()).items()
+            if key != "defaults"
+        }
+    )
     for name in ["cpu", "demo", "gpu", "quick"]:
         overlay = _flat(yaml.safe_load((repo_root / "conf" / "profile" / f"{name}.yaml").read_text()))
         assert overlay.pop("profile") == name
@@ -53,7 +58,9 @@ def test_a_profile_lists_only_the_keys_it_changes(repo_root):
 def test_an_edit_of_the_defaults_reaches_every_profile_that_does_not_change_that_key(conf):
     text = (conf / "config.yaml").read_text()
     assert "  dropout: 0.3\n  epochs: 30\n" in text
-    (conf / "config.yaml").write_text(text.replace("  dropout: 0.3\n  epochs: 30\n", "  dropout: 0.45\n  epochs: 30\n", 1))
+    (conf / "config.yaml").write_text(
+        text.replace("  dropout: 0.3\n  epochs: 30\n", "  dropout: 0.45\n  epochs: 30\n", 1)
+    )
     before = {path: path.read_bytes() for path in conf.rglob("*.yaml")}
     for name in ["cpu", "demo", "quick", "gpu"]:
         assert compose(name)["train_cnn_focal"]["dropout"] == 0.45
@@ -72,17 +79,25 @@ def test_an_unknown_profile_or_key_is_one_error_line(conf, tmp_path):
         compose("fast")
     with pytest.raises(ParamsError, match="cannot compose profile demo: .*no_such_key"):
         compose("demo", ["train_cnn_focal.no_such_key=1"])
-    result = subprocess.run([sys.executable, "-m", "pipeline.profiles", "fast", "--out", str(tmp_path / "p.yaml")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.profiles", "fast", "--out", str(tmp_path / "p.yaml")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1 and result.stderr.strip().splitlines() == [
-        "error: profile 'fast' not found (conf/profile/: cpu, demo, gpu, quick)"]
+        "error: profile 'fast' not found (conf/profile/: cpu, demo, gpu, quick)"
+    ]
     assert not (tmp_path / "p.yaml").exists()
 
 
 def test_the_command_line_writes_a_profile_for_a_machine_without_dvc(conf, tmp_path):
     out = tmp_path / "node" / "params.yaml"
-    result = subprocess.run([sys.executable, "-m", "pipeline.profiles", "gpu", "--set", "base.image_size=224", "--out", str(out)],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.profiles", "gpu", "--set", "base.image_size=224", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "conf/profile/gpu.yaml + base.image_size=224" in result.stdout
     params = yaml.safe_load(out.read_text())
     assert params["base"]["image_size"] == 224 and params["train_effnetb7"]["input_size"] == 600
@@ -100,10 +115,15 @@ def test_the_precision_parameter_makes_dvc_see_exactly_the_training_stages_chang
     for stage in TRAINING_STAGES:
         params[stage]["precision"] = "mixed"
     (tmp_path / "params.yaml").write_text(dump(params))
-    status = json.loads(subprocess.run([*dvc, "status", "--json"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout)
+    status = json.loads(
+        subprocess.run([*dvc, "status", "--json"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    )
     changed_params = {
-        stage for stage, changes in status.items()
-        for change in changes if isinstance(change, dict)
-        for key in change.get("changed deps", {}) if key == "params.yaml"
+        stage
+        for stage, changes in status.items()
+        for change in changes
+        if isinstance(change, dict)
+        for key in change.get("changed deps", {})
+        if key == "params.yaml"
     }
     assert changed_params == TRAINING_STAGES

@@ -12,7 +12,9 @@ from pipeline.evaluation.uncertainty import Bootstrap
 from pipeline.reproduction import reproduce, tolerances
 
 CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
-RULES = tolerances.Rules(factor=3, floor=0.005, compared=("accuracy", "balanced_accuracy", "macro_f1", "ece", "melanoma_recall", "recall"))
+RULES = tolerances.Rules(
+    factor=3, floor=0.005, compared=("accuracy", "balanced_accuracy", "macro_f1", "ece", "melanoma_recall", "recall")
+)
 
 
 def scored(probabilities, labels, groups):
@@ -39,7 +41,11 @@ def test_set():
 
 
 def seed_table(values):
-    return {"cnn_focal": {metric: {"mean": 0.6, "std": std, "n": 3, "min": 0.5, "max": 0.7} for metric, std in values.items()}}
+    return {
+        "cnn_focal": {
+            metric: {"mean": 0.6, "std": std, "n": 3, "min": 0.5, "max": 0.7} for metric, std in values.items()
+        }
+    }
 
 
 def test_allowance_is_the_factor_times_the_larger_of_seed_sd_and_bootstrap_se(test_set):
@@ -48,10 +54,15 @@ def test_allowance_is_the_factor_times_the_larger_of_seed_sd_and_bootstrap_se(te
     low, high = reference["cnn_focal"]["balanced_accuracy_ci"]
     se = (high - low) / 3.919927969080108
     wide = tolerances.derive(reference, seed_table({"balanced_accuracy": 0.05, "accuracy": 0.0001}), RULES)["cnn_focal"]
-    assert wide["balanced_accuracy"]["allowed"] == pytest.approx(0.15) and "seed sd (3 seeds)" in wide["balanced_accuracy"]["rule"]
+    assert (
+        wide["balanced_accuracy"]["allowed"] == pytest.approx(0.15)
+        and "seed sd (3 seeds)" in wide["balanced_accuracy"]["rule"]
+    )
     accuracy = wide["accuracy"]  # the seed sd is smaller: bootstrap or binomial se binds
     assert accuracy["allowed"] == pytest.approx(3 * max(accuracy["bootstrap_se"], accuracy["binomial_se"]), abs=1e-6)
-    assert accuracy["rule"].startswith(("3 x bootstrap se", "3 x binomial se")) and 0.005 < accuracy["binomial_se"] < 0.02
+    assert (
+        accuracy["rule"].startswith(("3 x bootstrap se", "3 x binomial se")) and 0.005 < accuracy["binomial_se"] < 0.02
+    )
     assert wide["recall.vasc"]["bootstrap_se"] > wide["recall.nv"]["bootstrap_se"]  # 25 vs 940 images
     unseeded = tolerances.derive(reference, {}, RULES)["cnn_focal"]
     assert unseeded["balanced_accuracy"]["allowed"] == pytest.approx(3 * se, abs=1e-6)
@@ -63,20 +74,35 @@ def test_ensemble_takes_its_largest_members_seed_sd_and_a_constant_gets_the_floo
         "ensemble": {"balanced_accuracy": 0.7, "weights": {"cnn_focal": 0.2, "effnet_lite0": 0.8, "effnetb7": 0.0}},
         "effnetb7": {"balanced_accuracy": 0.142857, "balanced_accuracy_ci": [0.142857, 0.142857]},
     }
-    spread = {"cnn_focal": {"balanced_accuracy": {"std": 0.03, "n": 3}}, "effnet_lite0": {"balanced_accuracy": {"std": 0.01, "n": 3}}}
+    spread = {
+        "cnn_focal": {"balanced_accuracy": {"std": 0.03, "n": 3}},
+        "effnet_lite0": {"balanced_accuracy": {"std": 0.01, "n": 3}},
+    }
     allowed = tolerances.derive(reference, spread, RULES)
     assert allowed["ensemble"]["balanced_accuracy"]["allowed"] == pytest.approx(0.09)
     assert "members' seed sd" in allowed["ensemble"]["balanced_accuracy"]["rule"]
-    assert allowed["effnetb7"]["balanced_accuracy"] == {"allowed": 0.005, "rule": "floor 0.005", "seed_sd": None, "bootstrap_se": 0.0,
-                                                        "binomial_se": None}
+    assert allowed["effnetb7"]["balanced_accuracy"] == {
+        "allowed": 0.005,
+        "rule": "floor 0.005",
+        "seed_sd": None,
+        "bootstrap_se": 0.0,
+        "binomial_se": None,
+    }
 
 
 def test_a_recall_at_0_or_1_on_few_images_gets_its_binomial_se_not_the_floor():
     """CI on 2026-12-02: the demo CNN's vasc recall was 1.0 (2 test images, bootstrap interval
     [1, 1], so bootstrap se 0) and 0.5 on another CPU: one image. A floor of 0.005 failed that
     rerun; the Agresti-Coull se of 2 of 2 (0.19) allows it, and still not a class lost."""
-    published = {"cnn_focal": {"images": 103, "accuracy": 0.767, "support": {"vasc": 2, "nv": 67},
-                               "recall": {"vasc": 1.0, "nv": 0.8806}, "recall_ci": {"vasc": [1.0, 1.0], "nv": [0.80, 0.95]}}}
+    published = {
+        "cnn_focal": {
+            "images": 103,
+            "accuracy": 0.767,
+            "support": {"vasc": 2, "nv": 67},
+            "recall": {"vasc": 1.0, "nv": 0.8806},
+            "recall_ci": {"vasc": [1.0, 1.0], "nv": [0.80, 0.95]},
+        }
+    }
     allowed = tolerances.derive(published, {}, RULES)["cnn_focal"]
     vasc = allowed["recall.vasc"]
     assert vasc["bootstrap_se"] == 0.0 and vasc["binomial_se"] == pytest.approx((4 / 6 * 2 / 6 / 6) ** 0.5)
@@ -111,7 +137,9 @@ def test_a_retrained_model_passes_and_broken_runs_fail(test_set):
 
 def test_missing_model_or_metric_is_an_error():
     reference = {"cnn_focal": {"accuracy": 0.8, "balanced_accuracy": 0.7}}
-    allowances = {"cnn_focal": {"accuracy": {"allowed": 0.03, "rule": "x"}, "balanced_accuracy": {"allowed": 0.03, "rule": "x"}}}
+    allowances = {
+        "cnn_focal": {"accuracy": {"allowed": 0.03, "rule": "x"}, "balanced_accuracy": {"allowed": 0.03, "rule": "x"}}
+    }
     with pytest.raises(PipelineError, match="no model 'cnn_focal'"):
         reproduce.compare(reference, {}, allowances)
     with pytest.raises(PipelineError, match="have no 'balanced_accuracy'"):
@@ -131,7 +159,9 @@ def test_publish_writes_the_reference_and_its_allowances(tmp_path, monkeypatch, 
     seeds_file.write_text(json.dumps({"demo": {"spread": {"cnn_focal": {"accuracy": {"std": 0.01, "n": 3}}}}}))
     rules = tmp_path / "tolerance.yaml"
     rules.write_text("factor: 2\nfloor: 0.001\ncompared: [accuracy, balanced_accuracy]\n")
-    written = reproduce.publish(tmp_path / "evaluate.json", tmp_path / "published" / "demo.json", rules, seeds_file, None)
+    written = reproduce.publish(
+        tmp_path / "evaluate.json", tmp_path / "published" / "demo.json", rules, seeds_file, None
+    )
     allowances = json.loads(written.read_text())["models"]["cnn_focal"]
     assert allowances["accuracy"]["allowed"] == pytest.approx(0.02)
     assert allowances["balanced_accuracy"]["allowed"] == pytest.approx(2 * 0.08 / 3.919927969080108, abs=1e-6)
@@ -163,13 +193,16 @@ def test_reference_name_and_repository_rules(repo_root):
         assert all(row.ok for row in reproduce.compare(reference, reference, allowances))
 
 
-@pytest.mark.parametrize("text, message", [
-    ("accuracy: 0.03\n", "expected exactly the keys factor, floor, compared"),
-    ("factor: [1\n", "not valid YAML"),
-    ("factor: high\nfloor: 0\ncompared: [accuracy]\n", "factor must be a number >= 0"),
-    ("factor: 3\nfloor: -1\ncompared: [accuracy]\n", "floor must be a number >= 0"),
-    ("factor: 3\nfloor: 0\ncompared: []\n", "compared must be a non-empty list"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("accuracy: 0.03\n", "expected exactly the keys factor, floor, compared"),
+        ("factor: [1\n", "not valid YAML"),
+        ("factor: high\nfloor: 0\ncompared: [accuracy]\n", "factor must be a number >= 0"),
+        ("factor: 3\nfloor: -1\ncompared: [accuracy]\n", "floor must be a number >= 0"),
+        ("factor: 3\nfloor: 0\ncompared: []\n", "compared must be a non-empty list"),
+    ],
+)
 def test_a_malformed_tolerance_file_is_one_clear_error(tmp_path, text, message):
     path = tmp_path / "tolerance.yaml"
     path.write_text(text)

@@ -23,7 +23,9 @@ def test_commands_match_what_dvc_would_run(repo_root, tmp_path):
     )
     params = yaml.safe_load((repo_root / "params.yaml").read_text())
     assert "--model effnet_lite0=models/effnet_lite0" in commands["evaluate"]
-    assert pipeline["stages"]["ingest"]["deps"][0] == "${ingest.data_dir}" and params["ingest"]["data_dir"] == "data/demo"
+    assert (
+        pipeline["stages"]["ingest"]["deps"][0] == "${ingest.data_dir}" and params["ingest"]["data_dir"] == "data/demo"
+    )
 
 
 def test_set_edits_existing_keys_only(tmp_path):
@@ -38,10 +40,19 @@ def test_set_edits_existing_keys_only(tmp_path):
 
 
 def test_a_failing_stage_stops_the_run_in_one_line(tmp_path):
-    (tmp_path / "dvc.yaml").write_text("stages:\n  bad:\n    cmd: python -c 'import sys; sys.exit(3)'\n  after:\n    cmd: touch after\n")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  bad:\n    cmd: python -c 'import sys; sys.exit(3)'\n  after:\n    cmd: touch after\n"
+    )
     (tmp_path / "params.yaml").write_text("{}\n")
-    result = subprocess.run([sys.executable, "-m", "pipeline.training.stage_runner", "bad", "after"], cwd=tmp_path, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.training.stage_runner", "bad", "after"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1 and result.stderr.strip() == "error: stage 'bad' failed with exit status 3"
     assert not (tmp_path / "after").exists()
-    unknown = subprocess.run([sys.executable, "-m", "pipeline.training.stage_runner", "nope"], cwd=tmp_path, capture_output=True, text=True)
+    unknown = subprocess.run(
+        [sys.executable, "-m", "pipeline.training.stage_runner", "nope"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert unknown.returncode == 1 and "unknown stage(s) ['nope']" in unknown.stderr

@@ -37,7 +37,9 @@ def test_a_missing_or_incomplete_client_file_says_what_to_do(tmp_path):
     path.write_text("MLFLOW_TRACKING_URI=http://x\nTEAM_DVC_REMOTE_URL=s3://b/p\n")
     with pytest.raises(PipelineError, match="lacks AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY"):
         client_values(path)
-    path.write_text("MLFLOW_TRACKING_URI=http://x\nTEAM_DVC_REMOTE_URL=/tmp/remote\nAWS_ACCESS_KEY_ID=a\nAWS_SECRET_ACCESS_KEY=b\n")
+    path.write_text(
+        "MLFLOW_TRACKING_URI=http://x\nTEAM_DVC_REMOTE_URL=/tmp/remote\nAWS_ACCESS_KEY_ID=a\nAWS_SECRET_ACCESS_KEY=b\n"
+    )
     with pytest.raises(PipelineError, match="must be an s3:// URL"):
         client_values(path)
     assert bucket_of("s3://lab-bucket/ham10000/dvc") == "lab-bucket"
@@ -53,8 +55,12 @@ def test_secrets_never_show_in_reprs_or_error_lines():
 
 
 def test_exec_refuses_a_missing_settings_file_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pipeline.team", "exec", "--env", str(tmp_path / "none.env"), "--", "true"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.team", "exec", "--env", str(tmp_path / "none.env"), "--", "true"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1 and result.stderr.count("\n") == 1
     assert result.stderr.startswith("error: no team settings at")
 
@@ -71,7 +77,9 @@ def test_s3_identities_give_each_role_its_own_bucket_only_in_a_private_file(tmp_
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     identities = {entry["name"]: entry for entry in json.loads(path.read_text())["identities"]}
     assert identities["dvc"]["credentials"] == [{"accessKey": keys["dvc"].key_id, "secretKey": keys["dvc"].secret}]
-    assert identities["dvc"]["actions"] == [f"{action}:ham10000-dvc" for action in ("Read", "Write", "List", "Tagging", "Admin")]
+    assert identities["dvc"]["actions"] == [
+        f"{action}:ham10000-dvc" for action in ("Read", "Write", "List", "Tagging", "Admin")
+    ]
     assert all(action.endswith(":ham10000-mlflow") for action in identities["mlflow"]["actions"])
     # The internal servers' ports are picked once and kept: a restart finds the same volume server.
     data = tmp_path / "s3"
@@ -81,6 +89,7 @@ def test_s3_identities_give_each_role_its_own_bucket_only_in_a_private_file(tmp_
 
 
 # TLS: certificates, which binds need it, and the CA file a client env file names.
+
 
 def _verified(files, host: str) -> bool:
     """Whether a TLS client that trusts only ``files.ca`` accepts ``files.cert`` for ``host``
@@ -155,11 +164,16 @@ def test_a_labs_own_certificate_is_used_as_given(tmp_path):
     made = certificates.ensure(tmp_path / "lab", "192.0.2.10")
     config = TeamConfig(folder=tmp_path / ".team", host="192.0.2.10", cert=made.cert, key=made.key, ca=made.ca)
     files = stack.tls_files(config)
-    assert (files.cert, files.key) == (made.cert.resolve(), made.key.resolve()) and config.trusted_ca == made.ca.resolve()
+    assert (files.cert, files.key) == (
+        made.cert.resolve(),
+        made.key.resolve(),
+    ) and config.trusted_ca == made.ca.resolve()
     assert not (tmp_path / ".team" / "tls").exists()
     (tmp_path / "bad.pem").write_text("not a certificate")
     with pytest.raises(PipelineError, match="not a PEM certificate"):
-        stack.tls_files(TeamConfig(folder=tmp_path / ".team", host="192.0.2.10", cert=tmp_path / "bad.pem", key=made.key))
+        stack.tls_files(
+            TeamConfig(folder=tmp_path / ".team", host="192.0.2.10", cert=tmp_path / "bad.pem", key=made.key)
+        )
 
 
 def test_a_client_file_names_its_ca_relative_to_itself(tmp_path):
@@ -167,8 +181,14 @@ def test_a_client_file_names_its_ca_relative_to_itself(tmp_path):
     path.parent.mkdir()
     keys = "MLFLOW_TRACKING_URI=https://192.0.2.10:5010\nTEAM_DVC_REMOTE_URL=s3://b/p\nAWS_ACCESS_KEY_ID=a\nAWS_SECRET_ACCESS_KEY=b\n"
     path.write_text(keys + "MLFLOW_TRACKING_SERVER_CERT_PATH=team-ca.pem\nAWS_CA_BUNDLE=team-ca.pem\n")
-    with pytest.raises(PipelineError, match=r"MLFLOW_TRACKING_SERVER_CERT_PATH names .*team-ca.pem, which does not exist"):
+    with pytest.raises(
+        PipelineError, match=r"MLFLOW_TRACKING_SERVER_CERT_PATH names .*team-ca.pem, which does not exist"
+    ):
         client_values(path)
     (path.parent / "team-ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
     values = client_values(path)
-    assert values["MLFLOW_TRACKING_SERVER_CERT_PATH"] == values["AWS_CA_BUNDLE"] == str((path.parent / "team-ca.pem").resolve())
+    assert (
+        values["MLFLOW_TRACKING_SERVER_CERT_PATH"]
+        == values["AWS_CA_BUNDLE"]
+        == str((path.parent / "team-ca.pem").resolve())
+    )

@@ -34,7 +34,14 @@ class _Tensor:
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
     def __reduce__(self):
-        return _Global("torch._utils", "_rebuild_tensor_v2"), (self.storage, self.offset, self.size, self.stride, False, OrderedDict())
+        return _Global("torch._utils", "_rebuild_tensor_v2"), (
+            self.storage,
+            self.offset,
+            self.size,
+            self.stride,
+            False,
+            OrderedDict(),
+        )
 
 
 class _Call:
@@ -95,7 +102,9 @@ def test_a_file_that_names_os_system_is_refused_before_anything_runs(tmp_path):
     state = OrderedDict(w=_Tensor(storage, 0, (2,), (1,)), evil=_Call("os", "system", f"touch {marker}"))
     path = tmp_path / "evil.pth"
     path.write_bytes(legacy_file(state, [storage]))
-    with pytest.raises(WeightsFileError, match=r"evil\.pth: refused to load 'os\.system': a weights file may only hold tensors"):
+    with pytest.raises(
+        WeightsFileError, match=r"evil\.pth: refused to load 'os\.system': a weights file may only hold tensors"
+    ):
         read_state_dict(path)
     assert not marker.exists()
 
@@ -140,8 +149,16 @@ def test_the_import_stage_prints_one_error_line_and_keeps_earlier_output(tmp_pat
     out.mkdir()
     (out / "imagenet_notop.weights.h5").write_bytes(b"earlier")
     result = subprocess.run(
-        [sys.executable, str(repo_root / "stages" / "import_lite0_weights.py"), "--source", str(evil), "--out", str(out)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            str(repo_root / "stages" / "import_lite0_weights.py"),
+            "--source",
+            str(evil),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 1
     assert [line for line in result.stderr.splitlines() if line.strip()] == [
@@ -194,7 +211,14 @@ def test_a_crafted_file_cannot_poison_later_valid_loads(tmp_path, weights, poiso
         (0, (2, 2), (1,)),  # fewer strides than dimensions
         (-1, (2,), (1,)),  # a negative offset
     ],
-    ids=["negative_dim", "scalar_past_end", "stride_zero_terabytes", "not_a_number", "strides_short", "negative_offset"],
+    ids=[
+        "negative_dim",
+        "scalar_past_end",
+        "stride_zero_terabytes",
+        "not_a_number",
+        "strides_short",
+        "negative_offset",
+    ],
 )
 def test_bad_sizes_and_shapes_are_its_own_one_line_error(tmp_path, offset, size, stride):
     storage = _Storage("1", np.zeros(4, dtype=np.float32))
@@ -217,7 +241,6 @@ def test_a_deeply_nested_storage_key_is_its_own_one_line_error(tmp_path):
     assert "\n" not in str(raised.value) and len(str(raised.value)) < 400
 
 
-
 def test_a_deeply_nested_dict_key_is_refused_instead_of_crashing_the_interpreter(tmp_path):
     """Hashing a tuple nested a million deep overflows the C stack (a segmentation fault, no
     exception): a state dict's keys are strings, so nothing else is hashed."""
@@ -226,9 +249,19 @@ def test_a_deeply_nested_dict_key_is_refused_instead_of_crashing_the_interpreter
     path = tmp_path / "deep_key.pth"
     path.write_bytes(legacy_raw(b"\x80\x02}" + key + b"Ns."))
     result = subprocess.run(
-        [sys.executable, "-c", "import sys; from pipeline.errors import run_cli; from pipeline.models.torch_weights import read_state_dict; "
-         "sys.exit(run_cli(lambda argv: read_state_dict(sys.argv[1])))", str(path)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pipeline.errors import run_cli; from pipeline.models.torch_weights import read_state_dict; "
+            "sys.exit(run_cli(lambda argv: read_state_dict(sys.argv[1])))",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    assert result.returncode == 1 and result.stderr.startswith(f"error: {path}: "), (result.returncode, result.stderr[-300:])
+    assert result.returncode == 1 and result.stderr.startswith(f"error: {path}: "), (
+        result.returncode,
+        result.stderr[-300:],
+    )
     assert len(result.stderr.splitlines()) == 1

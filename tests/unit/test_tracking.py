@@ -36,13 +36,17 @@ def test_server_starts_is_reused_and_stops(tmp_path):
     port = free_port()
     store = tmp_path / "store"
     command = [sys.executable, "-m", "pipeline.services.mlflow_server"]
-    started = subprocess.run(command + ["start", "--port", str(port), "--store", str(store)], capture_output=True, text=True, timeout=180)
+    started = subprocess.run(
+        command + ["start", "--port", str(port), "--store", str(store)], capture_output=True, text=True, timeout=180
+    )
     try:
         assert started.returncode == 0, started.stderr
         assert "started at http://127.0.0.1:" in started.stdout
         assert server.is_up(f"http://127.0.0.1:{port}")
         assert (store / "mlflow.db").is_file()
-        again = subprocess.run(command + ["start", "--port", str(port), "--store", str(store)], capture_output=True, text=True, timeout=60)
+        again = subprocess.run(
+            command + ["start", "--port", str(port), "--store", str(store)], capture_output=True, text=True, timeout=60
+        )
         assert again.returncode == 0 and "reusing it" in again.stdout
     finally:
         stopped = subprocess.run(command + ["stop", "--store", str(store)], capture_output=True, text=True, timeout=60)
@@ -57,6 +61,8 @@ def test_an_unusable_ca_file_is_named_not_taken_for_a_stopped_server(tmp_path):
 
     missing = tmp_path / "team-ca.pem"
     problem = server.unavailable("https://127.0.0.1:9", env={"MLFLOW_TRACKING_SERVER_CERT_PATH": str(missing)})
-    assert problem == (f"is out of reach: cannot use the CA file {missing} (No such file or directory), "
-                       "named by MLFLOW_TRACKING_SERVER_CERT_PATH")
+    assert problem == (
+        f"is out of reach: cannot use the CA file {missing} (No such file or directory), "
+        "named by MLFLOW_TRACKING_SERVER_CERT_PATH"
+    )
     assert server.unavailable("https://127.0.0.1:9", env={}) == server.NOT_REACHABLE  # nothing listens there

@@ -116,8 +116,8 @@ def test_paired_difference_tells_a_clearly_better_model_and_not_a_near_twin():
 
 def test_mcnemar_exact_known_answer():
     labels = np.zeros(12, dtype=int)
-    first = np.eye(2)[np.zeros(12, dtype=int)]           # always right
-    second = np.eye(2)[np.r_[np.ones(10, int), 0, 0]]    # wrong on 10 of them
+    first = np.eye(2)[np.zeros(12, dtype=int)]  # always right
+    second = np.eye(2)[np.r_[np.ones(10, int), 0, 0]]  # wrong on 10 of them
     result = mcnemar_exact(labels, first, second)
     assert (result["only_first_right"], result["only_second_right"]) == (10, 0)
     assert result["p_value"] == pytest.approx(2 * 0.5**10)
