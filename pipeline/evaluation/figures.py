@@ -88,7 +88,7 @@ def draw_figures(scored: Any, classes: tuple[str, ...], out_dir: Path) -> list[P
 
 def calibration_bins(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> dict[str, np.ndarray]:
     """Per confidence bin: its edges, image count, mean confidence and accuracy (NaN when empty),
-    binned as :func:`pipeline.evaluation.scoring.expected_calibration_error` bins."""
+    binned as :func:`pipeline.metrics.expected_calibration_error` bins."""
     confidence = probabilities.max(axis=1)
     correct = (probabilities.argmax(axis=1) == labels).astype(np.float64)
     edges = np.linspace(0.0, 1.0, bins + 1)

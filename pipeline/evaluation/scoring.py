@@ -10,17 +10,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    f1_score,
-    precision_recall_fscore_support,
-    roc_auc_score,
-    roc_curve,
-)
+from sklearn.metrics import roc_curve
 
 from pipeline.config import EvaluateParams
 from pipeline.errors import PipelineError
+from pipeline.metrics import point_metrics
 
 
 @dataclass(frozen=True)
@@ -32,49 +26,26 @@ class Scored:
     probabilities: np.ndarray
 
 
-def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> float:
-    """Top-label ECE: the bin-size-weighted gap between confidence and accuracy."""
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == labels
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    # right-closed bins so a confidence of exactly 1.0 lands in the last bin
-    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
-    error = 0.0
-    for b in range(bins):
-        in_bin = which == b
-        if in_bin.any():
-            error += in_bin.mean() * abs(confidence[in_bin].mean() - correct[in_bin].mean())
-    return float(error)
-
-
 def classification_metrics(
     labels: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...], ece_bins: int
 ) -> dict[str, Any]:
-    """Accuracy, balanced accuracy (the ISIC 2018 metric), macro-F1, macro OvR ROC AUC, ECE and per-class scores."""
-    predicted = probabilities.argmax(axis=1)
-    indices = np.arange(len(classes))
-    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=indices, zero_division=0)
-    present = np.unique(labels)
-    if len(present) == len(classes):
-        auc = float(roc_auc_score(labels, probabilities, multi_class="ovr", average="macro", labels=indices))
-    else:  # AUC is undefined for a class with no positives; average over the classes present
-        auc = (
-            float(np.mean([roc_auc_score(labels == c, probabilities[:, c]) for c in present]))
-            if len(present) > 1
-            else float("nan")
-        )
+    """Accuracy, balanced accuracy (the ISIC 2018 metric), macro-F1, macro OvR ROC AUC over the
+    classes present, ECE and per-class scores (:mod:`pipeline.metrics`; a class absent from
+    ``labels`` has recall 0, as scikit-learn's ``zero_division=0`` gives)."""
+    point = point_metrics(labels, probabilities, classes.index("mel"), ece_bins)
+    recall = np.nan_to_num(point["recall"], nan=0.0)
     return {
         "images": int(len(labels)),
-        "accuracy": float(accuracy_score(labels, predicted)),
-        "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
-        "macro_f1": float(f1_score(labels, predicted, labels=indices, average="macro", zero_division=0)),
-        "roc_auc_macro": auc,
-        "ece": expected_calibration_error(labels, probabilities, ece_bins),
+        "accuracy": point["accuracy"],
+        "balanced_accuracy": point["balanced_accuracy"],
+        "macro_f1": point["macro_f1"],
+        "roc_auc_macro": point["roc_auc_macro"],
+        "ece": point["ece"],
         "melanoma_recall": float(recall[classes.index("mel")]),
         "recall": {dx: float(r) for dx, r in zip(classes, recall)},
-        "precision": {dx: float(p) for dx, p in zip(classes, precision)},
-        "f1": {dx: float(f) for dx, f in zip(classes, f1)},
-        "support": {dx: int(s) for dx, s in zip(classes, support)},
+        "precision": {dx: float(p) for dx, p in zip(classes, point["precision"])},
+        "f1": {dx: float(f) for dx, f in zip(classes, point["f1"])},
+        "support": {dx: int(n) for dx, n in zip(classes, point["support"])},
     }
 
 

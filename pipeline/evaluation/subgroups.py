@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.evaluation.uncertainty import interval, resample_weights, weighted_metrics
+from pipeline.evaluation.uncertainty import interval, resample_weights
+from pipeline.metrics import weighted_metrics
 
 GROUPINGS = ("sex", "age", "localization", "dx_type")
 #: The metadata column each grouping reads (``age`` is banded).

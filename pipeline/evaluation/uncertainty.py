@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.metrics import weighted_metrics
+
 #: The metrics that get an interval (names as in ``classification_metrics``).
 INTERVAL_METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "melanoma_recall", "roc_auc_macro")
 #: The metrics that get only a bootstrap standard error: ECE is biased upwards on a resample
@@ -41,78 +43,6 @@ def resample_weights(groups: np.ndarray | None, size: int, resamples: int, seed:
     rng = np.random.default_rng(seed)
     drawn = rng.multinomial(count, np.full(count, 1.0 / count), size=resamples).astype(np.float64)
     return drawn[:, codes]
-
-
-def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), np.nan)
-
-
-def weighted_metrics(
-    labels: np.ndarray,
-    probabilities: np.ndarray,
-    weights: np.ndarray,
-    melanoma: int,
-    ece_bins: int = 15,
-    ranking: bool = True,
-) -> dict[str, np.ndarray]:
-    """Each metric of ``INTERVAL_METRICS`` and each class's recall, one value per resample.
-
-    Definitions match :func:`pipeline.evaluation.scoring.classification_metrics` on the unweighted set
-    (weights all 1): balanced accuracy is the mean recall over the classes present, macro-F1
-    averages all classes (0 where a class is neither present nor predicted), ROC AUC is the
-    one-vs-rest mean over the classes present, ECE the top-label calibration error in
-    ``ece_bins`` equal-width confidence bins. ``ranking=False`` leaves out ROC AUC and ECE,
-    the costly ones, where only the decisions matter (the paired differences)."""
-    classes = probabilities.shape[1]
-    predicted = probabilities.argmax(axis=1)
-    truth = np.eye(classes)[labels]
-    guess = np.eye(classes)[predicted]
-    correct = (predicted == labels).astype(np.float64)
-    support = weights @ truth  # resamples x classes
-    hits = weights @ (truth * correct[:, None])  # true positives per class
-    called = weights @ guess  # predicted per class
-    recall = _safe_divide(hits, support)
-    f1_denominator = support + called
-    f1 = np.where(f1_denominator > 0, _safe_divide(2 * hits, f1_denominator), 0.0)
-    with np.errstate(invalid="ignore"):
-        balanced = np.nanmean(np.where(support > 0, recall, np.nan), axis=1)
-    out = {
-        "balanced_accuracy": balanced,
-        "accuracy": _safe_divide(weights @ correct, weights.sum(axis=1)),
-        "macro_f1": f1.mean(axis=1),
-        "melanoma_recall": recall[:, melanoma],
-        "recall": recall,
-    }
-    if ranking:
-        aucs = np.stack([_weighted_auc(labels == c, probabilities[:, c], weights) for c in range(classes)], axis=1)
-        with np.errstate(invalid="ignore"):
-            out["roc_auc_macro"] = np.nanmean(aucs, axis=1)
-        out["ece"] = _weighted_ece(probabilities.max(axis=1), correct, weights, ece_bins)
-    return out
-
-
-def _weighted_ece(confidence: np.ndarray, correct: np.ndarray, weights: np.ndarray, bins: int) -> np.ndarray:
-    """Top-label ECE per resample: sum over bins of |sum of confidence - sum of hits| / total."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)  # right-closed, as evaluate's
-    in_bin = np.eye(bins)[which]  # images x bins
-    gap = np.abs(weights @ (in_bin * confidence[:, None]) - weights @ (in_bin * correct[:, None]))
-    return _safe_divide(gap.sum(axis=1), weights.sum(axis=1))
-
-
-def _weighted_auc(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """One-vs-rest ROC AUC per resample (the weighted Mann-Whitney statistic, ties counted
-    half); NaN where a resample has no positive or no negative image."""
-    order = np.argsort(scores, kind="stable")
-    sorted_scores, pos = scores[order], positive[order].astype(np.float64)
-    w = weights[:, order]
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    neg_in_block = np.add.reduceat(w * (1.0 - pos), starts, axis=1)  # resamples x distinct scores
-    pos_in_block = np.add.reduceat(w * pos, starts, axis=1)
-    neg_below = np.cumsum(neg_in_block, axis=1) - neg_in_block
-    wins = (pos_in_block * (neg_below + 0.5 * neg_in_block)).sum(axis=1)
-    return _safe_divide(wins, pos_in_block.sum(axis=1) * neg_in_block.sum(axis=1))
 
 
 def interval(samples: np.ndarray, confidence: float) -> list[float]:

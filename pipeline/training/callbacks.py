@@ -9,11 +9,11 @@ from typing import Any
 
 import keras
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 
 from pipeline.data.datasets import LabelledImages
 from pipeline.errors import PipelineError, TrackingError
 from pipeline.io import read_json, write_json
+from pipeline.metrics import point_metrics
 from pipeline.tracking.recorder import Recorder
 from pipeline.training import backend, cluster
 from pipeline.training.checkpoints import BEST_FILE, save_weights_atomically
@@ -23,18 +23,14 @@ def validation_scores(
     probabilities: np.ndarray, labels: np.ndarray, loss: keras.losses.Loss, melanoma: int
 ) -> dict[str, float]:
     """The validation numbers of one epoch (or of the averaged members) from the probabilities."""
-    predicted = probabilities.argmax(axis=1)
     one_hot = np.eye(probabilities.shape[1], dtype=np.float32)[labels]
+    point = point_metrics(labels, probabilities, melanoma, ranking=False)
     return {
         "val_loss": float(loss(one_hot, probabilities)),
-        "val_accuracy": float(np.mean(predicted == labels)),
-        "val_balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
-        "val_macro_f1": float(
-            f1_score(labels, predicted, labels=np.arange(probabilities.shape[1]), average="macro", zero_division=0)
-        ),
-        "val_melanoma_recall": float(
-            recall_score(labels, predicted, labels=[melanoma], average="macro", zero_division=0)
-        ),
+        "val_accuracy": point["accuracy"],
+        "val_balanced_accuracy": point["balanced_accuracy"],
+        "val_macro_f1": point["macro_f1"],
+        "val_melanoma_recall": float(np.nan_to_num(point["melanoma_recall"], nan=0.0)),
     }
 
 

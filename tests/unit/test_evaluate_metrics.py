@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import HAM10000_CLASSES
-from pipeline.evaluation.scoring import classification_metrics, expected_calibration_error
+from pipeline.evaluation.scoring import classification_metrics
+from pipeline.metrics import expected_calibration_error
 
 
 def test_ece_on_a_hand_computed_example():

@@ -135,7 +135,7 @@ def test_the_reliability_diagram_and_the_confident_errors_are_written_as_pngs(tm
 
 
 def test_the_reliability_bins_are_those_of_the_ece():
-    from pipeline.evaluation.scoring import expected_calibration_error
+    from pipeline.metrics import expected_calibration_error
 
     labels, probabilities, *_ = _test_set(n=200, seed=3)
     probabilities = probabilities + np.random.default_rng(1).random(probabilities.shape) * 0.5
@@ -151,7 +151,6 @@ def test_the_reliability_bins_are_those_of_the_ece():
 
 def test_publish_logs_subgroups_and_attaches_the_card_to_the_registered_version(tmp_path, mlflow_store):
     import mlflow
-
     from pipeline.io import read_json, write_json
 
     metrics, subgroups, skipped, index, test, *_ = _card_inputs()

@@ -10,8 +10,8 @@ from pipeline.evaluation.uncertainty import (
     interval,
     mcnemar_exact,
     resample_weights,
-    weighted_metrics,
 )
+from pipeline.metrics import weighted_metrics
 
 CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 MEL = CLASSES.index("mel")
