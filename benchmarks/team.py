@@ -28,6 +28,7 @@ import tempfile
 import time
 from contextlib import chdir
 from pathlib import Path
+from unittest.mock import patch
 
 from benchmarks.common import REPO_ROOT, free_port
 from pipeline import profiles
@@ -160,15 +161,9 @@ def bench_team(repeats: int, megabytes: int) -> dict:
         for name in ("team", "team_tls")
     }
     store = work / "embedded"
-    saved = {
-        key: os.environ.get(key)
-        for key in (
-            "MLFLOW_TRACKING_USERNAME",
-            "MLFLOW_TRACKING_PASSWORD",
-            "MLFLOW_TRACKING_SERVER_CERT_PATH",
-            "MLFLOW_TRACKING_URI",
-        )
-    }
+    # The MLflow settings the runs below set are this process's only until the end.
+    keep = patch.dict(os.environ)
+    keep.start()
     try:
         servers = {"embedded": (server.start("127.0.0.1", free_port(), store), {})}
         for name, config in configs.items():
@@ -188,11 +183,7 @@ def bench_team(repeats: int, megabytes: int) -> dict:
             "dvc": bench_dvc(work, megabytes, {name: config.client_env for name, config in configs.items()}),
         }
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        keep.stop()
         server.stop(store)
         for config in configs.values():
             stack.down(config)

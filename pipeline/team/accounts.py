@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 from pipeline.errors import PipelineError
 from pipeline.io import read_yaml
@@ -74,16 +75,8 @@ def as_admin(config: TeamConfig) -> Iterator[None]:
     admin = {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": password}
     if config.trusted_ca:
         admin["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(config.trusted_ca)
-    saved = {key: os.environ.get(key) for key in admin}
-    os.environ.update(admin)
-    try:
+    with patch.dict(os.environ, admin):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _ensure_resources(tracking: Any, experiment: str, models: list[str]) -> str:

@@ -48,11 +48,6 @@ def _server_secrets(config: TeamConfig) -> dict[str, str]:
     return secrets
 
 
-def admin_headers(config: TeamConfig) -> dict[str, str]:
-    """The admin's HTTP Basic header, from the server env file."""
-    return server.basic_auth(ADMIN, read_env(config.server_env)["MLFLOW_AUTH_ADMIN_PASSWORD"])
-
-
 def tls_files(config: TeamConfig) -> certificates.TLSFiles | None:
     """The servers' certificate and key (made for the host when the lab gave none), or None for
     plain HTTP, which only loopback may serve: anything else is refused in one line."""
