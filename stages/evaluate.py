@@ -4,6 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import pipeline.quiet  # noqa: F401  (first: keeps TensorFlow's start-up notices out of the log)
 from pipeline.config import EvaluateParams, data_name, data_source, load_params
 from pipeline.errors import PipelineError, run_cli
 from pipeline.evaluation.evaluate import run_evaluation

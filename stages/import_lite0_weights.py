@@ -4,6 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import pipeline.quiet  # noqa: F401  (first: keeps TensorFlow's start-up notices out of the log)
 from pipeline.errors import run_cli
 from pipeline.models.lite0 import WHEEL_SHA256, convert_weights, wheel_weights_path
 

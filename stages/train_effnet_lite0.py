@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+import pipeline.quiet  # noqa: F401  (first: keeps TensorFlow's start-up notices out of the log)
 from pipeline.config import Lite0Params, load_params
 from pipeline.training.cluster import run_stage
 from pipeline.training.console import kept, outcome

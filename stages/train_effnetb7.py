@@ -2,6 +2,7 @@
 
 import sys
 
+import pipeline.quiet  # noqa: F401  (first: keeps TensorFlow's start-up notices out of the log)
 from pipeline.config import EffNetParams, load_params
 from pipeline.training.cluster import run_stage
 from pipeline.training.console import kept, outcome

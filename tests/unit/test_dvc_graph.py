@@ -38,6 +38,7 @@ EXCLUDED = {
     "pipeline/tracking/mlflow_runs.py": "sends params, metrics and the saved model to MLflow after they are computed; "
     "evaluate loads models from their folders, never from MLflow",
     "pipeline/tracking/offline.py": "copies the finished model, history and metrics into a bundle folder outside the DVC outputs",
+    "pipeline/quiet.py": "imports Keras with TensorFlow's start-up notices filtered out of standard error; computes nothing",
     "pipeline/training/console.py": "formats the stage's last console line (kept epoch, where the run went); writes nothing",
 }
 
