@@ -55,9 +55,10 @@ def resume_state(
     return RunState(checkpoint_dir, resume_run_id, data_hash, params_hash)
 
 
-def save_weights_atomically(model: keras.Model, path: Path) -> None:
+def save_weights_atomically(model: keras.Model, path: str | Path) -> None:
     """``model.save_weights(path)`` so that ``path`` holds the old weights or all the new ones,
     never part (a temporary file beside it, then ``os.replace``)."""
+    path = Path(path)
     partial = path.with_name(f".{os.getpid()}.partial.weights.h5")
     try:
         model.save_weights(partial)

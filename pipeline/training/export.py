@@ -9,13 +9,14 @@ from typing import Any
 import keras
 
 
-def save_for_inference(model: keras.Model, path: Path) -> None:
+def save_for_inference(model: keras.Model, path: str | Path) -> None:
     """Save the architecture and weights only (the optimizer state would triple the file), in
     float32: a model trained in mixed precision on a GPU must predict in full precision on a
     CPU (its variables are float32 already; only the layers' compute policy changes). Atomic:
     a crash leaves no half-written model file for a later stage to trust."""
     clean = keras.Model.from_config(_portable(model.get_config()))
     clean.set_weights(model.get_weights())
+    path = Path(path)
     partial = path.with_name(f".{os.getpid()}.partial.keras")
     try:
         clean.save(partial)
