@@ -5,23 +5,33 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` so that a reader sees the old file or the whole new one, never a part: a
-    temporary file in the same folder, then ``os.replace``. Creates the parent folder."""
+@contextmanager
+def replacing(path: str | Path, suffix: str = ".partial") -> Iterator[Path]:
+    """A temporary path beside ``path`` (ending ``suffix``, which some writers require) for the
+    block to write; on success it replaces ``path`` in one step (``os.replace``), so a reader sees
+    the old file or the whole new one, never a part. Creates the parent folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial = path.with_name(f".{path.name}.{os.getpid()}{suffix}")
     try:
-        partial.write_text(text, encoding="utf-8")
+        yield partial
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` atomically (:func:`replacing`)."""
+    with replacing(path) as partial:
+        partial.write_text(text, encoding="utf-8")
 
 
 def write_json(path: str | Path, data: Any) -> None:

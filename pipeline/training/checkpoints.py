@@ -3,7 +3,6 @@ epoch, and weights written so that a crash never leaves half a file where a reco
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import keras
 
 from pipeline.config import BaseParams, TrainParams, as_flat_dict
-from pipeline.io import read_json
+from pipeline.io import read_json, replacing
 from pipeline.tracking.provenance import fingerprint
 from pipeline.tracking.recorder import RUN_FILE, Recorder
 from pipeline.training.paths import TrainPaths
@@ -58,10 +57,5 @@ def resume_state(
 def save_weights_atomically(model: keras.Model, path: str | Path) -> None:
     """``model.save_weights(path)`` so that ``path`` holds the old weights or all the new ones,
     never part (a temporary file beside it, then ``os.replace``)."""
-    path = Path(path)
-    partial = path.with_name(f".{os.getpid()}.partial.weights.h5")
-    try:
+    with replacing(path, ".partial.weights.h5") as partial:
         model.save_weights(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import keras
+
+from pipeline.io import replacing
 
 
 def save_for_inference(model: keras.Model, path: str | Path) -> None:
@@ -16,13 +17,8 @@ def save_for_inference(model: keras.Model, path: str | Path) -> None:
     a crash leaves no half-written model file for a later stage to trust."""
     clean = keras.Model.from_config(_portable(model.get_config()))
     clean.set_weights(model.get_weights())
-    path = Path(path)
-    partial = path.with_name(f".{os.getpid()}.partial.keras")
-    try:
+    with replacing(path, ".partial.keras") as partial:
         clean.save(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def _portable(config: Any) -> Any:
