@@ -151,6 +151,7 @@ def test_the_reliability_bins_are_those_of_the_ece():
 
 def test_publish_logs_subgroups_and_attaches_the_card_to_the_registered_version(tmp_path, mlflow_store):
     import mlflow
+
     from pipeline.io import read_json, write_json
 
     metrics, subgroups, skipped, index, test, *_ = _card_inputs()
