@@ -339,31 +339,7 @@ def test_a_stage_stops_in_one_line_before_training_when_postgres_is_down(team, u
     assert postgres.stop(database)
     try:
         started = time.monotonic()
-        result = subprocess.run(
-            [
-                sys.executable,
-                "stages/train_cnn_focal.py",
-                "--params",
-                "params.yaml",
-                "--ingested",
-                str(root / "ingested"),
-                "--split",
-                str(root / "split"),
-                "--augmented",
-                str(root / "augmented"),
-                "--out",
-                str(tmp_path / "model"),
-                "--metrics",
-                str(tmp_path / "metrics.json"),
-                "--checkpoints",
-                str(tmp_path / "checkpoints"),
-            ],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=_env(MLFLOW_TRACKING_URI=team.tracking_uri, **_as(users["alice"])),
-        )
+        result = _stage(root, tmp_path, MLFLOW_TRACKING_URI=team.tracking_uri, **_as(users["alice"]))
         elapsed = time.monotonic() - started
     finally:
         postgres.start(database)
