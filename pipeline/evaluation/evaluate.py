@@ -88,6 +88,7 @@ def run_evaluation(
             **classification_metrics(labels, ensemble.probabilities, classes, params.ece_bins),
             "weights": ensemble.weights,
             "val_balanced_accuracy": ensemble.val_balanced_accuracy,
+            "best_single_on_val": ensemble.best_single,
         }
         scored.append(Scored(ensemble.name, labels, ensemble.probabilities))
     test_groups = test["lesion_id"].to_numpy() if "lesion_id" in test.columns else None
@@ -211,7 +212,9 @@ def _with_intervals(
     return comparisons(bootstrap, {item.name: item.probabilities for item in scored if item.name not in smoke_runs})
 
 
-REPORT_TITLE = "HAM10000: focal-loss CNN vs EfficientNetB7 vs EfficientNet-Lite0 (ImageNet), and their ensemble"
+REPORT_TITLE = (
+    "HAM10000: focal-loss CNN vs EfficientNetB7 vs EfficientNet-Lite0 and Lite2 (ImageNet), and their ensemble"
+)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -63,6 +63,16 @@ def _pairs_table(paired: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _pair_of(paired: dict[str, dict[str, Any]], first: str, second: str) -> tuple[dict[str, Any], int] | None:
+    """The balanced-accuracy difference of ``first`` minus ``second`` as stored (either order),
+    with the sign that turns it into ``first - second``."""
+    if f"{first} vs {second}" in paired:
+        return paired[f"{first} vs {second}"]["balanced_accuracy"], 1
+    if f"{second} vs {first}" in paired:
+        return paired[f"{second} vs {first}"]["balanced_accuracy"], -1
+    return None
+
+
 def comparison_report(
     metrics: dict[str, dict[str, Any]],
     classes: tuple[str, ...],
@@ -111,6 +121,16 @@ def comparison_report(
                 f"`{name}`: the weighted mean of the models' probabilities, weights chosen on the validation "
                 f"split (validation balanced accuracy {metrics[name]['val_balanced_accuracy']:.4f}): {shares}.",
             ]
+            best = metrics[name].get("best_single_on_val")
+            pair = _pair_of(paired or {}, name, best) if best else None
+            if pair is not None:
+                item, sign = pair
+                low, high = sorted((sign * item["ci"][0], sign * item["ci"][1]))
+                told = "told apart" if item["distinguished"] else "not told apart"
+                lines.append(
+                    f"Against the best single model on validation, `{best}`: balanced accuracy "
+                    f"{sign * item['difference']:+.3f} [{low:+.3f}, {high:+.3f}] ({told})."
+                )
     if smoke:
         lines += [
             "",

@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from pipeline.config import CnnParams, EffNetParams, Lite0Params, TransferParams
+from pipeline.config import CnnParams, EffNetParams, LiteParams, TransferParams
 from pipeline.errors import PipelineError
 
 EFFNETB7_WEIGHTS_FILE = "efficientnetb7_notop.h5"
@@ -164,17 +164,22 @@ def build_effnetb7(
     return _transfer_model(backbone, params, classes, source_size, pretrained, "effnetb7"), backbone
 
 
-def build_effnet_lite0(
-    params: Lite0Params, classes: tuple[str, ...], source_size: int | None = None, weights_dir: Path | None = None
+def build_effnet_lite(
+    variant: str,
+    params: LiteParams,
+    classes: tuple[str, ...],
+    source_size: int | None = None,
+    weights_dir: Path | None = None,
 ) -> tuple[keras.Model, keras.Model]:
-    """EfficientNet-Lite0 backbone (ImageNet weights from the import stage's ``weights_dir``) plus a new head."""
-    from pipeline.models.lite0 import build_lite0_backbone
+    """EfficientNet-Lite ``variant`` (``lite0`` ...) backbone, ImageNet weights from its import
+    stage's ``weights_dir``, plus a new head."""
+    from pipeline.models.efficientnet_lite import build_lite_backbone
 
     pretrained = params.weights == "imagenet"
     if pretrained and weights_dir is None:
-        raise PipelineError("train_effnet_lite0.weights is imagenet but no converted weights file was given")
-    backbone = build_lite0_backbone(params.input_size, weights_dir if pretrained else None)
-    return _transfer_model(backbone, params, classes, source_size, pretrained, "effnet_lite0"), backbone
+        raise PipelineError(f"train_effnet_{variant}.weights is imagenet but no converted weights file was given")
+    backbone = build_lite_backbone(variant, params.input_size, weights_dir if pretrained else None)
+    return _transfer_model(backbone, params, classes, source_size, pretrained, f"effnet_{variant}"), backbone
 
 
 def average_models(members: list[keras.Model], classes: tuple[str, ...], source_size: int | None, name: str) -> keras.Model:

@@ -26,10 +26,16 @@ class TrainPaths:
 
 
 def training_arguments(
-    description: str, argv=None, extra: dict[str, str] | None = None
+    description: str,
+    argv=None,
+    extra: dict[str, str] | None = None,
+    choices: dict[str, list[str]] | None = None,
 ) -> tuple[argparse.Namespace, TrainPaths]:
-    """Parse the command line shared by the training stages (plus ``extra`` required options)."""
+    """Parse the command line shared by the training stages, plus ``extra`` required options
+    and ``choices``, required options taking one of a list of values."""
     parser = argparse.ArgumentParser(description=description)
+    for name, allowed in (choices or {}).items():
+        parser.add_argument(f"--{name}", required=True, choices=allowed)
     for name, help_text in (extra or {}).items():
         parser.add_argument(f"--{name}", required=True, help=help_text)
     parser.add_argument("--params", required=True, help="params.yaml")

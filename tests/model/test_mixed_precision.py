@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import HAM10000_CLASSES, Lite0Params
+from pipeline.config import HAM10000_CLASSES, LiteParams
 from pipeline.models.builders import METADATA_PREFIX
 from tests.model.conftest import tiny_cnn
 
-TINY_LITE0 = Lite0Params(
+TINY_LITE0 = LiteParams(
     input_size=32,
     weights="none",
     epochs=1,
@@ -60,7 +60,7 @@ def train_mixed(kind: str, folder: str) -> dict:
     import keras
 
     from pipeline.data.datasets import make_dataset
-    from pipeline.models.builders import build_cnn, build_effnet_lite0
+    from pipeline.models.builders import build_cnn, build_effnet_lite
     from pipeline.training.export import save_for_inference
     from pipeline.training.recipe import build_loss, build_optimizer, class_alpha
 
@@ -78,7 +78,7 @@ def train_mixed(kind: str, folder: str) -> dict:
         if kind == "cnn":
             model = build_cnn(params, HAM10000_CLASSES, 32)
         else:
-            model, _backbone = build_effnet_lite0(params, HAM10000_CLASSES, 32)
+            model, _backbone = build_effnet_lite("lite0", params, HAM10000_CLASSES, 32)
         alpha = class_alpha(np.bincount(labels, minlength=7), params.class_alpha)
         model.compile(
             optimizer=build_optimizer(params, params.learning_rate, STEPS, 1),

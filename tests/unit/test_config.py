@@ -12,7 +12,7 @@ from pipeline.config import (
     EffNetParams,
     EvaluateParams,
     IngestParams,
-    Lite0Params,
+    LiteParams,
     SplitParams,
     load_params,
     parse_section,
@@ -25,7 +25,8 @@ SECTIONS = {
     "augment": AugmentParams,
     "train_cnn_focal": CnnParams,
     "train_effnetb7": EffNetParams,
-    "train_effnet_lite0": Lite0Params,
+    "train_effnet_lite0": LiteParams,
+    "train_effnet_lite2": LiteParams,
     "evaluate": EvaluateParams,
 }
 
@@ -84,14 +85,14 @@ def test_unknown_key_is_named(tmp_path, repo_root):
         ("train_effnetb7", EffNetParams, "batch_size", True, r"batch_size: must be an integer"),
         (
             "train_effnet_lite0",
-            Lite0Params,
+            LiteParams,
             "weights",
             "hub",
             r"train_effnet_lite0\.weights: must be one of \['imagenet', 'none'\]",
         ),
         (
             "train_effnet_lite0",
-            Lite0Params,
+            LiteParams,
             "fine_tune_batch_norm",
             "no",
             r"fine_tune_batch_norm: must be true or false",

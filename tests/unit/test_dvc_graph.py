@@ -19,6 +19,7 @@ metrics), and the lock file is where a version changes.
 
 import ast
 import copy
+import re
 import sys
 
 import pytest
@@ -67,12 +68,20 @@ def test_every_stage_has_a_script_and_reads_only_base_and_its_own_section(stages
         "train_effnetb7",
         "import_lite0_weights",
         "train_effnet_lite0",
+        "import_lite2_weights",
+        "train_effnet_lite2",
         "evaluate",
     ]
+    # The EfficientNet-Lite stages share one script per kind, the backbone as its argument.
+    shared = {"import_lite0_weights": "import_lite_weights", "import_lite2_weights": "import_lite_weights"}
+    shared |= {"train_effnet_lite0": "train_effnet_lite", "train_effnet_lite2": "train_effnet_lite"}
     for name, stage in stages.items():
-        assert stage["cmd"].startswith(f"python stages/{name}.py ")
-        assert (repo_root / "stages" / f"{name}.py").is_file()
-        assert f"stages/{name}.py" in stage["deps"]
+        script = shared.get(name, name)
+        assert stage["cmd"].startswith(f"python stages/{script}.py ")
+        if script != name:
+            assert f"--backbone {re.search(r'lite[0-9]', name).group()} " in stage["cmd"]
+        assert (repo_root / "stages" / f"{script}.py").is_file()
+        assert f"stages/{script}.py" in stage["deps"]
         assert _param_sections(stage) <= {"base", name}
 
 
@@ -99,6 +108,7 @@ def test_an_augment_param_reruns_augment_and_what_depends_on_it(stages):
         "train_cnn_focal",
         "train_effnetb7",
         "train_effnet_lite0",
+        "train_effnet_lite2",
         "evaluate",
     }
 
@@ -108,12 +118,12 @@ def test_a_train_effnetb7_param_reruns_only_that_stage_and_evaluate(stages):
     assert "train_effnetb7" not in _param_sections(stages["train_cnn_focal"])
 
 
-def test_the_lite0_weights_are_converted_once_and_feed_only_its_training(stages):
-    assert _downstream(stages, "import_lite0_weights") == {"import_lite0_weights", "train_effnet_lite0", "evaluate"}
-    assert _downstream(stages, "train_effnet_lite0") == {"train_effnet_lite0", "evaluate"}
-    assert not stages["import_lite0_weights"].get("params"), (
-        "no params: the conversion reruns only when its code changes"
-    )
+@pytest.mark.parametrize("backbone", ["lite0", "lite2"])
+def test_each_lite_backbone_is_converted_once_and_feeds_only_its_training(stages, backbone):
+    weights, training = f"import_{backbone}_weights", f"train_effnet_{backbone}"
+    assert _downstream(stages, weights) == {weights, training, "evaluate"}
+    assert _downstream(stages, training) == {training, "evaluate"}
+    assert not stages[weights].get("params"), "no params: the conversion reruns only when its code changes"
 
 
 # --- code deps -------------------------------------------------------------------------------
@@ -154,6 +164,11 @@ def _files_run_by(repo_root, name):
     return [path for path in found if path is not None]
 
 
+def script_of(stage) -> str:
+    """The stage script its command runs (``python stages/x.py ...``)."""
+    return stage["cmd"].split()[1]
+
+
 def import_closure(repo_root, script):
     """The ``pipeline/`` files (posix paths from the repo root) that running ``script`` may
     execute, and the top-level names of the other packages they and the script import."""
@@ -179,7 +194,7 @@ def missing_code_deps(stages, repo_root):
     minus :data:`EXCLUDED`."""
     missing = []
     for name, stage in stages.items():
-        closure, _ = import_closure(repo_root, f"stages/{name}.py")
+        closure, _ = import_closure(repo_root, script_of(stages[name]))
         deps = [_path(dep) for dep in stage["deps"]]
         missing += [
             (name, module)
@@ -218,7 +233,7 @@ def test_a_folder_dep_covers_the_modules_under_it(stages, repo_root):
 
 def test_no_stage_depends_on_pipeline_code_its_script_does_not_import(stages, repo_root):
     for name, stage in stages.items():
-        closure, _ = import_closure(repo_root, f"stages/{name}.py")
+        closure, _ = import_closure(repo_root, script_of(stages[name]))
         for dep in (_path(dep) for dep in stage["deps"]):
             if not dep.startswith("pipeline/"):
                 continue
@@ -230,7 +245,7 @@ def test_no_stage_depends_on_pipeline_code_its_script_does_not_import(stages, re
             )
             outside = [path for path in files if path not in closure or path in EXCLUDED]
             assert not outside, (
-                f"{name}: dep {dep} holds {outside}, which stages/{name}.py never runs (or EXCLUDED lists)"
+                f"{name}: dep {dep} holds {outside}, which {script_of(stages[name])} never runs (or EXCLUDED lists)"
             )
 
 
@@ -250,7 +265,7 @@ def test_editing_the_report_module_reruns_evaluate_only(stages):
 
 
 def test_every_excluded_module_exists_and_some_stage_script_runs_it(stages, repo_root):
-    run = set().union(*(import_closure(repo_root, f"stages/{name}.py")[0] for name in stages))
+    run = set().union(*(import_closure(repo_root, script_of(stages[name]))[0] for name in stages))
     for module, reason in EXCLUDED.items():
         assert (repo_root / module).is_file(), f"EXCLUDED lists {module}, which does not exist"
         assert module in run, f"EXCLUDED lists {module}, which no stage runs: drop it"
@@ -259,7 +274,7 @@ def test_every_excluded_module_exists_and_some_stage_script_runs_it(stages, repo
 
 def test_every_stage_running_numerical_packages_depends_on_the_lock_file(stages, repo_root):
     for name, stage in stages.items():
-        _, external = import_closure(repo_root, f"stages/{name}.py")
+        _, external = import_closure(repo_root, script_of(stages[name]))
         if external & NUMERICAL:
             assert LOCK_FILE in stage["deps"], (
                 f"{name} imports {sorted(external & NUMERICAL)}: add `      - {LOCK_FILE}` to its deps"

@@ -151,7 +151,9 @@ def test_the_import_stage_prints_one_error_line_and_keeps_earlier_output(tmp_pat
     result = subprocess.run(
         [
             sys.executable,
-            str(repo_root / "stages" / "import_lite0_weights.py"),
+            str(repo_root / "stages" / "import_lite_weights.py"),
+            "--backbone",
+            "lite0",
             "--source",
             str(evil),
             "--out",

