@@ -81,13 +81,13 @@ $(STAMP): requirements.lock pyproject.toml
 	@touch $@
 
 server: venv
-	$(BIN)/python -m pipeline.services.mlflow_server start --host $(HOST) --port $(PORT) --store $(STORE)
+	$(BIN)/python -m pipeline.local_servers.mlflow_server start --host $(HOST) --port $(PORT) --store $(STORE)
 
 ui: $(if $(TEAM),venv,server)
 	@$(UI_HINT)
 
 stop-server: venv
-	$(BIN)/python -m pipeline.services.mlflow_server stop --store $(STORE)
+	$(BIN)/python -m pipeline.local_servers.mlflow_server stop --store $(STORE)
 
 # dvc exp run is dvc repro plus recording the run as an experiment. It composes params.yaml from
 # conf/ with the profile and DATA as overrides, so `dvc exp show` lists each run's profile and data.

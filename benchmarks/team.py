@@ -144,7 +144,7 @@ def bench_dvc(work: Path, megabytes: int, client_envs: dict[str, Path]) -> dict:
 
 
 def bench_team(repeats: int, megabytes: int) -> dict:
-    from pipeline.services import mlflow_server as server
+    from pipeline.local_servers import mlflow_server as server
     from pipeline.team import accounts, stack
     from pipeline.team.settings import TeamConfig, read_env
 

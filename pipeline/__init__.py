@@ -12,7 +12,7 @@ Layout, by concern (each subpackage may use the ones below it; ``.importlinter``
     training/       the training loop, devices/backends, running stages without DVC
     serving/        loading models and predicting images
     tracking/       the recorder interface, MLflow runs, offline bundles
-    services/       detached local processes, the MLflow server
+    local_servers/  detached local processes, the MLflow server
     models/         model builders, EfficientNet-Lite weights
     data/           ingest, split, augment, input pipelines, demo data, packs
     config, errors, io   shared helpers

@@ -8,9 +8,9 @@ from pathlib import Path
 import pipeline.quiet  # noqa: F401  (first: keeps TensorFlow's start-up notices out of the log)
 from pipeline.config import LiteParams, load_params
 from pipeline.models.efficientnet_lite import VARIANTS
-from pipeline.training.cluster import run_stage
 from pipeline.training.console import kept, outcome
 from pipeline.training.paths import training_arguments
+from pipeline.training.process_group import run_stage
 from pipeline.training.train import train_effnet_lite
 
 

@@ -4,9 +4,9 @@ import sys
 
 import pipeline.quiet  # noqa: F401  (first: keeps TensorFlow's start-up notices out of the log)
 from pipeline.config import EffNetParams, load_params
-from pipeline.training.cluster import run_stage
 from pipeline.training.console import kept, outcome
 from pipeline.training.paths import training_arguments
+from pipeline.training.process_group import run_stage
 from pipeline.training.train import train_effnetb7
 
 

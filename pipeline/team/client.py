@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.services import detached as services
-from pipeline.services import mlflow_server as server
+from pipeline.local_servers import detached as services
+from pipeline.local_servers import mlflow_server as server
 from pipeline.team import s3
 from pipeline.team.settings import REMOTE_NAME, bucket_of, client_values
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.services import detached as services
+from pipeline.local_servers import detached as services
 
 ROLE = "mlflow"
 DATABASE = "mlflow"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.io import write_private
-from pipeline.services import detached as services
+from pipeline.local_servers import detached as services
 from pipeline.team.certificates import TLSFiles
 
 SERVICE = "s3"

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from pipeline.errors import PipelineError
 from pipeline.io import write_private
-from pipeline.services import detached as services
-from pipeline.services import mlflow_server as server
+from pipeline.local_servers import detached as services
+from pipeline.local_servers import mlflow_server as server
 from pipeline.team import certificates, guard, postgres, s3
 from pipeline.team.settings import CA_KEYS, DVC_READER, TeamConfig, new_password, read_env, s3_key_names, write_env
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import TrackingError, redact
-from pipeline.services.mlflow_server import NOT_REACHABLE, unavailable
+from pipeline.local_servers.mlflow_server import NOT_REACHABLE, unavailable
 
 DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
 #: Alias moved to every newly registered version, and to the best one by validation score.

@@ -4,7 +4,7 @@ A training stage talks to one :class:`Recorder`. :class:`pipeline.tracking.mlflo
 sends the run to the MLflow tracking server; :class:`pipeline.tracking.offline.OfflineRecorder`
 writes it into a bundle folder for a machine with no route to the server
 (``PIPELINE_OFFLINE_RUNS``), which :mod:`pipeline.tracking.bundle` imports later. Training depends
-on this module only for the interface and on :mod:`pipeline.tracking.choose` for the choice;
+on this module only for the interface and on :mod:`pipeline.tracking.destination` for the choice;
 neither recorder knows about training, so the dependencies run one way.
 
 The names of the files a trained model's folder holds live here too: the training loop writes

@@ -15,7 +15,7 @@ from pipeline.errors import PipelineError, TrackingError
 from pipeline.io import read_json, write_json
 from pipeline.metrics import point_metrics
 from pipeline.tracking.recorder import Recorder
-from pipeline.training import backend, cluster
+from pipeline.training import backend, process_group
 from pipeline.training.checkpoints import BEST_FILE, save_weights_atomically
 
 
@@ -117,7 +117,7 @@ class ValidationMetrics(keras.callbacks.Callback):
                 "train_images_per_second": self.images_per_epoch / train_seconds if train_seconds else 0.0,
             }
             if self.devices is not None and self.devices.group is not None:
-                metrics = dict(zip(metrics, cluster.broadcast(list(metrics.values()))))
+                metrics = dict(zip(metrics, process_group.broadcast(list(metrics.values()))))
             logs.update(metrics)
             global_epoch = epoch + self.epoch_offset
             if metrics[self.monitor] > self.best["value"]:
@@ -151,7 +151,7 @@ class TimeLimit(keras.callbacks.Callback):
     """Ends training after the epoch during which the wall-clock ``deadline`` passed (the
     best epoch so far is kept as usual): a job on a shared GPU node ends on time with its model."""
 
-    def __init__(self, deadline: float, epoch_offset: int, group: cluster.Group | None = None):
+    def __init__(self, deadline: float, epoch_offset: int, group: process_group.Group | None = None):
         super().__init__()
         self.deadline = deadline
         self.epoch_offset = epoch_offset
@@ -160,7 +160,7 @@ class TimeLimit(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         passed = time.time() >= self.deadline
         if self.group is not None:  # process 0's clock decides for the whole group
-            passed = bool(cluster.broadcast([float(passed)])[0])
+            passed = bool(process_group.broadcast([float(passed)])[0])
         if passed:
             self.model.stop_training = True
             print(

@@ -30,10 +30,10 @@ from pipeline.data.datasets import LabelledImages, make_dataset
 from pipeline.errors import PipelineError
 from pipeline.io import read_json, write_json, write_text_atomic
 from pipeline.models.builders import average_models, build_cnn, build_effnet_lite, build_effnetb7
-from pipeline.tracking.choose import open_recorder
+from pipeline.tracking.destination import open_recorder
 from pipeline.tracking.provenance import git_commit
 from pipeline.tracking.recorder import HISTORY_FILE, MODEL_FILE, RUN_FILE, NullRecorder, Recorder
-from pipeline.training import backend, cluster
+from pipeline.training import backend, process_group
 from pipeline.training.callbacks import EpochLogger, TimeLimit, ValidationMetrics, validation_scores
 from pipeline.training.checkpoints import BEST_FILE, resume_state, save_weights_atomically
 from pipeline.training.export import save_for_inference
@@ -141,10 +141,10 @@ def run_training(
 ) -> dict[str, Any]:
     """Train, select the best epoch, save the model locally, then log and register it.
 
-    In a training group (:mod:`pipeline.training.cluster`) every process trains; only process
+    In a training group (:mod:`pipeline.training.process_group`) every process trains; only process
     0 logs and writes the outputs, the others keep their checkpoints in a temporary folder."""
     refuse_moved_settings(stage)
-    group = cluster.from_env()
+    group = process_group.from_env()
     recorder = (
         open_recorder() if group is None or group.chief else NullRecorder(f"{group.describe()}: process 0 logs the run")
     )

@@ -141,7 +141,7 @@ def test_a_bundle_imports_into_a_real_server_with_its_whole_history(jax_offline_
     bundle_dir = tmp_path / original.name
     shutil.copytree(original, bundle_dir)
     port = free_port()
-    command = [sys.executable, "-m", "pipeline.services.mlflow_server"]
+    command = [sys.executable, "-m", "pipeline.local_servers.mlflow_server"]
     started = subprocess.run(
         command + ["start", "--port", str(port), "--store", str(tmp_path / "store")],
         capture_output=True,

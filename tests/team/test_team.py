@@ -217,7 +217,7 @@ def test_wrong_s3_credentials_fail_clearly_without_printing_a_secret(team, pushe
 
 
 def _rest(config: TeamConfig, reader: dict[str, str], path: str, **query: str) -> dict:
-    from pipeline.services.mlflow_server import basic_auth
+    from pipeline.local_servers.mlflow_server import basic_auth
 
     request = urllib.request.Request(
         f"{config.tracking_uri}/api/2.0/mlflow/{path}?{urllib.parse.urlencode(query)}",

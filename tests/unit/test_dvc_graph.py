@@ -32,10 +32,10 @@ import yaml
 #: names) and ``tracking/provenance.py`` (the fingerprints that decide whether a run resumes from a
 #: checkpoint) do shape outputs and stay deps.
 EXCLUDED = {
-    "pipeline/services/__init__.py": "empty package file of the local-services layer, reached only through tracking/mlflow_runs.py",
-    "pipeline/services/detached.py": "starts, polls and stops local service processes (the MLflow server); writes no stage output",
-    "pipeline/services/mlflow_server.py": "starts or checks the MLflow server; mlflow_runs.py only asks it whether the server answers",
-    "pipeline/tracking/choose.py": "picks the recorder (MLflow or an offline bundle): where a run is recorded, not what is trained",
+    "pipeline/local_servers/__init__.py": "empty package file of the local-services layer, reached only through tracking/mlflow_runs.py",
+    "pipeline/local_servers/detached.py": "starts, polls and stops local service processes (the MLflow server); writes no stage output",
+    "pipeline/local_servers/mlflow_server.py": "starts or checks the MLflow server; mlflow_runs.py only asks it whether the server answers",
+    "pipeline/tracking/destination.py": "picks the recorder (MLflow or an offline bundle): where a run is recorded, not what is trained",
     "pipeline/tracking/mlflow_runs.py": "sends params, metrics and the saved model to MLflow after they are computed; "
     "evaluate loads models from their folders, never from MLflow",
     "pipeline/tracking/offline.py": "copies the finished model, history and metrics into a bundle folder outside the DVC outputs",

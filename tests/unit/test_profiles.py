@@ -12,7 +12,7 @@ import yaml
 from pipeline.errors import ParamsError
 from pipeline.profiles import compose, dump, names
 
-TRAINING_STAGES = {"train_cnn_focal", "train_effnetb7", "train_effnet_lite0"}
+TRAINING_STAGES = {"train_cnn_focal", "train_effnetb7", "train_effnet_lite0", "train_effnet_lite2"}
 
 
 def _flat(tree, prefix=""):

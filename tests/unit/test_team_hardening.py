@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.services import detached as services
+from pipeline.local_servers import detached as services
 from pipeline.team import s3, stack
 from pipeline.team.settings import TeamConfig, client_values, read_env, write_env
 from tests.conftest import free_port
@@ -150,7 +150,7 @@ def test_stop_still_stops_the_process_it_started(tmp_path):
 
 
 def test_the_admin_password_is_not_sent_to_a_server_another_user_runs(tmp_path, monkeypatch):
-    from pipeline.services import mlflow_server as server
+    from pipeline.local_servers import mlflow_server as server
     from pipeline.team import guard
 
     port = free_port()

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from pipeline.errors import TrackingError
-from pipeline.services import mlflow_server as server
+from pipeline.local_servers import mlflow_server as server
 from pipeline.tracking import mlflow_runs as tracking
 from pipeline.tracking import provenance
 from tests.conftest import free_port
@@ -35,7 +35,7 @@ def test_fingerprint_depends_on_content(tmp_path):
 def test_server_starts_is_reused_and_stops(tmp_path):
     port = free_port()
     store = tmp_path / "store"
-    command = [sys.executable, "-m", "pipeline.services.mlflow_server"]
+    command = [sys.executable, "-m", "pipeline.local_servers.mlflow_server"]
     started = subprocess.run(
         command + ["start", "--port", str(port), "--store", str(store)], capture_output=True, text=True, timeout=180
     )
@@ -57,7 +57,7 @@ def test_server_starts_is_reused_and_stops(tmp_path):
 
 
 def test_an_unusable_ca_file_is_named_not_taken_for_a_stopped_server(tmp_path):
-    from pipeline.services import mlflow_server as server
+    from pipeline.local_servers import mlflow_server as server
 
     missing = tmp_path / "team-ca.pem"
     problem = server.unavailable("https://127.0.0.1:9", env={"MLFLOW_TRACKING_SERVER_CERT_PATH": str(missing)})

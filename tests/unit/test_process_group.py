@@ -4,20 +4,20 @@ half or wrong set-up refused with one line naming the variable."""
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.training import cluster
+from pipeline.training import process_group
 
 GROUP = {"PIPELINE_COORDINATOR": "10.0.0.1:7777", "PIPELINE_NUM_PROCESSES": "4", "PIPELINE_PROCESS_ID": "2"}
 
 
 def test_no_variables_mean_one_process_and_a_group_of_one_is_one_process():
-    assert cluster.from_env({}) is None
-    assert cluster.from_env({**GROUP, "PIPELINE_NUM_PROCESSES": "1", "PIPELINE_PROCESS_ID": "0"}) is None
+    assert process_group.from_env({}) is None
+    assert process_group.from_env({**GROUP, "PIPELINE_NUM_PROCESSES": "1", "PIPELINE_PROCESS_ID": "0"}) is None
 
 
 def test_a_group_is_read_with_its_rank_and_heartbeat():
-    group = cluster.from_env({**GROUP, "PIPELINE_HEARTBEAT_SECONDS": "12"})
-    assert group == cluster.Group("10.0.0.1:7777", 4, 2, 12) and not group.chief
-    assert cluster.from_env({**GROUP, "PIPELINE_PROCESS_ID": "0"}).chief
+    group = process_group.from_env({**GROUP, "PIPELINE_HEARTBEAT_SECONDS": "12"})
+    assert group == process_group.Group("10.0.0.1:7777", 4, 2, 12) and not group.chief
+    assert process_group.from_env({**GROUP, "PIPELINE_PROCESS_ID": "0"}).chief
     assert group.describe() == "process 2 of 4 (coordinator 10.0.0.1:7777)"
 
 
@@ -34,7 +34,7 @@ def test_a_group_is_read_with_its_rank_and_heartbeat():
 )
 def test_a_wrong_group_is_one_clear_error(change, message):
     with pytest.raises(PipelineError, match=message):
-        cluster.from_env({**GROUP, **change})
+        process_group.from_env({**GROUP, **change})
 
 
 def test_the_tensorflow_backend_refuses_a_group():
@@ -42,4 +42,4 @@ def test_the_tensorflow_backend_refuses_a_group():
 
     assert backend.name() == "tensorflow"
     with pytest.raises(PipelineError, match="runs on the JAX backend"):
-        backend.configure(0, group=cluster.Group("127.0.0.1:1", 2, 0))
+        backend.configure(0, group=process_group.Group("127.0.0.1:1", 2, 0))

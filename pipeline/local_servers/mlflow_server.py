@@ -5,8 +5,8 @@ under one git-ignored folder of the repository, and runs detached with its PID a
 that folder. ``start`` reuses a server that already answers on the port, so a second
 ``make run`` never starts a duplicate.
 
-    python -m pipeline.services.mlflow_server start --host 127.0.0.1 --port 5000 --store mlflow
-    python -m pipeline.services.mlflow_server stop --store mlflow
+    python -m pipeline.local_servers.mlflow_server start --host 127.0.0.1 --port 5000 --store mlflow
+    python -m pipeline.local_servers.mlflow_server stop --store mlflow
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pipeline.errors import PipelineError, redact, run_cli
-from pipeline.services import detached as services
+from pipeline.local_servers import detached as services
 
 #: Name of the PID and log files (``server.pid``, ``server.log``) in the store folder.
 SERVICE = "server"
