@@ -125,11 +125,12 @@ def comparison_report(
             pair = _pair_of(paired or {}, name, best) if best else None
             if pair is not None:
                 item, sign = pair
-                low, high = sorted((sign * item["ci"][0], sign * item["ci"][1]))
+                # (+ 0.0: a zero difference read backwards is -0.0, printed "-0.000")
+                low, high = sorted((sign * item["ci"][0] + 0.0, sign * item["ci"][1] + 0.0))
                 told = "told apart" if item["distinguished"] else "not told apart"
                 lines.append(
                     f"Against the best single model on validation, `{best}`: balanced accuracy "
-                    f"{sign * item['difference']:+.3f} [{low:+.3f}, {high:+.3f}] ({told})."
+                    f"{sign * item['difference'] + 0.0:+.3f} [{low:+.3f}, {high:+.3f}] ({told})."
                 )
     if smoke:
         lines += [
