@@ -1,6 +1,6 @@
 """``evaluate``: score every trained model on the untouched test split and compare them.
 
-Outputs: one metrics JSON (``{"cnn_focal": {...}, "effnetb7": {...}, "effnet_lite0": {...},
+Outputs: one metrics JSON (``{"cnn_focal": {...}, "effnetb7": {...}, "effnet_lite0": {...}, "effnet_lite2": {...},
 "ensemble": {...}}``, every headline number with its 95% interval, e.g.
 ``"balanced_accuracy_ci": [0.62, 0.70]``) and the paired comparisons of the approaches
 (:mod:`pipeline.evaluation.uncertainty`) for ``dvc metrics``, plot data and PNGs for ``dvc plots`` and
