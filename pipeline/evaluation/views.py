@@ -19,6 +19,7 @@ choosing) with the same lesion-bootstrap intervals as ``evaluate``, paired again
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from pipeline.config import BaseParams, parse_section, read_params
+from pipeline.config import BaseParams, data_source, parse_section, read_params
 from pipeline.data.datasets import label_indices
 from pipeline.data.images import load_frame
 from pipeline.data.ingest import locate_images
@@ -34,6 +35,7 @@ from pipeline.errors import PipelineError, run_cli
 from pipeline.evaluation.uncertainty import Bootstrap
 from pipeline.io import write_json
 from pipeline.metrics import point_metrics
+from pipeline.serving.inference import load_model, predict_probabilities
 
 VIEWS = ("centre", "three_crops", "full_frame")
 
@@ -71,23 +73,35 @@ def any_size(model: keras.Model) -> keras.Model:
     return flexible
 
 
-def _predict(model: keras.Model, images: np.ndarray, tta: bool) -> np.ndarray:
-    """Mean probabilities over ``images`` and, with ``tta``, their three flips (as evaluate does)."""
-    views = [images] + ([images[:, :, ::-1], images[:, ::-1, :], images[:, ::-1, ::-1]] if tta else [])
-    total = sum(model.predict(np.ascontiguousarray(view, dtype=np.float32), batch_size=64, verbose=0) for view in views)
-    return (total / len(views)).astype(np.float32)
+def _crop_probabilities(model: keras.Model, frames: np.ndarray, tta: bool) -> list[np.ndarray]:
+    """The model's probabilities of the first, centred and last squares of every frame."""
+    crops = [np.stack(parts) for parts in zip(*(square_crops(frame) for frame in frames))]
+    return [predict_probabilities(model, crop, tta=tta) for crop in crops]
+
+
+def _from_crops(view: str, crops: list[np.ndarray]) -> np.ndarray:
+    return crops[1] if view == "centre" else np.mean(crops, axis=0).astype(np.float32)
 
 
 def view_probabilities(model: keras.Model, frames: np.ndarray, view: str, tta: bool) -> np.ndarray:
-    """Class probabilities of ``frames`` (N x h x w x 3 at ingest's scale) seen in ``view``."""
+    """Class probabilities of ``frames`` (N x h x w x 3 at ingest's scale) seen in ``view``
+    (with ``tta``, each the mean over the image and its flips, as evaluate scores)."""
     if view not in VIEWS:
         raise PipelineError(f"unknown view {view!r} (known: {', '.join(VIEWS)})")
     if view == "full_frame":
-        return _predict(any_size(model), frames, tta)
-    crops = [np.stack(parts) for parts in zip(*(square_crops(frame) for frame in frames))]
-    if view == "centre":
-        return _predict(model, crops[1], tta)
-    return np.mean([_predict(model, crop, tta) for crop in crops], axis=0).astype(np.float32)
+        return predict_probabilities(any_size(model), frames, tta=tta)
+    return _from_crops(view, _crop_probabilities(model, frames, tta))
+
+
+def all_views(model: keras.Model, frames: np.ndarray, tta: bool) -> dict[str, np.ndarray]:
+    """:func:`view_probabilities` of every view, each crop predicted once."""
+    crops = _crop_probabilities(model, frames, tta)
+    return {
+        view: predict_probabilities(any_size(model), frames, tta=tta)
+        if view == "full_frame"
+        else _from_crops(view, crops)
+        for view in VIEWS
+    }
 
 
 def load_frames(data_dir: Path, image_ids: pd.Series, size: int) -> np.ndarray:
@@ -108,8 +122,6 @@ def compare_views(
 ) -> dict[str, Any]:
     """Each model's balanced accuracy in every view, with lesion-bootstrap intervals, and each
     view paired against ``centre`` over the same resamples."""
-    from pipeline.serving.inference import load_model
-
     rows = pd.read_csv(split_csv)
     labels = label_indices(rows["dx"], base.classes)
     bootstrap = Bootstrap.of(labels, rows["lesion_id"].to_numpy(), resamples, 0, 0.95, base.classes.index("mel"))
@@ -119,7 +131,7 @@ def compare_views(
         model = load_model(folder)
         size = int(model.input_shape[1])
         frames = frames_by_size.setdefault(size, load_frames(data_dir, rows["image_id"], size))
-        probabilities = {view: view_probabilities(model, frames, view, tta) for view in VIEWS}
+        probabilities = all_views(model, frames, tta)
         result = {}
         for view, probs in probabilities.items():
             point = point_metrics(labels, probs, bootstrap.melanoma, ranking=False)
@@ -143,13 +155,15 @@ def main(argv=None) -> None:
     parser.add_argument("--no-tta", action="store_true", help="no flips (training's validation scoring)")
     parser.add_argument("--out", required=True, help="JSON file for the results")
     args = parser.parse_args(argv)
-    params = read_params(args.params)
-    base = parse_section(params.get("base"), BaseParams, f"{Path(args.params).name}: base")
-    data_dir = Path(params["ingest"]["data_dir"])
-    models = dict(item.split("=", 1) for item in args.model)
-    report = compare_views(
-        {k: Path(v) for k, v in models.items()}, Path(args.split_csv), data_dir, base, not args.no_tta
-    )
+    base = parse_section(read_params(args.params).get("base"), BaseParams, f"{Path(args.params).name}: base")
+    data_dir = data_source(args.params)
+    if data_dir is None:
+        raise PipelineError(f"{args.params}: ingest.data_dir is not set (the folder of the original images)")
+    malformed = [item for item in args.model if "=" not in item]
+    if malformed:
+        raise PipelineError(f"--model {malformed[0]}: give NAME=FOLDER")
+    models = {name: Path(folder) for name, folder in (item.split("=", 1) for item in args.model)}
+    report = compare_views(models, Path(args.split_csv), data_dir, base, not args.no_tta)
     write_json(Path(args.out), report)
     for name, result in report["models"].items():
         for view, numbers in result.items():
@@ -162,4 +176,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    sys.exit(run_cli(main))

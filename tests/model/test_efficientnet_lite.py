@@ -2,6 +2,7 @@
 stage trains through both phases with the pretrained BatchNorm statistics kept."""
 
 import dataclasses
+import os
 import subprocess
 import sys
 
@@ -22,7 +23,7 @@ from pipeline.models.efficientnet_lite import (
 from pipeline.models.torch_weights import WeightsFileError, read_state_dict
 from pipeline.tracking.recorder import HISTORY_FILE, MODEL_FILE
 from pipeline.training.train import train_effnet_lite
-from tests.model.conftest import make_paths
+from tests.model.conftest import make_paths, train_stage_command
 
 pytestmark = pytest.mark.slow
 
@@ -183,32 +184,12 @@ def test_stage_cli_reports_missing_converted_weights_in_one_line(tiny_artifacts,
         "base: {seed: 1, image_size: 32, experiment_name: tests}\n"
         "train_effnet_lite2: {input_size: 32, epochs: 1, batch_size: 8, learning_rate: 0.001, registered_model_name: x}\n"
     )
+    extra = ("--backbone", "lite2", "--pretrained", str(tmp_path / "nowhere"))
     result = subprocess.run(
-        [
-            sys.executable,
-            str(repo_root / "stages" / "train_effnet_lite.py"),
-            "--backbone",
-            "lite2",
-            "--params",
-            str(params),
-            "--ingested",
-            str(root / "ingested"),
-            "--split",
-            str(root / "split"),
-            "--augmented",
-            str(root / "augmented"),
-            "--pretrained",
-            str(tmp_path / "nowhere"),
-            "--out",
-            str(tmp_path / "model"),
-            "--metrics",
-            str(tmp_path / "m.json"),
-            "--checkpoints",
-            str(tmp_path / "ckpt"),
-        ],
+        [sys.executable, *train_stage_command(repo_root, root, tmp_path, params, "train_effnet_lite", extra)],
         capture_output=True,
         text=True,
-        env={**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'db.sqlite'}"},
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'db.sqlite'}"},
     )
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -95,3 +95,20 @@ def test_the_cli_scores_every_view_with_intervals_paired_against_the_centre(tiny
     assert "minus_centre" not in views["centre"]
     assert set(views["full_frame"]["minus_centre"]) >= {"balanced_accuracy", "melanoma_recall"}
     assert "tiny           full_frame" in capsys.readouterr().out
+
+
+def test_the_cli_refuses_params_without_a_data_folder_in_one_line_and_a_nonzero_exit(tmp_path, repo_root):
+    import subprocess
+    import sys
+
+    params = tmp_path / "params.yaml"
+    params.write_text("base: {seed: 7, image_size: 32, experiment_name: tests}\n")
+    out = tmp_path / "views.json"
+    command = [sys.executable, "-m", "pipeline.evaluation.views", "--params", str(params), "--split-csv", "x.csv"]
+    result = subprocess.run(
+        [*command, "--model", "m=dir", "--out", str(out)], capture_output=True, text=True, cwd=repo_root
+    )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {params}: ingest.data_dir is not set (the folder of the original images)"]
+    assert not out.exists()
