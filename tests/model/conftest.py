@@ -101,3 +101,17 @@ def train_stage_command(repo_root, root, out, params, script="train_cnn_focal", 
         "--checkpoints",
         str(out / "ckpt"),
     ]
+
+
+def built_by(trainer, *args):
+    """What a stage's ``train_*`` function would train: its ``(model, phases)``, built but not trained."""
+    from unittest.mock import patch
+
+    captured = {}
+
+    def run_training(_stage, _base, _params, _paths, build):
+        captured["built"] = build()
+
+    with patch("pipeline.training.train.run_training", run_training):
+        trainer(*args)
+    return captured["built"]

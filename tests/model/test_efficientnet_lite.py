@@ -23,7 +23,7 @@ from pipeline.models.efficientnet_lite import (
 from pipeline.models.torch_weights import WeightsFileError, read_state_dict
 from pipeline.tracking.recorder import HISTORY_FILE, MODEL_FILE
 from pipeline.training.train import train_effnet_lite
-from tests.model.conftest import make_paths, train_stage_command
+from tests.model.conftest import built_by, make_paths, train_stage_command
 
 pytestmark = pytest.mark.slow
 
@@ -170,11 +170,15 @@ def test_the_stage_trains_head_then_whole_network_with_frozen_batch_norm(
     assert (root / "lite0_gradcam" / f"{photo.stem}_gradcam.png").stat().st_size > 0
 
 
-def test_from_scratch_is_one_phase(tiny_artifacts, mlflow_store):
+def test_from_scratch_is_one_phase_of_the_whole_network(tiny_artifacts):
+    import keras
+
     base, root = tiny_artifacts
-    paths = make_paths(root, "lite0_scratch")
-    train_effnet_lite("lite0", base, dataclasses.replace(TINY_LITE0, weights="none", epochs=1), paths, None)
-    assert read_json(paths.metrics)["best_epoch"] == 1
+    params = dataclasses.replace(TINY_LITE0, weights="none", epochs=1)
+    model, phases = built_by(train_effnet_lite, "lite0", base, params, make_paths(root, "lite0_scratch"), None)
+    assert [(phase.name, phase.epochs) for phase in phases] == [("train", 1)]
+    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    assert backbone.trainable
 
 
 def test_stage_cli_reports_missing_converted_weights_in_one_line(tiny_artifacts, tmp_path, repo_root):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.config import HAM10000_CLASSES, EffNetParams
+from pipeline.config import HAM10000_CLASSES, BaseParams, EffNetParams
 from pipeline.errors import PipelineError
 from pipeline.models.builders import (
     EFFNETB7_WEIGHTS_FILE,
@@ -88,18 +88,17 @@ def test_effnetb7_from_scratch_builds_a_trainable_b7_with_our_head(tmp_path):
 
 
 @pytest.mark.slow
-def test_effnetb7_stage_with_a_weights_file_in_keras_layout_runs_both_phases(tiny_artifacts, mlflow_store, tmp_path):
+def test_effnetb7_stage_with_a_weights_file_in_keras_layout_loads_it_and_plans_both_phases(tmp_path):
     """A file in the exact layout of Keras' efficientnetb7_notop.h5 (legacy HDF5, one group per
-    layer, written by Keras' own legacy writer from a B7 notop), through head and fine-tuning."""
+    layer, written by Keras' own legacy writer from a B7 notop) reaches the stage's backbone, and
+    the stage plans head training then fine-tuning that keeps the layers below the top frozen.
+    (The phases' training itself is the shared loop, run end to end by the Lite stage test.)"""
     import h5py
     import keras
-    import pandas as pd
     from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
 
-    from pipeline.serving.inference import load_model
-    from pipeline.tracking.recorder import HISTORY_FILE
     from pipeline.training.train import train_effnetb7
-    from tests.model.conftest import make_paths
+    from tests.model.conftest import built_by, make_paths
 
     source = keras.applications.EfficientNetB7(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")
     rng = np.random.default_rng(3)
@@ -114,24 +113,19 @@ def test_effnetb7_stage_with_a_weights_file_in_keras_layout_runs_both_phases(tin
             name.decode() if isinstance(name, bytes) else name for name in handle.attrs["layer_names"]
         ]
 
-    base, root = tiny_artifacts
-    paths = make_paths(root, "b7_pretrained")
-    params = _effnet(
-        weights=str(weights_file),
-        epochs=1,
-        fine_tune_epochs=1,
-        fine_tune_layers=20,
-        batch_size=16,
-        max_train_images=48,
-        use_augmented=False,
-        fine_tune_learning_rate=1e-4,
-        run_eagerly=True,
-    )
-    train_effnetb7(base, params, paths)
+    params = _effnet(weights=str(weights_file), epochs=1, fine_tune_epochs=1, fine_tune_layers=20)
+    base = BaseParams(seed=1, classes=HAM10000_CLASSES, image_size=32, experiment_name="t")
+    model, phases = built_by(train_effnetb7, base, params, make_paths(tmp_path, "b7"))
 
-    assert pd.read_csv(paths.out_dir / HISTORY_FILE)["phase"].tolist() == ["head", "fine_tune"]
-    backbone = next(layer for layer in load_model(paths.out_dir).layers if isinstance(layer, keras.Model))
-    # The stem (below the 20 unfrozen layers) still holds the file's weights.
+    assert [(phase.name, phase.epochs) for phase in phases] == [("head", 1), ("fine_tune", 1)]
+    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    assert backbone.name == "efficientnetb7" and not backbone.trainable  # the head phase: frozen
     np.testing.assert_array_equal(
         backbone.get_layer("stem_conv").get_weights()[0], source.get_layer("stem_conv").get_weights()[0]
     )
+    phases[1].prepare(model)
+    assert any(layer.trainable for layer in backbone.layers[-20:])
+    assert not any(layer.trainable for layer in backbone.layers[:-20])  # the stem keeps the file's weights
+    # Without a file (weights: none) the same stage is one phase from scratch.
+    _, scratch = built_by(train_effnetb7, base, _effnet(fine_tune_epochs=1), make_paths(tmp_path, "b7s"))
+    assert [phase.name for phase in scratch] == ["train"]

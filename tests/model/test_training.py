@@ -19,6 +19,26 @@ from tests.model.conftest import make_paths, tiny_cnn
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module")
+def seed_runs(tiny_artifacts, tmp_path_factory):
+    """Two-epoch stage runs shared by the tests that compare runs: seed 42 twice, seed 43 once."""
+    from unittest.mock import patch
+
+    import mlflow
+
+    base, root = tiny_artifacts
+    store = tmp_path_factory.mktemp("seed_runs")
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    runs = {}
+    with patch.dict("os.environ", {"MLFLOW_TRACKING_URI": uri}):
+        mlflow.set_tracking_uri(uri)
+        for name, seed in (("42", 42), ("42 again", 42), ("43", 43)):
+            paths = make_paths(root, f"cnn_seed_{name.replace(' ', '_')}")
+            train_cnn_focal(base, tiny_cnn(epochs=2, seed=seed), paths)
+            runs[name] = paths.out_dir
+    return runs
+
+
 def test_a_tiny_training_run_lowers_the_loss(base_params):
     import keras
 
@@ -84,32 +104,23 @@ def test_train_stage_saves_tracks_and_registers(tiny_artifacts, mlflow_store, ca
     )
 
 
-def test_saved_model_reloads_in_safe_mode_and_predicts_identically(tiny_artifacts, mlflow_store):
-    base, root = tiny_artifacts
-    paths = make_paths(root, "cnn_reload")
-    train_cnn_focal(base, tiny_cnn(epochs=1), paths)
-    model = load_model(paths.out_dir / MODEL_FILE)
+def test_saved_model_reloads_in_safe_mode_and_predicts_identically(tiny_artifacts, seed_runs):
+    base, _ = tiny_artifacts
+    model = load_model(seed_runs["42"] / MODEL_FILE)
     assert model_class_names(model) == list(base.classes) and model_input_size(model) == 32
     images = np.random.default_rng(1).integers(0, 255, (9, 32, 32, 3), dtype=np.uint8)
     first = predict_probabilities(model, images)
-    second = predict_probabilities(load_model(paths.out_dir / MODEL_FILE), images)
+    second = predict_probabilities(load_model(seed_runs["42"] / MODEL_FILE), images)
     np.testing.assert_array_equal(first, second)
     np.testing.assert_allclose(first.sum(axis=1), 1.0, rtol=1e-5)
 
 
-def test_same_seed_same_weights_on_cpu(tiny_artifacts, mlflow_store):
-    base, root = tiny_artifacts
-    weights = []
-    for attempt in range(2):
-        paths = make_paths(root, f"cnn_determinism_{attempt}")
-        train_cnn_focal(base, tiny_cnn(epochs=2), paths)
-        weights.append(load_model(paths.out_dir).get_weights())
+def test_same_seed_same_weights_on_cpu(seed_runs):
+    weights = [load_model(seed_runs[name]).get_weights() for name in ("42", "42 again")]
     for first, second in zip(*weights):
         np.testing.assert_array_equal(first, second)
     # Another training seed (the split and the data unchanged): another model.
-    other = make_paths(root, "cnn_determinism_other_seed")
-    train_cnn_focal(base, tiny_cnn(epochs=2, seed=tiny_cnn().seed + 1), other)
-    assert any((a != b).any() for a, b in zip(weights[0], load_model(other.out_dir).get_weights()))
+    assert any((a != b).any() for a, b in zip(weights[0], load_model(seed_runs["43"]).get_weights()))
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint(tiny_artifacts, mlflow_store, monkeypatch):
@@ -322,7 +333,9 @@ def test_weight_averaging_judges_and_keeps_the_averaged_model_and_trains_on(base
     assert balanced_accuracy_score(val.labels, predicted) == pytest.approx(best["value"])
 
 
-def test_a_seed_ensemble_ships_the_mean_of_members_that_are_the_single_seed_runs(tiny_artifacts, mlflow_store, capsys):
+def test_a_seed_ensemble_ships_the_mean_of_members_that_are_the_single_seed_runs(
+    tiny_artifacts, mlflow_store, seed_runs, capsys
+):
     """``members: 2`` trains the seed run and the seed + 1 run, each keeping its best epoch, and
     saves one model whose output is their mean, scored on validation as a whole."""
     base, root = tiny_artifacts
@@ -336,11 +349,8 @@ def test_a_seed_ensemble_ships_the_mean_of_members_that_are_the_single_seed_runs
 
     ensemble = load_model(paths.out_dir / MODEL_FILE)  # safe mode: no custom objects
     assert model_class_names(ensemble) == list(base.classes) and model_input_size(ensemble) == 32
-    single = {}
-    for seed in (42, 43):
-        single_paths = make_paths(root, f"cnn_members_single_{seed}")
-        train_cnn_focal(base, tiny_cnn(epochs=2, seed=seed), single_paths)
-        single[seed] = load_model(single_paths.out_dir / MODEL_FILE)
+    assert tiny_cnn().seed == 42
+    single = {seed: load_model(seed_runs[str(seed)] / MODEL_FILE) for seed in (42, 43)}
     for number, seed in ((1, 42), (2, 43)):  # member k is the one-model run with seed + k - 1
         for a, b in zip(ensemble.get_layer(f"member_{number}").get_weights(), single[seed].get_weights()):
             np.testing.assert_array_equal(a, b)
