@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -49,9 +50,20 @@ def real_ham10000() -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow sqlite store whose schema is made once per session (a migration takes a second)."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Point MLflow at a throwaway sqlite store for the duration of one test."""
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, migrated_mlflow_db: Path) -> str:
+    """Point MLflow at a throwaway sqlite store (a copy of the empty one) for the duration of one test."""
+    shutil.copyfile(migrated_mlflow_db, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     import mlflow

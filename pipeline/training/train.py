@@ -44,6 +44,9 @@ from pipeline.training.recipe import Phase, build_loss, build_optimizer, class_a
 #: refused rather than ignored, so an old job script does not silently train something else.
 MOVED_SETTINGS = {"PIPELINE_PRECISION": "precision", "PIPELINE_MAX_TRAIN_MINUTES": "max_train_minutes"}
 
+#: Eager validation predicts in batches this many training batches large (fewer Python dispatches).
+EAGER_VALIDATION_BATCHES = 8
+
 
 def time_limit_deadline(minutes: float) -> float | None:
     """The wall-clock deadline ``minutes`` from now (0: none)."""
@@ -184,9 +187,10 @@ def run_training(
 
     train_dataset = train_batches(params.seed)
     # A group validates with a local copy of the model: whole batches, on this process alone.
-    val_dataset = make_dataset(
-        val.images, None, num_classes, params.batch_size, multiple_of=1 if group else devices.replicas
-    )
+    # Run eagerly (a smoke run of a big model), each batch pays Python's dispatch of every layer:
+    # B7 scores 1,431 images in 42 s in batches of 32, 12 s in batches of 256 (measured).
+    val_batch = params.batch_size * EAGER_VALIDATION_BATCHES if params.run_eagerly else params.batch_size
+    val_dataset = make_dataset(val.images, None, num_classes, val_batch, multiple_of=1 if group else devices.replicas)
     tags = {
         "stage": stage,
         "approach": stage.removeprefix("train_"),

@@ -1,6 +1,7 @@
 """Training: the loss goes down, models save and reload exactly, runs are tracked and resumable."""
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -20,15 +21,16 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def seed_runs(tiny_artifacts, tmp_path_factory):
+def seed_runs(tiny_artifacts, tmp_path_factory, migrated_mlflow_db):
     """Two-epoch stage runs shared by the tests that compare runs: seed 42 twice, seed 43 once."""
     from unittest.mock import patch
 
     import mlflow
 
     base, root = tiny_artifacts
-    store = tmp_path_factory.mktemp("seed_runs")
-    uri = f"sqlite:///{store / 'mlflow.db'}"
+    store = tmp_path_factory.mktemp("seed_runs") / "mlflow.db"
+    shutil.copyfile(migrated_mlflow_db, store)
+    uri = f"sqlite:///{store}"
     runs = {}
     with patch.dict("os.environ", {"MLFLOW_TRACKING_URI": uri}):
         mlflow.set_tracking_uri(uri)

@@ -223,4 +223,10 @@ def test_ci_reproduces_the_full_profile_only_where_it_fits_the_time_left():
     assert plan.choose(elapsed_minutes=15, gflops=plan.FULL_MINUTES_GFLOPS, budget_minutes=50)[0] == "quick"
     profile, why = plan.choose(elapsed_minutes=30, gflops=80, budget_minutes=100)
     assert profile == "quick" and "about 330 min" in why and "ham10000_quick.json" in why
+    quick = plan.estimated_minutes("quick", 80)
+    assert quick == pytest.approx(plan.PROFILE_MINUTES["quick"] * plan.FULL_MINUTES_GFLOPS / 80)
+    assert f"quick about {quick:.0f} min" in why and "over the budget" not in why
+    # Where not even the quick one fits, it still runs (CI must reproduce something), and says so.
+    profile, why = plan.choose(elapsed_minutes=45, gflops=80, budget_minutes=50)
+    assert profile == "quick" and "over the budget" in why
     assert reproduce.reference_name("../shared/ham10000", profile) == "ham10000_quick"
