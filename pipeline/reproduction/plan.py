@@ -26,8 +26,8 @@ from pipeline.errors import run_cli
 #: Minutes of each real-data reproduction (``make reproduce DATA=../shared/ham10000 PROFILE=…``,
 #: evaluate included) on the fast machine, alone on its 2 cores. cpu: 39 minutes in CI (2,325 s)
 #: before Lite2, 69.5 with train_effnet_lite2 (2026-12-05, another training beside it for its
-#: first 20 minutes), about 65 alone. quick: 612 s, `make publish PROFILE=quick` 2026-12-06.
-PROFILE_MINUTES = {"cpu": 65.0, "quick": 10.2}
+#: first 20 minutes), about 65 alone. quick: 391 s in a clean clone's .ci/run (2026-12-06).
+PROFILE_MINUTES = {"cpu": 65.0, "quick": 6.5}
 FULL_MINUTES = PROFILE_MINUTES["cpu"]
 #: That machine's TensorFlow float32 matmul ceiling (``make bench``'s ``compute`` row).
 FULL_MINUTES_GFLOPS = 406.6
@@ -40,6 +40,9 @@ REFERENCES = {
 
 def matmul_gflops(repeats: int = 5) -> float:
     """This machine's TensorFlow float32 GFLOP/s on a 2048 x 2048 matmul (the median of ``repeats``)."""
+    from pipeline.quiet import import_keras_quietly
+
+    import_keras_quietly()  # TensorFlow's start-up notices stay out of CI's log
     import tensorflow as tf
 
     a = tf.random.uniform((SIDE, SIDE))

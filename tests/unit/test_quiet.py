@@ -29,3 +29,16 @@ def test_only_the_notices_match_the_filter():
     )
     assert not NOISE.match(b"E0000 00:00:1796500602.840546    2347 cuda_executor.cc:1] failed call to cuInit")
     assert not NOISE.match(b"error: params.yaml: train_cnn_focal.epochs: must be >= 1, got 0")
+
+
+def test_cis_plan_prints_its_reasoning_without_tensorflows_notices():
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.reproduction.plan", "--elapsed", "0", "--budget-minutes", "50"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert result.stdout.strip() in ("cpu", "quick")
+    assert result.stderr.startswith("matmul ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
