@@ -102,6 +102,22 @@ def _downstream(stages, changed):
     return rerun
 
 
+def test_no_stage_depends_on_a_file_inside_another_stages_output(stages):
+    """A dep inside a directory output (it was ``${paths.split}/train.csv``) makes DVC look that
+    directory up by the hash in the committed dvc.lock: in a fresh clone, `make seeds` on other
+    data than the lock's failed its second queued run (``failed to load directory ('data',
+    'split')``). Stages depend on whole outputs."""
+    outs = {_path(out) for stage in stages.values() for out in stage.get("outs", [])}
+    inside = [
+        (name, dep)
+        for name, stage in stages.items()
+        for dep in map(_path, stage["deps"])
+        for out in outs
+        if dep.startswith(out + "/")
+    ]
+    assert inside == []
+
+
 def test_an_augment_param_reruns_augment_and_what_depends_on_it(stages):
     assert _downstream(stages, "augment") == {
         "augment",
