@@ -88,19 +88,19 @@ def view_probabilities(model: keras.Model, frames: np.ndarray, view: str, tta: b
     (with ``tta``, each the mean over the image and its flips, as evaluate scores)."""
     if view not in VIEWS:
         raise PipelineError(f"unknown view {view!r} (known: {', '.join(VIEWS)})")
-    if view == "full_frame":
-        return predict_probabilities(any_size(model), frames, tta=tta)
-    return _from_crops(view, _crop_probabilities(model, frames, tta))
+    return all_views(model, frames, tta, (view,))[view]
 
 
-def all_views(model: keras.Model, frames: np.ndarray, tta: bool) -> dict[str, np.ndarray]:
-    """:func:`view_probabilities` of every view, each crop predicted once."""
-    crops = _crop_probabilities(model, frames, tta)
+def all_views(
+    model: keras.Model, frames: np.ndarray, tta: bool, views: tuple[str, ...] = VIEWS
+) -> dict[str, np.ndarray]:
+    """:func:`view_probabilities` of each of ``views``, each crop predicted once."""
+    crops = _crop_probabilities(model, frames, tta) if set(views) - {"full_frame"} else []
     return {
         view: predict_probabilities(any_size(model), frames, tta=tta)
         if view == "full_frame"
         else _from_crops(view, crops)
-        for view in VIEWS
+        for view in views
     }
 
 
